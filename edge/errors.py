@@ -1,0 +1,19 @@
+"""Error types shown to users as one clear line naming the file, topic or key at fault."""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class for errors caused by user input (files, configuration, arguments)."""
+
+
+class ConfigError(EdgeError):
+    """A configuration or calibration file is invalid; the message names the file and the key."""
+
+    def __init__(self, path: object, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = str(path), key, problem
+        super().__init__(f"{self.path}: key '{key}': {problem}")
+
+
+class BagError(EdgeError):
+    """A bag cannot be read or written as asked; the message names the bag and, where known, the topic."""

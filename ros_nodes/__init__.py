@@ -1,0 +1,1 @@
+"""Thin rclpy adapters over the `edge` runtime (the only place that imports rclpy)."""
