@@ -1,0 +1,77 @@
+"""The default rig loads; bad rig files give errors naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edge.errors import ConfigError
+from edge.sensors.rig import DEFAULT_RIG, load_rig
+
+
+def test_default_rig_contents() -> None:
+    rig = load_rig()
+    assert set(rig.fisheye) == {"front", "rear", "left", "right"}
+    assert all(abs(np.degrees(c.fov) - 190) < 1e-9 for c in rig.fisheye.values())
+    assert len(rig.ultrasonic) == 12
+    assert sum(s.position[0] > 0 for s in rig.ultrasonic) == 6
+    assert rig.microphones.positions.shape == (4, 3)
+    assert "front" in rig.cameras
+    x0, x1, y0, y1 = rig.footprint()
+    assert x0 < 0 < x1 and y0 < 0 < y1
+    # Every ultrasonic sensor sits on the body outline, within 10 cm.
+    for s in rig.ultrasonic:
+        x, y = s.position[:2]
+        on_x = min(abs(x - x0), abs(x - x1)) < 0.1 or min(abs(y - y0), abs(y - y1)) < 0.1
+        assert on_x, s.name
+
+
+def _write_modified(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(DEFAULT_RIG.read_text())
+    edit(data)
+    path = tmp_path / "rig.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "words"),
+    [
+        (lambda d: d["fisheye"]["front"]["intrinsics"].pop("fx"), "fisheye.front.intrinsics.fx", "missing"),
+        (lambda d: d["fisheye"]["left"]["intrinsics"].update(k=[0.1, 0.2]), "fisheye.left.intrinsics.k", "at least 4"),
+        (lambda d: d["fisheye"]["rear"]["intrinsics"].update(k=[-0.5, 0.0, 0.0, 0.0]), "fisheye.rear", "not monotonic"),
+        (lambda d: d["fisheye"]["front"]["intrinsics"].update(cx=9000), "fisheye.front", "principal point"),
+        (lambda d: d["ultrasonic"].update(min_range=6.0), "ultrasonic", "min_range"),
+        (lambda d: d["ultrasonic"]["sensors"][0].update(name="front_left_corner"), "ultrasonic", "unique"),
+        (lambda d: d["vehicle"].update(wheelbase=-1), "vehicle.wheelbase", "greater than 0"),
+        (lambda d: d["microphones"].update(sample_rate="fast"), "microphones.sample_rate", "unknown key"),
+        (lambda d: d["camera"]["front"]["extrinsics"].update(xyz=[1.0, float("nan"), 1.0]), "camera.front.extrinsics.xyz.1", "finite"),
+        (lambda d: d["fisheye"].update(top=d["fisheye"]["front"]), "fisheye", "unknown fisheye camera"),
+    ],
+)
+def test_bad_rig_names_file_and_key(tmp_path: Path, edit, key: str, words: str) -> None:
+    path = _write_modified(tmp_path, edit)
+    with pytest.raises(ConfigError) as info:
+        load_rig(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"key '{key}" in message
+    assert words in message
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_rig(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vehicle: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML at line"):
+        load_rig(bad)
+
+
+def test_fingerprint_changes_with_calibration(tmp_path: Path) -> None:
+    path = _write_modified(tmp_path, lambda d: d["fisheye"]["front"]["intrinsics"].update(fx=173.0))
+    assert load_rig(path).fingerprint() != load_rig().fingerprint()
+    assert load_rig().fingerprint() == load_rig(DEFAULT_RIG).fingerprint()
