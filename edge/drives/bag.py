@@ -1,0 +1,505 @@
+"""rosbag2 bag I/O: a writer for the project's drives and a reader for any rosbag2 bag.
+
+Writing goes through `rosbags.rosbag2.Writer` with the MCAP storage plugin and zstd *chunk* compression (the
+`CompressionMode.STORAGE` mode, what `ros2 bag record -s mcap --storage-preset-profile zstd_fast` produces), so the
+bag is a plain rosbag2 directory that rosbags' AnyReader, the `mcap` library / CLI and `ros2 bag` all open; the
+offered QoS of each topic is recorded as rosbag2 does (sensor topics best effort, keep last 5; others reliable).
+
+Reading goes through `rosbags.highlevel.AnyReader` (MCAP or sqlite3, any writer, type definitions taken from the
+bag, the Jazzy typestore for bags that carry none). A recording cut short (no metadata.yaml, MCAP without summary
+or footer, damaged chunk) is read record by record with the `mcap` library's stream reader: every message before
+the damage is still yielded and the damage is reported in `Bag.diagnostics`, naming the file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterable, Iterator, NamedTuple
+
+import yaml
+from rosbags.highlevel import AnyReader
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import Writer
+from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
+from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+from edge.drives import topics as T
+from edge.drives.messages import typestore as jazzy_typestore
+from edge.errors import BagError
+
+log = logging.getLogger(__name__)
+
+SENSOR_DEPTH = 5
+DEFAULT_DEPTH = 10
+_SENSOR_PREFIXES = ("/fisheye/", "/camera/", "/ultrasonic/", "/audio/")
+
+
+def is_sensor_topic(topic: str) -> bool:
+    """Sensor data (best-effort QoS per DESIGN.md): contract sensor topics, any `/ultrasonic/*` sensor included."""
+    spec = T.known_topics(()).get(topic)
+    if spec is not None:
+        return spec.sensor
+    return topic.startswith(_SENSOR_PREFIXES) or topic == T.ODOM
+
+
+def offered_qos(sensor: bool) -> Qos:
+    """The QoS a publisher of this kind of topic offers: sensor = best effort / keep last 5, else reliable / 10."""
+    zero = QosTime(0, 0)
+    return Qos(
+        history=QosHistory.KEEP_LAST, depth=SENSOR_DEPTH if sensor else DEFAULT_DEPTH,
+        reliability=QosReliability.BEST_EFFORT if sensor else QosReliability.RELIABLE,
+        durability=QosDurability.VOLATILE, deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=zero, avoid_ros_namespace_conventions=False,
+    )
+
+
+# ====================================================================== writing
+
+class BagWriter:
+    """Writes a rosbag2 bag directory (metadata.yaml + MCAP, zstd chunks) one message at a time.
+
+    `compression`: "zstd" (MCAP chunk compression, default) or "none"; with storage="sqlite3", "zstd" means
+    rosbag2's per-message zstd (`--compression-mode message`), the only compression sqlite3 bags have.
+    """
+
+    def __init__(
+        self, out_dir: str | Path, compression: str = "zstd", *, storage: str = "mcap",
+        custom_data: dict[str, str] | None = None,
+    ) -> None:
+        self.path = Path(out_dir)
+        if compression not in ("zstd", "none"):
+            raise BagError(f"{self.path}: unsupported compression '{compression}' (zstd or none)")
+        if storage not in ("mcap", "sqlite3"):
+            raise BagError(f"{self.path}: unsupported storage '{storage}' (mcap or sqlite3)")
+        if self.path.exists():
+            if not self.path.is_dir() or any(self.path.iterdir()):
+                raise BagError(f"{self.path}: exists and is not an empty directory; refusing to overwrite a bag")
+            self.path.rmdir()  # rosbags creates the directory itself
+        self._writer = Writer(
+            self.path, version=Writer.VERSION_LATEST,
+            storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3,
+        )
+        if compression == "zstd":
+            mode = CompressionMode.STORAGE if storage == "mcap" else CompressionMode.MESSAGE
+            self._writer.set_compression(mode, CompressionFormat.ZSTD)
+        for k, v in (custom_data or {}).items():
+            self._writer.set_custom_data(k, v)
+        self.compression, self.storage = compression, storage
+        self._connections: dict[str, Any] = {}
+        self._types: dict[str, str] = {}
+        self._open = False
+        self.count = 0
+
+    def open(self) -> "BagWriter":
+        try:
+            self._writer.open()
+        except Exception as exc:
+            raise BagError(f"{self.path}: cannot create bag: {exc}") from exc
+        self._open = True
+        return self
+
+    def add_topic(self, topic: str, msgtype: str, *, sensor: bool | None = None) -> None:
+        """Register a topic up front (write() does it on first use); the contract's type is enforced."""
+        if topic in self._connections:
+            if self._types[topic] != msgtype:
+                raise BagError(f"{self.path}: topic '{topic}' already has type {self._types[topic]}, not {msgtype}")
+            return
+        spec = T.known_topics(()).get(topic)
+        if spec is not None and msgtype not in spec.types:
+            raise BagError(f"{self.path}: topic '{topic}' must carry {' or '.join(spec.types)}, not {msgtype}")
+        ts = jazzy_typestore()
+        if msgtype not in ts.types:
+            raise BagError(f"{self.path}: topic '{topic}': unknown message type '{msgtype}' (not in ROS 2 Jazzy)")
+        qos = offered_qos(is_sensor_topic(topic) if sensor is None else sensor)
+        self._connections[topic] = self._writer.add_connection(
+            topic, msgtype, typestore=ts, offered_qos_profiles=[qos]
+        )
+        self._types[topic] = msgtype
+
+    def write(self, topic: str, msgtype: str, stamp_ns: int, msg: Any) -> None:
+        """Serialize `msg` (a rosbags message object) to CDR and store it with bag time `stamp_ns`."""
+        try:
+            data = jazzy_typestore().serialize_cdr(msg, msgtype)
+        except Exception as exc:
+            raise BagError(f"{self.path}: topic '{topic}': cannot serialize message as {msgtype}: {exc}") from exc
+        self.write_raw(topic, msgtype, stamp_ns, data)
+
+    def write_raw(self, topic: str, msgtype: str, stamp_ns: int, data: bytes | memoryview) -> None:
+        """Store already serialized CDR (e.g. copied from another bag)."""
+        if not self._open:
+            raise BagError(f"{self.path}: BagWriter used outside its `with` block")
+        if self._types.get(topic) != msgtype:
+            self.add_topic(topic, msgtype)
+        self._writer.write(self._connections[topic], int(stamp_ns), data)
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the MCAP summary and write metadata.yaml."""
+        if self._open:
+            self._open = False
+            self._writer.close()
+
+    def __enter__(self) -> "BagWriter":
+        return self.open()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        # Close properly even when the producer failed: what was written so far stays a readable bag.
+        if exc is not None and self._open:
+            log.warning("%s: closing bag after error (%s); %d messages kept", self.path, exc, self.count)
+        self.close()
+
+
+# ====================================================================== reading
+
+class BagMessage(NamedTuple):
+    """One message in bag-time order. `msg` is a rosbags message object, or CDR bytes when read raw."""
+
+    topic: str
+    msgtype: str
+    stamp_ns: int
+    msg: Any
+
+
+@dataclass
+class TopicInfo:
+    name: str
+    msgtype: str
+    count: int | None  # None where the bag's index is missing (damaged recording) until it has been read
+    qos: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _typestore_from_defs(defs: dict[str, tuple[str, str]]) -> Typestore:
+    """Jazzy types plus / overridden by the definitions a bag carries (e.g. Humble's Range without variance)."""
+    from_bag: dict[str, Any] = {}
+    for msgtype, (fmt, text) in defs.items():
+        if not text:
+            continue
+        try:
+            if fmt == "ros2idl":
+                sep = "=" * 80 + "\n"
+                parts = text.split(sep)[1:] if text.startswith(sep + "IDL: ") else [text]
+                for part in parts:
+                    from_bag.update(get_types_from_idl(part.split("\n", 1)[1] if part.startswith("IDL: ") else part))
+            else:
+                from_bag.update(get_types_from_msg(text, msgtype))
+        except Exception as exc:  # a broken definition only costs that type
+            log.warning("cannot parse message definition of %s: %s", msgtype, exc)
+    ts = get_typestore(Stores.EMPTY)
+    base = {k: v for k, v in jazzy_typestore().fielddefs.items() if k not in from_bag}
+    ts.register(base)
+    ts.register(from_bag)
+    return ts
+
+
+class Bag:
+    """An open rosbag2 bag: topic table, diagnostics about damage or bad topics, and time-ordered messages."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"{self.path}: no such bag")
+        self.diagnostics: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self.storage = "unknown"
+        self.topics: dict[str, TopicInfo] = {}
+        self.start_ns: int | None = None
+        self.end_ns: int | None = None
+        self._reader: AnyReader | None = None
+        self._reported: set[str] = set()
+        self._load_metadata()
+        try:
+            self._reader = AnyReader([self.path], default_typestore=jazzy_typestore())
+            self._reader.open()
+        except Exception as exc:  # damaged or incomplete recording: fall back where the storage allows
+            self._reader = None
+            self._mcap_files = self._find_mcap_files()
+            if not self._mcap_files:
+                raise BagError(f"{self.path}: cannot open bag: {exc}") from None
+            self.diagnostics.append(
+                f"{self.path}: bag index unreadable ({exc}); reading {', '.join(f.name for f in self._mcap_files)} "
+                "record by record"
+            )
+            self.storage = "mcap"
+            self._scan_mcap_headers()
+        else:
+            self._from_reader()
+
+    # ---------------------------------------------------------------- opening
+    def _load_metadata(self) -> None:
+        meta = self.path / "metadata.yaml" if self.path.is_dir() else None
+        if meta is not None and meta.exists():
+            try:
+                doc = yaml.safe_load(meta.read_text()) or {}
+                self.metadata = doc.get("rosbag2_bagfile_information", {}) or {}
+                self.storage = str(self.metadata.get("storage_identifier", "unknown"))
+            except Exception as exc:
+                self.diagnostics.append(f"{meta}: unreadable metadata ({exc})")
+
+    def _find_mcap_files(self) -> list[Path]:
+        if self.path.is_file():
+            return [self.path] if self.path.suffix == ".mcap" else []
+        listed = [self.path / p for p in self.metadata.get("relative_file_paths", []) or []]
+        files = [p for p in listed if p.suffix == ".mcap" and p.exists()]
+        return files or sorted(self.path.glob("*.mcap"))
+
+    def _from_reader(self) -> None:
+        r = self._reader
+        assert r is not None
+        self.storage = self.storage if self.storage != "unknown" else "mcap"
+        qos_meta = {
+            t["topic_metadata"]["name"]: t["topic_metadata"].get("offered_qos_profiles")
+            for t in self.metadata.get("topics_with_message_count", []) or []
+        }
+        for name, info in r.topics.items():
+            types = {c.msgtype for c in info.connections}
+            if len(types) > 1:
+                self._diag(name, f"topic '{name}' has several types {sorted(types)}; using {sorted(types)[0]}")
+            qos = qos_meta.get(name)
+            if isinstance(qos, str):  # older metadata stores QoS as a YAML string
+                qos = yaml.safe_load(qos) if qos else []
+            self.topics[name] = TopicInfo(name, sorted(types)[0], int(info.msgcount), list(qos or []))
+        if r.message_count:
+            self.start_ns, self.end_ns = r.start_time, r.end_time - 1 if r.end_time > r.start_time else r.end_time
+        else:
+            self.start_ns = self.end_ns = None
+
+    def _scan_mcap_headers(self) -> None:
+        """Topic table of a damaged MCAP from its channel records (counts unknown until read)."""
+        for f in self._mcap_files:
+            for _schema, channel in self._stream_channels(f):
+                if channel.topic not in self.topics:
+                    self.topics[channel.topic] = TopicInfo(channel.topic, _schema.name if _schema else "", None)
+
+    @staticmethod
+    def _stream_channels(f: Path) -> Iterator[tuple[Any, Any]]:
+        from mcap.records import Channel, Chunk, Schema
+        from mcap.stream_reader import StreamReader, breakup_chunk
+
+        schemas: dict[int, Any] = {}
+        with f.open("rb") as fh:
+            try:
+                for rec in StreamReader(fh, emit_chunks=True).records:
+                    subs = [rec]
+                    if isinstance(rec, Chunk):
+                        try:
+                            subs = breakup_chunk(rec, validate_crc=False)
+                        except Exception:
+                            continue
+                    for s in subs:
+                        if isinstance(s, Schema):
+                            schemas[s.id] = s
+                        elif isinstance(s, Channel):
+                            yield schemas.get(s.schema_id), s
+            except Exception:
+                return
+
+    def _diag(self, key: str, text: str) -> None:
+        if key not in self._reported:
+            self._reported.add(key)
+            self.diagnostics.append(text)
+            log.warning("%s", text)
+
+    # ---------------------------------------------------------------- reading
+    def messages(
+        self, topics: Iterable[str] | None = None, start_ns: int | None = None, stop_ns: int | None = None,
+        raw: bool = False,
+    ) -> Iterator[BagMessage]:
+        """Messages of `topics` (all if None) with start_ns <= bag time < stop_ns, in bag-time order.
+
+        A message that cannot be decoded is skipped with a diagnostic naming its topic; an unknown type skips
+        its topic. With raw=True `msg` is the CDR bytes (used by replay, which forwards them untouched).
+        """
+        wanted = None if topics is None else set(topics)
+        if wanted is not None:
+            for t in sorted(wanted - set(self.topics)):
+                self._diag(f"missing:{t}", f"{self.path}: topic '{t}' is not in the bag")
+        if self._reader is None:
+            yield from self._stream_messages(wanted, start_ns, stop_ns, raw, after=None)
+            return
+        r = self._reader
+        conns = [c for c in r.connections if wanted is None or c.topic in wanted]
+        if not conns:
+            return
+        last: tuple[int, int] | None = None  # (time, messages yielded at that time) to resume after damage
+        try:
+            for conn, t, data in r.messages(connections=conns, start=start_ns, stop=stop_ns):
+                out = self._decode(conn.topic, conn.msgtype, t, data, raw, r.typestore)
+                last = (t, last[1] + 1 if last and last[0] == t else 1)
+                if out is not None:
+                    yield out
+        except Exception as exc:
+            files = self._find_mcap_files() if self.storage == "mcap" else []
+            where = ", ".join(str(f) for f in files) or str(self.path)
+            self.diagnostics.append(f"{where}: damaged after bag time {last[0] if last else 'start'} ns ({exc})")
+            log.warning("%s", self.diagnostics[-1])
+            if files:
+                self._mcap_files = files
+                yield from self._stream_messages(wanted, start_ns, stop_ns, raw, after=last)
+
+    def _decode(
+        self, topic: str, msgtype: str, t: int, data: bytes | memoryview, raw: bool, ts: Typestore
+    ) -> BagMessage | None:
+        if raw:
+            return BagMessage(topic, msgtype, t, bytes(data))
+        if f"type:{topic}" in self._reported:
+            return None
+        try:
+            if msgtype in ts.types:
+                return BagMessage(topic, msgtype, t, ts.deserialize_cdr(data, msgtype))
+            if msgtype in jazzy_typestore().types:
+                return BagMessage(topic, msgtype, t, jazzy_typestore().deserialize_cdr(data, msgtype))
+        except Exception as exc:
+            self._diag(f"msg:{topic}:{t}", f"{self.path}: topic '{topic}': message at {t} ns does not decode as "
+                                           f"{msgtype} ({exc}); skipped")
+            return None
+        self._diag(f"type:{topic}", f"{self.path}: topic '{topic}': unknown message type '{msgtype}' "
+                                    "(no definition in the bag or in ROS 2 Jazzy); topic skipped")
+        return None
+
+    def _stream_messages(
+        self, wanted: set[str] | None, start_ns: int | None, stop_ns: int | None, raw: bool,
+        after: tuple[int, int] | None, reorder_window_ns: int = 2_000_000_000,
+    ) -> Iterator[BagMessage]:
+        """Messages of MCAP files read record by record (no index needed), re-sorted within a time window.
+
+        Chunks that fail to decompress or checksum are skipped with a diagnostic; a cut file ends the read
+        with one. `after` skips what the indexed reader already yielded before it hit damage.
+        """
+        from mcap.records import Channel, Chunk, Message, Schema
+        from mcap.stream_reader import StreamReader, breakup_chunk
+
+        heap: list[tuple[int, int, str, str, bytes]] = []
+        seq = 0
+        emitted_until = -1
+        max_seen = -1
+        late = 0
+        ts: Typestore | None = None
+        counts: dict[str, int] = {}
+        skip_at_after = after[1] if after else 0
+
+        def release(limit: float) -> Iterator[BagMessage]:
+            nonlocal emitted_until, skip_at_after, ts
+            while heap and heap[0][0] <= limit:
+                t, _, topic, msgtype, data = heapq.heappop(heap)
+                if after is not None and (t < after[0] or (t == after[0] and skip_at_after > 0)):
+                    if t == after[0]:
+                        skip_at_after -= 1
+                    continue
+                emitted_until = max(emitted_until, t)
+                assert ts is not None
+                out = self._decode(topic, msgtype, t, data, raw, ts)
+                if out is not None:
+                    yield out
+
+        for f in self._mcap_files:
+            schemas: dict[int, Any] = {}
+            channels: dict[int, Any] = {}
+            defs: dict[str, tuple[str, str]] = {}
+            n_file = 0
+            ts = None
+            try:
+                fh = f.open("rb")
+            except OSError as exc:
+                self.diagnostics.append(f"{f}: cannot open ({exc})")
+                continue
+            with fh:
+                reader = StreamReader(fh, emit_chunks=True, validate_crcs=True)
+                recs = iter(reader.records)
+                while True:
+                    try:
+                        rec = next(recs)
+                    except StopIteration:
+                        break
+                    except Exception as exc:
+                        self.diagnostics.append(
+                            f"{f}: file is truncated or damaged near byte {fh.tell()} ({type(exc).__name__}: {exc}); "
+                            f"{n_file} messages before the damage were read, the rest is lost"
+                        )
+                        log.warning("%s", self.diagnostics[-1])
+                        break
+                    subs: Iterable[Any] = (rec,)
+                    if isinstance(rec, Chunk):
+                        try:
+                            subs = breakup_chunk(rec, validate_crc=True)
+                        except Exception as exc:
+                            self.diagnostics.append(
+                                f"{f}: chunk at bag time {rec.message_start_time}..{rec.message_end_time} ns is "
+                                f"damaged ({type(exc).__name__}: {exc}); its messages are skipped"
+                            )
+                            log.warning("%s", self.diagnostics[-1])
+                            continue
+                    for s in subs:
+                        if isinstance(s, Schema):
+                            schemas[s.id] = s
+                        elif isinstance(s, Channel):
+                            channels[s.id] = s
+                            sch = schemas.get(s.schema_id)
+                            if sch is not None:
+                                defs[sch.name] = (sch.encoding, sch.data.decode("utf-8", "replace"))
+                            ts = None
+                            if s.topic not in self.topics:
+                                self.topics[s.topic] = TopicInfo(s.topic, sch.name if sch else "", None)
+                        elif isinstance(s, Message):
+                            ch = channels.get(s.channel_id)
+                            if ch is None:
+                                self._diag(f"chan:{f}:{s.channel_id}", f"{f}: message on unknown channel "
+                                                                       f"{s.channel_id}; skipped")
+                                continue
+                            n_file += 1
+                            counts[ch.topic] = counts.get(ch.topic, 0) + 1
+                            t = s.log_time
+                            if (wanted is not None and ch.topic not in wanted) or (start_ns is not None and t < start_ns) \
+                                    or (stop_ns is not None and t >= stop_ns):
+                                continue
+                            sch = schemas.get(ch.schema_id)
+                            if t < emitted_until:
+                                late += 1
+                            max_seen = max(max_seen, t)
+                            seq += 1
+                            heapq.heappush(heap, (t, seq, ch.topic, sch.name if sch else "", bytes(s.data)))
+                    if ts is None:
+                        ts = _typestore_from_defs(defs)
+                    if heap:
+                        yield from release(max_seen - reorder_window_ns)
+            if ts is None:
+                ts = _typestore_from_defs(defs)
+            yield from release(math.inf)
+        for topic, n in counts.items():
+            if topic in self.topics and self.topics[topic].count is None:
+                self.topics[topic].count = n
+        if late:
+            self.diagnostics.append(
+                f"{self.path}: {late} messages were more than {reorder_window_ns / 1e9:.1f} s out of order in the "
+                "damaged file and were yielded late"
+            )
+
+    # ---------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> "Bag":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_bag(path: str | Path) -> Bag:
+    """Open any rosbag2 bag directory (MCAP or sqlite3), or a bare .mcap file; see `Bag`."""
+    return Bag(path)
+
+
+def read_messages(
+    path: str | Path, topics: Iterable[str] | None = None, raw: bool = False
+) -> Iterator[BagMessage]:
+    """Convenience: (topic, msgtype, stamp_ns, msg) of one bag in time order."""
+    with open_bag(path) as bag:
+        yield from bag.messages(topics, raw=raw)
