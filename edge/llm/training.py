@@ -1,0 +1,91 @@
+"""What runtime adaptation trains, and how backpropagation is kept N blocks deep.
+
+mPnP trains only the aligners and gates (optionally LoRA on the key/value projections of the connected
+blocks). With the LLM frozen, the only tensors that require grad enter at the first connected block, so
+autograd never records the earlier blocks: backward stops N blocks deep by construction, with no
+detach()/no_grad bookkeeping. `frozen_llm` enforces the freeze; `KVLoRA` adds the optional low-rank
+updates through forward hooks, so the LLM's modules are neither replaced nor re-created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from edge.llm.arch import attention_modules
+from edge.llm.connector import MPnPConnector
+from edge.llm.errors import LLMError
+
+
+def freeze_llm(model: nn.Module) -> None:
+    """Make every LLM parameter a constant for autograd."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+
+class _LowRank(nn.Module):
+    def __init__(self, d_in: int, d_out: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.down = nn.Linear(d_in, rank, bias=False)
+        self.up = nn.Linear(rank, d_out, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+        nn.init.zeros_(self.up.weight)  # starts as the identity update: the LLM is unchanged until trained
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x.to(self.down.weight.dtype))) * self.scale
+
+
+class KVLoRA(nn.Module):
+    """LoRA on k_proj/v_proj of chosen layers, applied through removable forward hooks."""
+
+    def __init__(self, model: nn.Module, layers: Iterable[int], rank: int = 8, alpha: float = 16.0) -> None:
+        super().__init__()
+        attn = attention_modules(model)
+        self.layers = sorted(set(layers))
+        bad = [i for i in self.layers if not 0 <= i < len(attn)]
+        if bad:
+            raise LLMError(f"LoRA layers {bad} outside the LLM's 0..{len(attn) - 1}")
+        self.adapters = nn.ModuleDict()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        for i in self.layers:
+            for name in ("k_proj", "v_proj"):
+                proj: nn.Linear = getattr(attn[i], name)
+                adapter = _LowRank(proj.in_features, proj.out_features, rank, alpha).to(proj.weight.device)
+                self.adapters[f"{i}_{name}"] = adapter
+                self._handles.append(proj.register_forward_hook(self._hook(adapter)))
+
+    @staticmethod
+    def _hook(adapter: _LowRank):
+        def add_update(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            return output + adapter(inputs[0]).to(output.dtype)
+
+        return add_update
+
+    def remove(self) -> None:
+        """Take the hooks off; the LLM computes exactly what it did before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def lora_for_connected(connector: MPnPConnector, rank: int = 8, alpha: float = 16.0) -> KVLoRA:
+    """LoRA on k/v of exactly the connected blocks (so backward still stops N blocks deep)."""
+    return KVLoRA(connector.model, connector.connected_layers, rank, alpha)
+
+
+def trainable_parameters(connector: MPnPConnector, lora: KVLoRA | None = None) -> list[nn.Parameter]:
+    """Aligners and gates of the attached modalities, plus LoRA if given; freezes the LLM first."""
+    freeze_llm(connector.model)
+    params = list(connector.trainable_parameters())
+    if lora is not None:
+        first = connector.connected_layers.start
+        if lora.layers and lora.layers[0] < first:
+            raise LLMError(
+                f"LoRA on layer {lora.layers[0]} lies below the first connected block {first}: "
+                "backward would no longer stop N blocks deep"
+            )
+        params += list(lora.parameters())
+    return params
