@@ -77,7 +77,7 @@ class CameraBase:
         """Project base_link points: (uv, valid)."""
         return self.project(self.base_to_cam(np.asarray(points_base, dtype=np.float64)))
 
-    def project(self, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+    def project(self, points_cam: np.ndarray, within_image: bool = True) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
     def unproject(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
@@ -104,15 +104,16 @@ class FisheyeCamera(CameraBase):
         t2 = theta * theta
         return theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4))))
 
-    def project(self, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def project(self, points_cam: np.ndarray, within_image: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Optical-frame points -> (uv, valid); valid = inside the field of view (and the image if asked)."""
         p = np.asarray(points_cam, dtype=np.float64).reshape(-1, 3)
         rho = np.hypot(p[:, 0], p[:, 1])
         theta = np.arctan2(rho, p[:, 2])
         scale = np.divide(self._theta_d(theta), rho, out=np.zeros_like(rho), where=rho > 1e-12)
         fx, fy, cx, cy = self.K[0, 0], self.K[1, 1], self.K[0, 2], self.K[1, 2]
         uv = np.stack([fx * scale * p[:, 0] + cx, fy * scale * p[:, 1] + cy], axis=1)
-        valid = (theta <= self.fov / 2) & (np.linalg.norm(p, axis=1) > 1e-9) & _in_image(uv, self.width, self.height)
-        return uv, valid
+        valid = (theta <= self.fov / 2) & (np.linalg.norm(p, axis=1) > 1e-9)
+        return uv, (valid & _in_image(uv, self.width, self.height)) if within_image else valid
 
     def unproject(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixels -> unit rays, inverting theta_d(theta) by Newton's method (as cv2.fisheye.undistortPoints does)."""
@@ -140,15 +141,17 @@ class PinholeCamera(CameraBase):
 
     distortion_model = "plumb_bob"
 
-    def project(self, points_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def project(self, points_cam: np.ndarray, within_image: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Optical-frame points -> (uv, valid); valid = in front of the camera (and inside the image if asked)."""
         p = np.asarray(points_cam, dtype=np.float64).reshape(-1, 3)
         in_front = p[:, 2] > 1e-6
         uv = np.full((len(p), 2), np.nan)
         if in_front.any():
             proj, _ = cv2.projectPoints(p[in_front], np.zeros(3), np.zeros(3), self.K, self.D)
             uv[in_front] = proj.reshape(-1, 2)
-        valid = in_front & _in_image(np.nan_to_num(uv, nan=-1.0), self.width, self.height)
-        return uv, valid
+        if not within_image:
+            return uv, in_front
+        return uv, in_front & _in_image(np.nan_to_num(uv, nan=-1.0), self.width, self.height)
 
     def unproject(self, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
