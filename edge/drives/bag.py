@@ -274,7 +274,13 @@ class Bag:
         for f in self._mcap_files:
             for _schema, channel in self._stream_channels(f):
                 if channel.topic not in self.topics:
-                    self.topics[channel.topic] = TopicInfo(channel.topic, _schema.name if _schema else "", None)
+                    try:  # the channel record keeps the offered QoS, as rosbag2's MCAP plugin writes it
+                        qos = yaml.safe_load(channel.metadata.get("offered_qos_profiles", "") or "[]") or []
+                    except yaml.YAMLError:
+                        qos = []
+                    self.topics[channel.topic] = TopicInfo(
+                        channel.topic, _schema.name if _schema else "", None, qos if isinstance(qos, list) else []
+                    )
 
     @staticmethod
     def _stream_channels(f: Path) -> Iterator[tuple[Any, Any]]:
