@@ -6,7 +6,8 @@ chosen so that occupancy-aware tools (costmaps, RViz) still read every obstacle 
 
     0 free | 100 static obstacle | 90 vehicle | 80 pedestrian or cyclist | -1 unknown
 
-Unknown = the ego's own footprint and cells no fisheye camera can see (occluded or beyond 12 m).
+Unknown = the ego's own footprint and free cells no fisheye camera can see (occluded or beyond 12 m);
+obstacle cells keep their class even where hidden (the simulator knows they are there).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class BevRasterizer:
         self.footprint = footprint
         self.cx, self.cy = grid.cell_centres()
         self.camera_xy = camera_xy
-        self.n_bins = 1440
+        self.n_bins = 720
         x0, x1, y0, y1 = footprint
         self.ego_cells = (self.cx >= x0) & (self.cx <= x1) & (self.cy >= y0) & (self.cy <= y1)
         self._polar = []
@@ -119,10 +120,18 @@ class BevRasterizer:
                 tall &= mask == 0
         visible = np.zeros(grid.size, bool)
         tall_flat = tall.ravel()
+        bin_width = 2 * math.pi / self.n_bins
         for ang, dist in self._polar:
+            # Each occluding cell shadows every angular bin its width subtends, so no ray leaks between cells.
+            occ_ang, occ_dist = ang[tall_flat], dist[tall_flat]
+            spread = np.ceil(self.grid.resolution / np.maximum(occ_dist, 0.05) / bin_width / 2).astype(np.int64)
             nearest = np.full(self.n_bins, np.inf)
-            np.minimum.at(nearest, ang[tall_flat], dist[tall_flat])
+            for off in range(-int(spread.max(initial=0)), int(spread.max(initial=0)) + 1):
+                sel = np.abs(off) <= spread
+                np.minimum.at(nearest, (occ_ang[sel] + off) % self.n_bins, occ_dist[sel])
             visible |= (dist <= nearest[ang] + self.grid.resolution) & (dist <= VISIBLE_RANGE)
+        # Obstacles are known where they are; only free space that no camera sees becomes unknown.
+        visible |= grid.ravel() != FREE
         out = np.where(visible.reshape(grid.shape), grid, UNKNOWN).astype(np.int8)
         out[self.ego_cells] = UNKNOWN
         return out

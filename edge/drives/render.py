@@ -9,6 +9,7 @@ at night headlights light the scene ahead, noise grows, and a low sun adds glare
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -107,7 +108,7 @@ class GroundTexture:
         y0 = -TILE_HALF_WIDTH
         w = int((TILE_LENGTH + 2 * TILE_MARGIN) / GROUND_RES)
         h = int(2 * TILE_HALF_WIDTH / GROUND_RES)
-        rng = np.random.default_rng((self.world.seed, k))
+        rng = np.random.default_rng((self.world.seed, k + 2**20))  # tile index may be negative
         noise = rng.normal(0.0, 9.0, (h // 2, w // 2)).astype(np.float32)
         noise = cv2.resize(cv2.GaussianBlur(noise, (3, 3), 0), (w, h), interpolation=cv2.INTER_LINEAR)
         base = np.array(self.world.ground_color, dtype=np.float32)
@@ -154,7 +155,7 @@ class CameraRenderer:
         self.background[~self.valid | self.ground_mask] = 0.0
         self.valid3 = np.repeat(self.valid[..., None], 3, axis=2).astype(np.float32)
         # A small bank of sensor-noise fields, drawn once; each frame picks and flips one.
-        rng = np.random.default_rng(abs(hash(camera.name)) % (2**32))
+        rng = np.random.default_rng(zlib.crc32(camera.name.encode()))  # str hash() varies per process
         self.noise_bank = [np.repeat(rng.standard_normal((h, w), dtype=np.float32)[..., None], 3, axis=2) * self.valid3
                            for _ in range(3)]
         # The ego body is fixed in this camera: draw it once, reuse its mask and albedo every frame.
