@@ -14,7 +14,7 @@ import sys
 # command name -> module providing register(); keep this list the single place commands are wired.
 COMMAND_MODULES: dict[str, str] = {
     "drive": "edge.drives.cli",
-    "replay": "edge.drives.replay_cli",
+    "replay": "ros_nodes.replay",
 }
 
 

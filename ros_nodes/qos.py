@@ -1,0 +1,27 @@
+"""rclpy QoS profiles of DESIGN.md: sensor topics best effort / keep last 5, everything else reliable / 10."""
+
+from __future__ import annotations
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from edge.drives.bag import DEFAULT_DEPTH, SENSOR_DEPTH, is_sensor_topic
+
+
+def sensor_qos(depth: int = SENSOR_DEPTH) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def reliable_qos(depth: int = DEFAULT_DEPTH) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def clock_qos() -> QoSProfile:
+    """What rclcpp::ClockQoS() offers (best effort, keep last 1): /clock subscribers with use_sim_time match it."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def qos_for_topic(topic: str) -> QoSProfile:
+    return sensor_qos() if is_sensor_topic(topic) else reliable_qos()

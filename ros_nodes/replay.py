@@ -1,0 +1,131 @@
+"""`edge replay BAG`: publish a bag on ROS 2 topics with /clock, like `ros2 bag play`.
+
+The CDR bytes stored in the bag are published as they are (rclpy's Publisher.publish accepts serialized bytes),
+so nothing is decoded or re-encoded on the way; pacing, looping, offset and topic filter come from
+`edge.drives.replay.Player`. QoS per DESIGN.md (ros_nodes.qos); /clock carries the bag time at `--clock-hz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from typing import Any
+
+from edge.drives import topics as T
+from edge.drives.replay import Player, RealClock, ReplayConfig
+from edge.errors import BagError
+
+
+def message_class(msgtype: str) -> Any:
+    """The rclpy message class of 'pkg/msg/Name', or None if its Python package is not installed."""
+    pkg, kind, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+class _ClockPublishingClock(RealClock):
+    """Sleeps in slices and publishes /clock (bag time) at a fixed rate meanwhile, as ros2 bag play --clock does."""
+
+    def __init__(self, publish_clock: Any, period_s: float) -> None:
+        self.publish_clock, self.period = publish_clock, period_s
+
+    def sleep(self, seconds: float) -> None:
+        end = self.now() + seconds
+        while True:
+            left = end - self.now()
+            if left <= 0:
+                return  # the message now due carries the clock forward: /clock never runs ahead of the data
+            self.publish_clock()
+            time.sleep(min(left, self.period))
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    import rclpy
+    from rclpy.node import Node
+    from rosgraph_msgs.msg import Clock as ClockMsg
+
+    from ros_nodes.qos import clock_qos, qos_for_topic
+
+    cfg = ReplayConfig(rate=args.rate if args.rate > 0 else None, loop=args.loop,
+                       start_offset_s=args.start_offset, topics=args.topics or None, raw=True)
+    rclpy.init(args=None)
+    node: Node = Node("edge_replay")
+    try:
+        clock_pub = node.create_publisher(ClockMsg, T.CLOCK_TOPIC, clock_qos())
+        last_clock = [-1]
+        player: Player
+
+        def publish_clock(force_ns: int | None = None) -> None:
+            ns = force_ns if force_ns is not None else player.sim_time_ns()
+            if ns is None or ns <= last_clock[0]:
+                return
+            last_clock[0] = ns
+            msg = ClockMsg()
+            msg.clock.sec, msg.clock.nanosec = divmod(ns, 1_000_000_000)
+            clock_pub.publish(msg)
+
+        period = 1.0 / args.clock_hz
+        player = Player(args.bag, cfg, clock=_ClockPublishingClock(publish_clock, period))
+        for d in player.bag.diagnostics:
+            print(f"edge replay: warning: {d}", file=sys.stderr)
+        pubs: dict[str, Any] = {}
+        for topic, msgtype in player.topic_types().items():
+            cls = message_class(msgtype)
+            if cls is None:
+                print(f"edge replay: warning: topic '{topic}': no Python message package for {msgtype}; "
+                      "not published", file=sys.stderr)
+                continue
+            pubs[topic] = node.create_publisher(cls, topic, qos_for_topic(topic))
+        if args.delay > 0:
+            time.sleep(args.delay)  # let subscribers discover the publishers, like ros2 bag play --delay
+        print(f"edge replay: {args.bag}: {len(pubs)} topics, rate {args.rate}x"
+              f"{', loop' if args.loop else ''}", file=sys.stderr)
+        sent = 0
+        next_clock_wall = 0.0
+        last_stamp = None
+        for m in player:
+            last_stamp = m.stamp_ns
+            pub = pubs.get(m.topic)
+            if pub is None:
+                continue
+            now = time.monotonic()
+            if cfg.rate is None or now >= next_clock_wall:
+                publish_clock(m.stamp_ns)  # /clock never behind the data it accompanies
+                next_clock_wall = now + period
+            pub.publish(m.msg)
+            sent += 1
+        if last_stamp is not None:
+            publish_clock(last_stamp)  # /clock ends at the last message, not beyond the recording
+        time.sleep(args.linger)  # let best-effort data leave the process before the node is destroyed
+        print(f"edge replay: published {sent} messages", file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="publish a bag on ROS 2 topics with /clock (like ros2 bag play)",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("bag", help="rosbag2 bag directory (MCAP or sqlite3)")
+    p.add_argument("--rate", type=float, default=1.0, help="playback rate, x real time; 0 = as fast as possible [1.0]")
+    p.add_argument("--loop", action="store_true", help="start again at the end")
+    p.add_argument("--start-offset", type=float, default=0.0, metavar="S", help="start S seconds into the bag [0]")
+    p.add_argument("--topics", nargs="+", metavar="TOPIC", help="only these topics [all]")
+    p.add_argument("--clock-hz", type=float, default=40.0, help="/clock publication rate [40]")
+    p.add_argument("--delay", type=float, default=0.0, metavar="S", help="wait S seconds before playing [0]")
+    p.add_argument("--linger", type=float, default=0.5, metavar="S", help="keep the node S seconds after the end")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.clock_hz <= 0:
+        raise BagError(f"--clock-hz must be > 0, not {args.clock_hz}")
+    return run_replay(args)
