@@ -204,3 +204,18 @@ def test_jittered_stamps_pair_by_header_stamp(make_bag):
             if key != "audio":
                 assert abs(st - s.stamp_ns) <= 50 * MS
         assert len({frame_marker(im) for im in s.fisheye.values()}) == 1
+
+
+def test_qa_pairs_all_attached_once_and_conditions_state_age(tmp_path: Path):
+    items = [_cam("front", i, S + i * 100 * MS) for i in range(30)]
+    for k in range(3):  # three QA pairs at 1.0 s
+        items.append((T.GT_QA, T.STRING, S + 10**9, M.string_json({"q": k}, stamp_ns=S + 10**9)))
+    items.append((T.GT_CONDITIONS, T.STRING, S, M.string_json({"light": "day"}, stamp_ns=S)))
+    items.append((T.GT_CONDITIONS, T.STRING, S + 5 * 10**8, M.string_json({"light": "dusk"}, stamp_ns=S + 5 * 10**8)))
+    samples = list(synchronized_samples(_write(tmp_path / "b", items), SyncConfig(conditions_max_age_s=1.0)))
+    assert [len(s.ground_truth.qa) for s in samples] == [3 if i == 10 else 0 for i in range(30)]
+    assert [q["q"] for q in samples[10].ground_truth.qa] == [0, 1, 2]
+    light = [None if s.ground_truth.conditions is None else s.ground_truth.conditions["light"] for s in samples]
+    # the state in force at t; expires 1 s after its last refresh (no stale state beyond the configured age)
+    assert light[:5] == ["day"] * 5 and light[5:16] == ["dusk"] * 11 and light[16:] == [None] * 14
+    assert "gt/conditions" in samples[16].missing

@@ -8,7 +8,8 @@ Policy (what message_filters' ApproximateTimeSynchronizer does, made explicit ab
 - Ultrasonic: per sensor the latest reading stamped in [t - slop, t] (else the earliest in (t, t + slop], for
   stamp jitter), reused by consecutive samples only within the slop (REP-117 status kept: no echo, NaN, out of
   range are reported, not dropped). Odometry and ground truth: the nearest message within the slop.
-  QA pairs are each attached to one sample only (the nearest within the slop).
+  QA pairs: every pair stamped within the slop, each attached to one sample only. Conditions (a state published
+  on change / at ~1 Hz): the latest at or before t, if not older than `conditions_max_age_s`.
 - Audio: the chunks covering [t - audio_window_s, t) are concatenated and cut to exactly window * rate samples;
   if any part of the window is not covered (gap, start of the drive) audio is missing, never zero-filled.
 Messages are matched on header stamps, not bag times; a message may be logged up to `max_delay_s` after its stamp.
@@ -51,6 +52,7 @@ class SyncConfig:
     decode_workers: int = 2              # threads for JPEG decoding (cv2 releases the GIL)
     image_reduce: int = 1                # 2, 4, 8: decode images that much smaller (see messages.decode_image)
     ground_truth: bool = True
+    conditions_max_age_s: float = 2.0    # conditions are a state published on change / at ~1 Hz, not per frame
 
 
 @dataclass
@@ -130,11 +132,19 @@ class _Stream:
             self.items.remove(best)
         return best
 
-    def latest(self, t: int, slop: int) -> _ITEM | None:
-        """Latest message stamped in [t - slop, t]; failing that the earliest in (t, t + slop] (stamp jitter)."""
+    def take_all(self, t: int, slop: int) -> list[_ITEM]:
+        """Every unconsumed message stamped within the slop of t, consumed (events such as QA pairs)."""
+        out = [it for it in self.items if t - slop <= it[0] <= t + slop]
+        for it in out:
+            self.items.remove(it)
+        return out
+
+    def latest(self, t: int, slop: int, ahead: int | None = None) -> _ITEM | None:
+        """Latest message stamped in [t - slop, t]; failing that the earliest in (t, t + ahead] (stamp jitter)."""
         before = after = None
+        ahead = slop if ahead is None else ahead
         for it in self.items:
-            if it[0] > t + slop:
+            if it[0] > t + ahead:
                 break
             if it[0] > t:
                 after = after or it
@@ -202,7 +212,7 @@ class SampleAssembler:
             accept(T.GT_OBJECTS, "gt/objects", "boxes", (T.MARKER_ARRAY,))
             accept(T.GT_AUDIO_EVENTS, "gt/audio_events", "events", (T.MARKER_ARRAY,))
             accept(T.GT_QA, "gt/qa", "qa", (T.STRING,))
-            accept(T.GT_CONDITIONS, "gt/conditions", "json", (T.STRING,))
+            accept(T.GT_CONDITIONS, "gt/conditions", "state", (T.STRING,))
         ref = self.cfg.reference
         if ref == "slowest":
             if not cam_counts:
@@ -259,7 +269,15 @@ class SampleAssembler:
                 sel[key] = [it for it in stream.items if it[0] < t] if stream.items else []
                 stream.prune(t - window - int(1e9))  # keep a margin for chunks longer than a second
                 continue
-            sel[key] = stream.latest(t, slop) if kind == "range" else stream.nearest(t, slop)
+            if kind == "qa":
+                sel[key] = stream.take_all(t, slop)
+            elif kind == "state":  # conditions: the state in force at t, if refreshed within conditions_max_age_s
+                age = int(self.cfg.conditions_max_age_s * 1e9)
+                stream.prune(t - age)
+                sel[key] = stream.latest(t, age, ahead=slop)
+                continue
+            else:
+                sel[key] = stream.latest(t, slop) if kind == "range" else stream.nearest(t, slop)
             stream.prune(t - slop)
         return t, sel
 
@@ -383,16 +401,16 @@ def _make_sample(
 
     gt = None
     if cfg.ground_truth and any(k.startswith("gt/") for k in asm.streams):
-        qa_it = sel.get("gt/qa")
+        qa_items = sel.get("gt/qa") or []
         gt = GroundTruth(
             bev=decoded("gt/bev", M.decode_occupancy_grid),
             objects=decoded("gt/objects", M.decode_marker_array_boxes),
             audio_events=decoded("gt/audio_events", M.decode_marker_array_events),
             conditions=decoded("gt/conditions", M.decode_json),
-            qa=[M.decode_json(qa_it[4])] if qa_it is not None else [],
+            qa=[M.decode_json(it[4]) for it in qa_items],
         )
-        if qa_it is not None:
-            stamps["gt/qa"] = qa_it[0]
+        if qa_items:
+            stamps["gt/qa"] = qa_items[0][0]
     return Sample(t, fisheye, front, ultrasonic, audio, odom, gt, stamps, missing)
 
 
