@@ -19,7 +19,7 @@ from edge.drives.bag import Bag
 from edge.drives.generate import DriveGenerator, ego_parts, generate_drive
 from edge.drives.groundtruth import UNKNOWN, VEHICLE_VALUE, BevGrid, BevRasterizer, actor_states
 from edge.drives.qa import make_qa
-from edge.drives.render import CameraRenderer, GroundTexture, Lighting, actor_faces_base
+from edge.drives.render import CameraRenderer, GroundTexture, Lighting, SceneFaces
 from edge.drives.scenarios import SCENARIOS, Scenario
 from edge.drives.ultrasonic_sim import Footprints, UltrasonicSimulator
 from edge.drives.world import VEHICLE, Actor, EgoTrajectory, Part, World
@@ -105,7 +105,7 @@ def test_obstacle_points_land_where_opencv_projects_them() -> None:
     cam = RIG.fisheye["front"]
     renderer = CameraRenderer(cam, ego_parts(RIG))
     light = Lighting(1.0, np.array([0.0, 0.0, 1.0]), False)  # sun overhead: vertical faces get ambient light only
-    faces = actor_faces_base(world.actors, 0.0, (0.0, 0.0, 0.0))
+    faces = SceneFaces(world.actors).at(0.0, (0.0, 0.0, 0.0))
     img = renderer.render(GroundTexture(world).tile_for(0.0), (0.0, 0.0, 0.0), faces, light, np.random.default_rng(0))
     rear_face_points = np.array([[5.6, 0.4 + dy, z] for dy in (-0.4, 0.0, 0.4) for z in (0.4, 0.8, 1.2)])
     pts_cam = cam.base_to_cam(rear_face_points)

@@ -23,7 +23,7 @@ from edge.drives.audio_sim import AudioSimulator
 from edge.drives.bag import BagWriter
 from edge.drives.groundtruth import BevGrid, BevRasterizer, actor_states, object_list
 from edge.drives.qa import make_qa
-from edge.drives.render import CameraRenderer, GroundTexture, Lighting, actor_faces_base
+from edge.drives.render import CameraRenderer, GroundTexture, Lighting, SceneFaces
 from edge.drives.scenarios import Scenario, daylight_at, get_scenario, lighting_label
 from edge.drives.ultrasonic_sim import Footprints, UltrasonicSimulator
 from edge.drives.world import Part, World, build_world
@@ -86,6 +86,7 @@ class DriveGenerator:
         parts = ego_parts(rig)
         self.renderers = [CameraRenderer(cam, parts) for cam, _, _ in self.cameras]
         self.ground = GroundTexture(world)
+        self.scene = SceneFaces(world.actors)
         self.ultrasonic = UltrasonicSimulator(rig.ultrasonic, np.random.default_rng((seed, 2)))
         self.audio = AudioSimulator(world, rig.microphones, seed)
         self.grid = BevGrid()
@@ -113,7 +114,7 @@ class DriveGenerator:
         cam, _, _ = self.cameras[i]
         light, _ = self.light_at(t)
         pose = self.world.ego.pose(t)
-        faces = actor_faces_base(self.world.actors, t, pose)
+        faces = self.scene.at(t, pose)
         img = self.renderers[i].render(self.ground.tile_for(pose[0]), pose, faces, light, rng)
         stamp = to_ns(t)
         image_msg = M.compressed_image(stamp, cam.frame_id, img, quality=JPEG_QUALITY)
