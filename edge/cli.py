@@ -14,6 +14,7 @@ import sys
 # command name -> module providing register(); keep this list the single place commands are wired.
 COMMAND_MODULES: dict[str, str] = {
     "drive": "edge.drives.cli",
+    "demo": "edge.demo",
     "replay": "ros_nodes.replay",
 }
 
