@@ -3,6 +3,14 @@
 #pragma once
 #include <cstdint>
 
+// Hot loops get an AVX2/FMA clone next to the baseline one (picked at load time through ifunc), so the
+// module stays portable to any x86-64 and still uses the wide units where present.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EDGE_SIMD_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define EDGE_SIMD_CLONES
+#endif
+
 namespace edge {
 
 extern const float* const kHalfToFloat;  // 65536 entries

@@ -12,6 +12,17 @@
 namespace edge {
 namespace {
 
+EDGE_SIMD_CLONES void axpy_row(float* __restrict acc, const float* __restrict row, int64_t n, float w) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += w * row[c];
+}
+
+EDGE_SIMD_CLONES float dot_row(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < n; ++c) s += a[c] * b[c];
+  return s;
+}
+
 // Mean over heads of softmax(q . k / sqrt(Dh)) for one batch row.
 void cls_attention_row(const PruneArgs& a, int64_t b, float* s) {
   const bool is_half = a.dtype == DType::F16;
@@ -29,8 +40,7 @@ void cls_attention_row(const PruneArgs& a, int64_t b, float* s) {
         const uint16_t* kr = static_cast<const uint16_t*>(a.keys) + base;
         for (int64_t d = 0; d < D; ++d) dot += q[d] * half_to_float(kr[d]);
       } else {
-        const float* kr = static_cast<const float*>(a.keys) + base;
-        for (int64_t d = 0; d < D; ++d) dot += q[d] * kr[d];
+        dot = dot_row(q.data(), static_cast<const float*>(a.keys) + base, D);
       }
       logits[n] = dot;
       mx = std::max(mx, dot);
@@ -123,8 +133,7 @@ Status prune_tokens_cpu(const PruneArgs& a, int n_threads) {
           const uint16_t* row = static_cast<const uint16_t*>(a.x) + src;
           for (int64_t c = c0; c < c1; ++c) acc[c - c0] += wn * half_to_float(row[c]);
         } else {
-          const float* row = static_cast<const float*>(a.x) + src;
-          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += wn * row[c];
+          axpy_row(acc.data(), static_cast<const float*>(a.x) + src + c0, c1 - c0, wn);
         }
       }
       const int64_t dst = (b * out_rows + K) * C;
