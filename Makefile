@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile CMakeLists.txt $(wildcard csrc/*)
+$(STAMP): pyproject.toml Makefile CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
@@ -31,8 +31,11 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edge demo
 
+# Benchmarks print ratios against baselines measured in the same run (see each script's docstring).
 bench: $(STAMP)
-	$(PY) benchmarks/bench_drives.py
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_read.py
+	$(PY) benchmarks/bench_kernels.py --quick
 
 clean:
 	rm -rf build $(VENV)
