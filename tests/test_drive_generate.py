@@ -17,7 +17,7 @@ from edge.drives import topics as T
 from edge.drives.audio_sim import AudioSimulator
 from edge.drives.bag import Bag
 from edge.drives.generate import DriveGenerator, ego_parts, generate_drive
-from edge.drives.groundtruth import UNKNOWN, VEHICLE_VALUE, BevGrid, BevRasterizer, actor_states
+from edge.drives.groundtruth import GT_GRID, UNKNOWN, VEHICLE_VALUE, BevRasterizer, actor_states
 from edge.drives.qa import make_qa
 from edge.drives.render import CameraRenderer, GroundTexture, Lighting, SceneFaces
 from edge.drives.scenarios import SCENARIOS, Scenario
@@ -140,7 +140,7 @@ def test_ultrasonic_measures_the_box_in_its_beam() -> None:
 def test_bev_ground_truth_marks_object_cells_and_hides_what_is_behind() -> None:
     car = box_actor(0, 7.0, 0.0, size=(1.0, 2.0, 1.5))
     world = static_world([car])
-    grid = BevGrid()
+    grid = GT_GRID
     raster = BevRasterizer(grid, RIG.footprint(), [c.position[:2] for c in RIG.fisheye.values()])
     g = raster.rasterize(actor_states(world.actors, 0.0, (0.0, 0.0, 0.0), 30.0))
 

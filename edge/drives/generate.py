@@ -21,7 +21,7 @@ from edge.drives import messages as M
 from edge.drives import topics as T
 from edge.drives.audio_sim import AudioSimulator
 from edge.drives.bag import BagWriter
-from edge.drives.groundtruth import BevGrid, BevRasterizer, actor_states, object_list
+from edge.drives.groundtruth import GT_GRID, BevRasterizer, actor_states, object_list
 from edge.drives.qa import make_qa
 from edge.drives.render import CameraRenderer, GroundTexture, Lighting, SceneFaces
 from edge.drives.scenarios import Scenario, daylight_at, get_scenario, lighting_label
@@ -89,7 +89,7 @@ class DriveGenerator:
         self.scene = SceneFaces(world.actors)
         self.ultrasonic = UltrasonicSimulator(rig.ultrasonic, np.random.default_rng((seed, 2)))
         self.audio = AudioSimulator(world, rig.microphones, seed)
-        self.grid = BevGrid()
+        self.grid = GT_GRID
         self.bev = BevRasterizer(self.grid, rig.footprint(), [c.position[:2] for c in rig.fisheye.values()])
         self.footprint = rig.footprint()
         self.pool = ThreadPoolExecutor(max_workers=2)

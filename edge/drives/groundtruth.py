@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from edge.drives.world import STATIC, VEHICLE, VRU, Actor
+from edge.kernels.grid import BevGrid
 
 FREE, STATIC_VALUE, VEHICLE_VALUE, VRU_VALUE, UNKNOWN = 0, 100, 90, 80, -1
 CLASS_VALUES = {STATIC: STATIC_VALUE, VEHICLE: VEHICLE_VALUE, VRU: VRU_VALUE}
@@ -27,24 +28,13 @@ VISIBLE_RANGE = 12.0
 _SHIFT = 4
 
 
-@dataclass(frozen=True)
-class BevGrid:
-    x_min: float = -8.0
-    x_max: float = 12.0
-    y_min: float = -10.0
-    y_max: float = 10.0
-    resolution: float = 0.1
+# The ground-truth extent; the grid type is the kernels' one, so perception and ground truth share geometry.
+GT_GRID = BevGrid(x_min=-8.0, x_max=12.0, y_min=-10.0, y_max=10.0, resolution=0.1)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows along y, columns along x)."""
-        return (int(round((self.y_max - self.y_min) / self.resolution)), int(round((self.x_max - self.x_min) / self.resolution)))
 
-    def cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
-        ny, nx = self.shape
-        xs = self.x_min + (np.arange(nx) + 0.5) * self.resolution
-        ys = self.y_min + (np.arange(ny) + 0.5) * self.resolution
-        return np.meshgrid(xs, ys)  # (ny, nx) each
+def occupancy_shape(grid: BevGrid) -> tuple[int, int]:
+    """OccupancyGrid layout: (rows along y, columns along x) — the transpose of the kernels' (nx, ny) layout."""
+    return grid.ny, grid.nx
 
 
 @dataclass(frozen=True)
@@ -90,7 +80,8 @@ class BevRasterizer:
     def __init__(self, grid: BevGrid, footprint: tuple[float, float, float, float], camera_xy: list[np.ndarray]) -> None:
         self.grid = grid
         self.footprint = footprint
-        self.cx, self.cy = grid.cell_centres()
+        centres = grid.cell_centres().transpose(1, 0, 2)  # (ny, nx, 2): OccupancyGrid rows are y
+        self.cx, self.cy = centres[..., 0], centres[..., 1]
         self.camera_xy = camera_xy
         self.n_bins = 720
         x0, x1, y0, y1 = footprint
@@ -107,7 +98,7 @@ class BevRasterizer:
         return np.round(px * (1 << _SHIFT)).astype(np.int32)
 
     def rasterize(self, states: list[ActorState]) -> np.ndarray:
-        grid = np.zeros(self.grid.shape, np.int8)
+        grid = np.zeros(occupancy_shape(self.grid), np.int8)
         for cls in (STATIC, VEHICLE, VRU):  # later classes drawn over earlier ones
             polys = [self._to_px(s.corners) for s in states if s.cls == cls]
             if polys:
@@ -115,7 +106,7 @@ class BevRasterizer:
         tall = grid != FREE  # obstacles hide the ground behind them...
         for s in states:  # ...except curbs, too low to hide anything
             if s.kind == "curb":
-                mask = np.zeros(self.grid.shape, np.uint8)
+                mask = np.zeros(occupancy_shape(self.grid), np.uint8)
                 cv2.fillPoly(mask, [self._to_px(s.corners)], 1, cv2.LINE_8, _SHIFT)
                 tall &= mask == 0
         visible = np.zeros(grid.size, bool)

@@ -197,33 +197,27 @@ class Rig:
         return (-v.rear_overhang, v.length - v.rear_overhang, -v.width / 2, v.width / 2)
 
 
-def _fisheye(name: str, s: FisheyeSpec) -> FisheyeCamera:
+def _camera_fields(name: str, s: FisheyeSpec | PinholeSpec, distortion: list[float]) -> dict:
+    """Constructor arguments shared by both camera models."""
     i = s.intrinsics
-    return FisheyeCamera(
+    return dict(
         name=name,
         frame_id=s.frame_id,
         width=s.image.width,
         height=s.image.height,
         K=np.array([[i.fx, 0.0, i.cx], [0.0, i.fy, i.cy], [0.0, 0.0, 1.0]]),
-        D=np.array(i.k, dtype=np.float64),
+        D=np.array(distortion, dtype=np.float64),
         T_base_cam=optical_pose(s.extrinsics.xyz, np.radians(s.extrinsics.rpy_deg)),
         rate_hz=s.rate_hz,
-        fov=math.radians(s.fov_deg),
     )
+
+
+def _fisheye(name: str, s: FisheyeSpec) -> FisheyeCamera:
+    return FisheyeCamera(**_camera_fields(name, s, s.intrinsics.k), fov=math.radians(s.fov_deg))
 
 
 def _pinhole(name: str, s: PinholeSpec) -> PinholeCamera:
-    i = s.intrinsics
-    return PinholeCamera(
-        name=name,
-        frame_id=s.frame_id,
-        width=s.image.width,
-        height=s.image.height,
-        K=np.array([[i.fx, 0.0, i.cx], [0.0, i.fy, i.cy], [0.0, 0.0, 1.0]]),
-        D=np.array(i.d, dtype=np.float64),
-        T_base_cam=optical_pose(s.extrinsics.xyz, np.radians(s.extrinsics.rpy_deg)),
-        rate_hz=s.rate_hz,
-    )
+    return PinholeCamera(**_camera_fields(name, s, s.intrinsics.d))
 
 
 def rig_from_spec(spec: RigSpec, source: str = "<memory>") -> Rig:
