@@ -36,6 +36,21 @@ def timeit(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def timeit_pair(kernel: Callable[[], object], reference: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median times of kernel and reference, calls interleaved so both see the same machine load."""
+    kernel(), reference()
+    tk, tr = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        kernel()
+        t1 = time.perf_counter()
+        reference()
+        t2 = time.perf_counter()
+        tk.append(t1 - t0)
+        tr.append(t2 - t1)
+    return statistics.median(tk), statistics.median(tr)
+
+
 def frustum_table(cams: list[PinholeCamera], grid: K.BevGrid, feat_hw: tuple[int, int], bins: tuple[float, float, int],
                   z_range: tuple[float, float] = (-5.0, 3.0)) -> K.BevTable:
     """BEVPoolv2-style push table: every frustum point (cam, depth bin, v, u) lands in one cell (weight 1)."""
@@ -98,8 +113,7 @@ def run_cpu(quick: bool, results: list[dict]) -> None:
             depth = torch.rand(b, t.n_depth).to(dtype) if depth_mode else None
             di, tdi = (t.depth_idx, t.t_depth_idx) if depth_mode else (t.depth_idx[:0], t.t_depth_idx[:0])
             args = (feat, depth, t.offsets, t.src_idx, di, t.weight, t.t_offsets, t.t_idx, tdi, t.t_weight)
-            tk = timeit(lambda: torch.ops.edge.bev_pool(*args), rep)
-            tr = timeit(lambda: K.bev_pool_reference(*args), max(2, rep // 2))
+            tk, tr = timeit_pair(lambda: torch.ops.edge.bev_pool(*args), lambda: K.bev_pool_reference(*args), rep)
             gbs = bev_bytes(t, b, c, feat.element_size(), depth_mode) / tk / 1e9
             label = f"bev {name} {str(dtype)[6:]} nnz={t.nnz}"
             print(f"{label[:48]:48s} {tk * 1e3:10.3f} {tr * 1e3:10.3f} {tr / tk:7.1f} {gbs:7.2f}", flush=True)
@@ -112,8 +126,8 @@ def run_cpu(quick: bool, results: list[dict]) -> None:
                            torch.full((12,), 1.0), torch.full((12,), 0.15), torch.full((12,), 5.5)], dim=1)
     ranges = torch.rand(8, 12, generator=g) * 6
     ref_args = (sensors, ranges, grid.x_min, grid.y_min, grid.nx, grid.ny, grid.resolution, 0.2, False)
-    tk = timeit(lambda: K.ultrasonic_raster(ranges, sensors, grid), rep)
-    tr = timeit(lambda: K.ultrasonic_raster_reference(*ref_args), max(2, rep // 2))
+    tk, tr = timeit_pair(lambda: K.ultrasonic_raster(ranges, sensors, grid),
+                         lambda: K.ultrasonic_raster_reference(*ref_args), rep)
     gbs = 8 * 3 * grid.n_cells * 4 / tk / 1e9
     print(f"{'ultrasonic 12 sensors 200x200 B=8':48s} {tk * 1e3:10.3f} {tr * 1e3:10.3f} {tr / tk:7.1f} {gbs:7.2f}")
     results.append({"op": "ultrasonic_raster", "case": "12 sensors 200x200 B=8", "kernel_s": tk, "reference_s": tr,
@@ -125,8 +139,8 @@ def run_cpu(quick: bool, results: list[dict]) -> None:
     q, keys = torch.randn(b, h, c // h), torch.randn(b, h, n, c // h)
     for k in (64, 144):
         for src, sargs in (("scores", (scores, None, None)), ("q.K", (None, q, keys))):
-            tk = timeit(lambda: torch.ops.edge.prune_tokens(x, *sargs, k, True, True), rep * 3)
-            tr = timeit(lambda: K.prune_tokens_reference(x, *sargs, k, True, True), rep * 2)
+            tk, tr = timeit_pair(lambda: torch.ops.edge.prune_tokens(x, *sargs, k, True, True),
+                                 lambda: K.prune_tokens_reference(x, *sargs, k, True, True), rep * 3)
             moved = (b * n * c + b * (k + 1) * c + (b * n * c if src == "q.K" else 0)) * 4
             gbs = moved / tk / 1e9
             label = f"prune {n}x{c} k={k} B={b} fused, {src}"

@@ -46,6 +46,12 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_half_f16c(float* acc, const u
   }
   for (; c < C; ++c) acc[c] += w * half_to_float(row[c]);
 }
+__attribute__((target("avx2,fma"))) void axpy_f32_avx2(float* acc, const float* row, int64_t C, float w) {
+  const __m256 wv = _mm256_set1_ps(w);
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(wv, _mm256_loadu_ps(row + c), _mm256_loadu_ps(acc + c)));
+  for (; c < C; ++c) acc[c] += w * row[c];
+}
 __attribute__((target("avx2,fma,f16c"))) void store_half_f16c(uint16_t* out, const float* acc, int64_t C) {
   int64_t c = 0;
   for (; c + 8 <= C; c += 8) {
@@ -74,8 +80,9 @@ EDGE_SIMD_CLONES float dot_f32(const float* __restrict a, const float* __restric
 // acc[0:C] += w * row[0:C]; the fp32 branch vectorises.
 inline void axpy(float* acc, const void* base, int64_t off, int64_t C, float w, bool is_half) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (is_half && kHasF16C) {
-    axpy_half_f16c(acc, static_cast<const uint16_t*>(base) + off, C, w);
+  if (kHasF16C) {
+    if (is_half) axpy_half_f16c(acc, static_cast<const uint16_t*>(base) + off, C, w);
+    else axpy_f32_avx2(acc, static_cast<const float*>(base) + off, C, w);
     return;
   }
 #endif

@@ -159,6 +159,7 @@ Status prune_tokens_cuda(const PruneArgs& a, void* stream) {
   const int64_t first = a.has_cls ? 1 : 0;
   if (K < first || K > N || K < 1) return Status::Error("prune_tokens: k out of range");
   if (B == 0) return Status::Ok();
+  if (B > 65535) return Status::Error("prune_tokens: batch above 65535 rows is not supported by the CUDA kernel");
   if (a.workspace == nullptr) return Status::Error("prune_tokens: CUDA path needs a workspace");
   const size_t select_shmem = (2 * N + 64) * sizeof(float);
   const size_t probs_shmem = (D + N + 32) * sizeof(float);
