@@ -104,3 +104,32 @@ def test_prune_cuda_ties_nan():
     scores = torch.tensor([[0.0, 0.5, float("nan"), 0.5, float("-inf"), 0.5, float("nan"), 0.1]], device="cuda")
     assert K.prune_tokens(x, 4, scores=scores).kept_idx.tolist() == [[0, 1, 3, 5]]
     assert K.prune_tokens(x, 7, scores=scores).kept_idx.tolist() == [[0, 1, 2, 3, 4, 5, 7]]
+
+
+def test_cuda_opcheck_all_ops():
+    t = _tables().to("cuda")
+    feat = torch.randn(2, 120, 8, device="cuda", requires_grad=True)
+    depth = torch.rand(2, 720, device="cuda", requires_grad=True)
+    torch.library.opcheck(torch.ops.edge.bev_pool.default,
+                          (feat, depth, t.offsets, t.src_idx, t.depth_idx, t.weight, t.t_offsets, t.t_idx,
+                           t.t_depth_idx, t.t_weight))
+    sensors = torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.15, 5.5], [1.0, 0.5, 1.0, 0.8, 0.15, 5.5]], device="cuda")
+    torch.library.opcheck(torch.ops.edge.ultrasonic_raster.default,
+                          (sensors, torch.rand(3, 2, device="cuda") * 5, -4.0, -4.0, 40, 40, 0.2, 0.2, True))
+    x = torch.randn(2, 40, 16, device="cuda", requires_grad=True)
+    torch.library.opcheck(torch.ops.edge.prune_tokens.default,
+                          (x, torch.rand(2, 40, device="cuda"), None, None, 7, True, True))
+
+
+def test_cuda_ops_use_the_current_stream():
+    """Work queued on a side stream is ordered after that stream's prior work, not the default stream's."""
+    t = _tables().to("cuda")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        feat = torch.randn(4, 120, 64, device="cuda")
+        feat.mul_(2.0)  # on `side`; the op must see this result without a device-wide sync
+        out = torch.ops.edge.bev_pool(feat, None, t.offsets, t.src_idx, t.depth_idx[:0], t.weight, t.t_offsets,
+                                      t.t_idx, t.t_depth_idx[:0], t.t_weight)
+    side.synchronize()
+    ref = K.bev_pool_reference(feat, None, t.offsets, t.src_idx, t.depth_idx, t.weight)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
