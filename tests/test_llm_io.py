@@ -133,3 +133,11 @@ def test_model_directories_without_usable_weights_are_refused(tmp_path):
         load_llm(tmp_path / "weights.txt")
     with pytest.raises(LLMError, match="unknown dtype 'float8'"):
         load_llm(tmp_path / "nope", dtype="float8")
+
+
+def test_text_batch_not_matching_fed_batch_is_named():
+    model = tiny_llama()
+    conn = MPnPConnector(model, 2)
+    conn.attach(ModalityAligner.for_llm("camera", 8, LLMShape.of(model), 2), torch.randn(3, 4, 8))
+    with pytest.raises(LLMError, match="fed with batch 3 but the text batch is 2"):
+        model(torch.randint(0, 97, (2, 4)))

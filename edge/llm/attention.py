@@ -31,6 +31,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from edge.llm.errors import LLMError
+
 ATTN_IMPLEMENTATION = "mpnp_sdpa"
 LINK_ATTR = "_mpnp_link"
 
@@ -76,7 +78,7 @@ def text_mask_bias(
         return torch.where(visible, 0.0, neg).to(dtype)[None, None]
     mask = attention_mask[..., :kv_len]  # static caches may hand over a longer mask than the keys
     if mask.shape[-1] != kv_len:
-        raise ValueError(f"attention mask covers {mask.shape[-1]} keys, the layer has {kv_len}")
+        raise LLMError(f"attention mask covers {mask.shape[-1]} keys, the layer has {kv_len}")
     if mask.dtype == torch.bool:
         return torch.where(mask, 0.0, neg).to(dtype)
     return mask.to(dtype)
@@ -94,7 +96,10 @@ def prepend_prefix(
     batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
     pb = prefix.key.shape[0]
     if pb not in (1, batch):
-        raise ValueError(f"modality tokens have batch {pb}, the text batch is {batch}")
+        raise LLMError(
+            f"modality tokens were fed with batch {pb} but the text batch is {batch} "
+            "(feed batch 1 to share them, e.g. with beam search, or one row per sequence)"
+        )
     pk = prefix.key.to(key.dtype).expand(batch, -1, -1, -1)
     pv = prefix.value.to(value.dtype).expand(batch, -1, -1, -1)
     text = text_mask_bias(attention_mask, batch, q_len, kv_len, query.dtype, query.device, causal)
