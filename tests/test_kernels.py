@@ -429,3 +429,15 @@ def test_real_rig_tables_and_sensors(tmp_path):
     ranges = torch.full((1, sensors.shape[0]), 1.0)
     out = K.ultrasonic_raster(ranges, sensors, spec.grid)
     assert float(out[0, 0].sum()) > 0 and float(out[0, 1].sum()) > 0
+
+
+def test_concurrent_calls_from_python_threads_agree():
+    """The kernels release the GIL and share one thread pool; concurrent callers must get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = random_table(400, 60, seed=9)
+    feats = [torch.randn(2, 60, 33) for _ in range(8)]
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda f: [run_table(t, f) for _ in range(20)][-1], feats))
+    for f, o in zip(feats, outs):
+        torch.testing.assert_close(o, ref_table(t, f), rtol=1e-5, atol=1e-5)
