@@ -82,6 +82,8 @@ def run_replay(args: argparse.Namespace) -> int:
             pubs[topic] = node.create_publisher(cls, topic, qos_for_topic(topic))
         if args.delay > 0:
             time.sleep(args.delay)  # let subscribers discover the publishers, like ros2 bag play --delay
+        if args.wait_for_subscribers > 0:
+            _wait_for_subscribers(pubs, args.wait_for_subscribers)
         print(f"edge replay: {args.bag}: {len(pubs)} topics, rate {args.rate}x"
               f"{', loop' if args.loop else ''}", file=sys.stderr)
         sent = 0
@@ -111,6 +113,19 @@ def run_replay(args: argparse.Namespace) -> int:
             rclpy.shutdown()
 
 
+def _wait_for_subscribers(pubs: dict[str, Any], timeout_s: float) -> None:
+    """Hold playback until every topic has a matched subscriber (best-effort data sent earlier is lost)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(p.get_subscription_count() == 0 for p in pubs.values()):
+        time.sleep(0.05)
+    unmatched = sorted(t for t, p in pubs.items() if p.get_subscription_count() == 0)
+    if unmatched:
+        print(f"edge replay: warning: no subscriber after {timeout_s:g} s on {len(unmatched)} topic(s), "
+              f"e.g. {unmatched[0]}; playing anyway", file=sys.stderr)
+    else:
+        time.sleep(0.2)  # the subscribers' side of the match completes a moment after ours
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="publish a bag on ROS 2 topics with /clock (like ros2 bag play)",
                        description=__doc__.splitlines()[0])
@@ -121,6 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="only these topics [all]")
     p.add_argument("--clock-hz", type=float, default=40.0, help="/clock publication rate [40]")
     p.add_argument("--delay", type=float, default=0.0, metavar="S", help="wait S seconds before playing [0]")
+    p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
+                   help="wait up to S seconds until every topic has a subscriber [0: don't wait]")
     p.add_argument("--linger", type=float, default=0.5, metavar="S", help="keep the node S seconds after the end")
     p.set_defaults(func=_main)
 

@@ -91,7 +91,8 @@ def test_replay_received_in_another_process(make_bag, ros_env):
         assert listener.stdout.readline().strip() == "ready"
         t0 = time.monotonic()
         player = subprocess.run(
-            [sys.executable, "-m", "edge.cli", "replay", str(bag), "--rate", "1.0", "--delay", "2.0"],
+            [sys.executable, "-m", "edge.cli", "replay", str(bag), "--rate", "1.0", "--delay", "2.0",
+             "--wait-for-subscribers", "30"],
             cwd=ROOT, env=ros_env, capture_output=True, text=True, timeout=60,
         )
         wall = time.monotonic() - t0
