@@ -384,11 +384,15 @@ def test_onnx_export_runs_in_onnxruntime(fusion_case, tmp_path):
 
     model, args = fusion_case
     path = tmp_path / "fusion.onnx"
-    K.export_onnx(model, args, path)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    K.export_onnx(model, args, path, dynamic_shapes=tuple({0: batch} for _ in args))
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert not any(op.startswith("edge") for op in ops), ops
     assert {"TopK", "GatherElements"} & ops and ({"ScatterND", "ScatterElements"} & ops)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # A batch size other than the traced one: the exported graph keeps the batch dimension dynamic.
+    args = (torch.randn(3, 4, 12, 16, 5), torch.softmax(torch.randn(3, 4, 6, 12, 16), dim=2), torch.rand(3, 6) * 5,
+            torch.randn(3, 30, 8), torch.rand(3, 30))
     outs = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
     eager = model(*args)
     np.testing.assert_allclose(outs[0][:, :5], eager[0][:, :5].numpy(), rtol=1e-4, atol=1e-5)
