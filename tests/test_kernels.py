@@ -445,3 +445,22 @@ def test_concurrent_calls_from_python_threads_agree():
         outs = list(ex.map(lambda f: [run_table(t, f) for _ in range(20)][-1], feats))
     for f, o in zip(feats, outs):
         torch.testing.assert_close(o, ref_table(t, f), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_inductor_compile_forward_and_backward():
+    """torch.compile with the default (Inductor) backend around the ops, gradients included (~30 s)."""
+    t = random_table(100, 30, seed=1)
+
+    def f(x, s):
+        y = run_table(t, x)
+        return K.prune_tokens(y * 2 + 1, 10, scores=s).tokens.relu()
+
+    x, s = torch.randn(2, 30, 8, requires_grad=True), torch.rand(2, 100)
+    out = torch.compile(f, fullgraph=True)(x, s)
+    out.sum().backward()
+    g, x.grad = x.grad.clone(), None
+    eager = f(x, s)
+    eager.sum().backward()
+    torch.testing.assert_close(out, eager)
+    torch.testing.assert_close(g, x.grad)
