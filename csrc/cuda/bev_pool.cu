@@ -30,15 +30,15 @@ __global__ void bev_pool_kernel(const T* __restrict__ feat, const T* __restrict_
       float acc[kChanPerLane] = {0.f, 0.f, 0.f, 0.f};
       for (int64_t kb = k0; kb < k1; kb += 32) {
         const int64_t k = kb + lane;
-        int s = 0;
+        int s = -1;  // -1 marks a lane without a (valid) pair
         float w = 0.f;
         if (k < k1) {
           s = __ldg(src_idx + k);
           w = __ldg(weight + k);
-          if (s < 0 || s >= n_src) { atomicOr(err, 2); s = 0; w = 0.f; }
-          if (depth != nullptr) {
+          if (s < 0 || s >= n_src) { atomicOr(err, 2); s = -1; }
+          if (s >= 0 && depth != nullptr) {
             const int d = __ldg(depth_idx + k);
-            if (d < 0 || d >= n_depth) { atomicOr(err, 4); w = 0.f; }
+            if (d < 0 || d >= n_depth) { atomicOr(err, 4); s = -1; }
             else w *= to_float(depth[b * n_depth + d]);
           }
         }
@@ -46,7 +46,7 @@ __global__ void bev_pool_kernel(const T* __restrict__ feat, const T* __restrict_
         for (int j = 0; j < n; ++j) {
           const int sj = __shfl_sync(0xffffffffu, s, j);
           const float wj = __shfl_sync(0xffffffffu, w, j);
-          if (wj == 0.f) continue;  // uniform across the warp: skipped pairs cost no loads
+          if (sj < 0) continue;  // uniform across the warp: invalid pairs are never dereferenced
           const T* row = fb + static_cast<int64_t>(sj) * C;
 #pragma unroll
           for (int u = 0; u < kChanPerLane; ++u) {
