@@ -13,6 +13,15 @@ from edge.errors import EdgeError
 from edge.llm import LLMError, LLMShape, MPnPConnector, ModalityAligner, load_aligner, load_llm, save_aligner
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are dispatch-bound: one thread is fastest, and robust on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_llama(hidden: int = 64, kv_heads: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=97, hidden_size=hidden, intermediate_size=96, num_hidden_layers=3,

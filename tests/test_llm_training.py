@@ -12,6 +12,15 @@ from edge.llm.training import KVLoRA
 N_LAYERS, N_CONNECTED = 4, 2
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are dispatch-bound: one thread is fastest, and robust on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=N_LAYERS,
