@@ -61,6 +61,9 @@ def test_nothing_attached_is_identical_to_plain_sdpa():
     conn.close()
     assert model.config._attn_implementation == "sdpa"
     assert all(LINK_ATTR not in m.__dict__ for m in model.modules())
+    with pytest.raises(LLMError, match="connector was closed"):
+        conn.attach(aligner(model, "cam"))
+    MPnPConnector(model, 1).close()  # a closed connector frees the model for a new one
 
 
 def _hand_attention(q, k, v, pk, pv, bias, text_visible, scale):

@@ -61,6 +61,7 @@ class MPnPConnector(nn.Module):
         self._cached: _Built | None = None
         self._step: _Built | None = None
         self._previous_impl = model.config._attn_implementation
+        self._closed = False
         model.set_attn_implementation(register())
         object.__setattr__(model, _CONNECTOR_ATTR, self)
         self._relink()
@@ -95,6 +96,7 @@ class MPnPConnector(nn.Module):
 
         The aligner is moved to the LLM's device and to `dtype` (default: the LLM's dtype).
         """
+        self._check_open()
         name = aligner.modality
         if name in self.aligners:
             raise LLMError(f"modality '{name}' is already attached; detach it first to replace its aligner")
@@ -121,6 +123,7 @@ class MPnPConnector(nn.Module):
 
     def set_n_blocks(self, n_blocks: int) -> None:
         """Change how many of the last blocks receive the prefix."""
+        self._check_open()
         self._check_n(n_blocks)
         for aligner in self.aligners.values():
             self._check_gates(aligner, n_blocks)
@@ -153,6 +156,9 @@ class MPnPConnector(nn.Module):
 
     def close(self) -> None:
         """Remove every connection and give the LLM back its previous attention implementation."""
+        if self._closed:
+            return
+        self._closed = True
         self.aligners.clear()
         self._feeds.clear()
         for module in self.__dict__["_attn"]:
@@ -219,6 +225,10 @@ class MPnPConnector(nn.Module):
                 module.__dict__[LINK_ATTR] = Link(self, self.shape.n_layers - 1 - idx)
             else:
                 module.__dict__.pop(LINK_ATTR, None)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LLMError("this mPnP connector was closed; make a new MPnPConnector(model, n_blocks)")
 
     def _check_n(self, n_blocks: int) -> None:
         if not isinstance(n_blocks, int) or not 1 <= n_blocks <= self.shape.n_layers:
