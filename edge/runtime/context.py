@@ -1,0 +1,143 @@
+"""What the scheduler knows about the world right now, estimated from the sensor data itself.
+
+Per camera: brightness, noise and glare from the image; per sensor stream: staleness and dropout rate over a
+sliding window; audio level; ego speed from odometry. Nothing here reads ground truth: the same estimates come
+from a live vehicle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from edge.drives.sync import Sample
+
+# Immerkaer's fast noise estimator: a Laplacian-difference kernel insensitive to image structure.
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+SATURATED = 250
+DARK_BRIGHTNESS = 0.12  # mean luma below this (0..1, valid pixels) is night for a camera
+DUSK_BRIGHTNESS = 0.25
+GLARE_FRACTION = 0.005  # share of saturated lens pixels that marks a camera as blinded (a sun disc with bloom)
+
+
+@dataclass(frozen=True)
+class CameraHealth:
+    present: bool
+    brightness: float = 0.0  # mean luma of the lens area, 0..1
+    noise: float = 0.0  # estimated noise sigma, grey levels
+    glare: float = 0.0  # share of saturated pixels in the lens area
+
+    @property
+    def glared(self) -> bool:
+        return self.present and self.glare >= GLARE_FRACTION
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    """Health of one sensor stream over the recent window."""
+
+    present: bool  # delivered data in the current sample
+    staleness_s: float  # time since the last valid data (inf if never)
+    dropout_rate: float  # share of recent samples without valid data
+
+    @property
+    def healthy(self) -> bool:
+        return self.present and self.staleness_s < 0.5 and self.dropout_rate < 0.5
+
+
+@dataclass(frozen=True)
+class Context:
+    stamp_ns: int
+    cameras: dict[str, CameraHealth]
+    streams: dict[str, StreamHealth]  # "fisheye", "camera", "ultrasonic", "audio"
+    audio_level_db: float
+    ego_speed: float
+    lighting: str  # day / dusk / night, from camera brightness
+
+    @property
+    def glare_cameras(self) -> list[str]:
+        return sorted(name for name, c in self.cameras.items() if c.glared)
+
+
+def image_health(img: np.ndarray | None) -> CameraHealth:
+    """Brightness, noise and glare of one image, measured over its lens area (fisheye corners excluded)."""
+    if img is None:
+        return CameraHealth(present=False)
+    grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY) if img.ndim == 3 else img
+    small = cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2), interpolation=cv2.INTER_AREA) \
+        if grey.shape[1] > 400 else grey
+    lens = small > 0
+    n = int(lens.sum())
+    if n < 16:
+        return CameraHealth(present=True)
+    brightness = float(small[lens].mean()) / 255.0
+    glare = float((small[lens] >= SATURATED).mean())
+    response = np.abs(cv2.filter2D(small.astype(np.float32), -1, _NOISE_KERNEL))
+    interior = cv2.erode(lens.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    noise = float(math.sqrt(math.pi / 2) * response[interior].mean() / 6.0) if interior.any() else 0.0
+    return CameraHealth(present=True, brightness=brightness, noise=noise, glare=glare)
+
+
+def lighting_from_brightness(brightness: float) -> str:
+    if brightness < DARK_BRIGHTNESS:
+        return "night"
+    if brightness < DUSK_BRIGHTNESS:
+        return "dusk"
+    return "day"
+
+
+@dataclass
+class _StreamTracker:
+    window: int
+    last_valid_ns: int | None = None
+    history: deque = field(default_factory=deque)
+
+    def update(self, stamp_ns: int, valid: bool, data_stamp_ns: int | None) -> StreamHealth:
+        if valid and data_stamp_ns is not None:
+            self.last_valid_ns = max(self.last_valid_ns or data_stamp_ns, data_stamp_ns)
+        self.history.append(valid)
+        while len(self.history) > self.window:
+            self.history.popleft()
+        staleness = math.inf if self.last_valid_ns is None else max(0.0, (stamp_ns - self.last_valid_ns) / 1e9)
+        return StreamHealth(valid, staleness, 1.0 - sum(self.history) / len(self.history))
+
+
+class ContextEstimator:
+    """Feed samples in time order; each call returns the context at that sample."""
+
+    def __init__(self, window: int = 20, brightness_smoothing: float = 0.3) -> None:
+        self.trackers = {k: _StreamTracker(window) for k in ("fisheye", "camera", "ultrasonic", "audio")}
+        self.alpha = brightness_smoothing
+        self._brightness: float | None = None
+
+    def update(self, sample: Sample) -> Context:
+        cams = {f"fisheye/{name}": image_health(img) for name, img in sample.fisheye.items()}
+        cams["camera/front"] = image_health(sample.front)
+        t = sample.stamp_ns
+        src = sample.source_stamps
+        fisheye_stamps = [src[k] for k in src if k.startswith("fisheye/")]
+        us_valid = [r for r in sample.ultrasonic.values() if r is not None and r.get("status") in ("ok", "no_echo")]
+        us_stamps = [src[k] for k in src if k.startswith("ultrasonic/")]
+        streams = {
+            "fisheye": self.trackers["fisheye"].update(t, len(fisheye_stamps) >= 2, max(fisheye_stamps, default=None)),
+            "camera": self.trackers["camera"].update(t, sample.front is not None, src.get("front")),
+            "ultrasonic": self.trackers["ultrasonic"].update(t, len(us_valid) >= max(1, len(sample.ultrasonic) // 2),
+                                                             max(us_stamps, default=None)),
+            "audio": self.trackers["audio"].update(t, sample.audio is not None,
+                                                   (t if sample.audio is not None else None)),
+        }
+        level = -120.0
+        if sample.audio is not None:
+            rms = float(np.sqrt(np.mean(sample.audio.astype(np.float64) ** 2))) / 32768.0
+            level = 20 * math.log10(max(rms, 1e-6))
+        seen = [c.brightness for c in cams.values() if c.present]
+        if seen:
+            b = float(np.median(seen))
+            self._brightness = b if self._brightness is None else (1 - self.alpha) * self._brightness + self.alpha * b
+        lighting = lighting_from_brightness(self._brightness) if self._brightness is not None else "unknown"
+        speed = abs(float(sample.odometry["vx"])) if sample.odometry else 0.0
+        return Context(t, cams, streams, level, speed, lighting)

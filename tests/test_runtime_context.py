@@ -1,0 +1,58 @@
+"""Context estimation from sensor data alone: lighting, glare, noise, stream health."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.drives.generate import generate_drive
+from edge.drives.sync import SyncConfig, Synchronizer
+from edge.runtime.context import ContextEstimator, image_health
+
+
+def contexts(path: Path) -> list:
+    est = ContextEstimator()
+    return [est.update(s) for s in Synchronizer(path, SyncConfig(image_reduce=2))]
+
+
+@pytest.fixture(scope="module")
+def drives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ctx")
+    return {name: generate_drive(root / name, seed=2, duration=1.5, scenario=name, progress=False).path
+            for name in ("parking-day", "parking-night", "glare")}
+
+
+def test_lighting_noise_and_glare_are_read_from_the_images(drives: dict[str, Path]) -> None:
+    day, night, glare = (contexts(drives[n])[-1] for n in ("parking-day", "parking-night", "glare"))
+    assert day.lighting == "day" and night.lighting == "night"
+    front = "fisheye/front"
+    assert day.cameras[front].brightness > 3 * night.cameras[front].brightness
+    assert night.cameras[front].noise > 2 * day.cameras[front].noise  # night gain amplifies sensor noise
+    assert glare.glare_cameras and "fisheye/front" in glare.glare_cameras
+    assert "fisheye/rear" not in glare.glare_cameras
+    assert not day.glare_cameras and not night.glare_cameras
+
+
+def test_stream_health_tracks_silence_and_recovery(drives: dict[str, Path]) -> None:
+    samples = list(Synchronizer(drives["parking-day"], SyncConfig(image_reduce=2)))
+    est = ContextEstimator(window=10)
+    healthy = [est.update(s) for s in samples[:8]]
+    assert healthy[-1].streams["ultrasonic"].healthy and healthy[-1].streams["fisheye"].healthy
+    silent = [dataclasses.replace(s, ultrasonic={k: None for k in s.ultrasonic},
+                                  source_stamps={k: v for k, v in s.source_stamps.items() if not k.startswith("ultrasonic/")})
+              for s in samples[8:]]
+    ctx = [est.update(s) for s in silent]
+    assert not ctx[-1].streams["ultrasonic"].present
+    assert ctx[-1].streams["ultrasonic"].staleness_s >= 0.5
+    assert not ctx[-1].streams["ultrasonic"].healthy
+    assert ctx[-1].streams["fisheye"].healthy  # the other streams are unaffected
+
+
+def test_missing_image_is_reported_absent_not_dark() -> None:
+    assert not image_health(None).present
+    black_lens = np.zeros((240, 320, 3), np.uint8)
+    health = image_health(black_lens)
+    assert health.present and health.brightness == 0.0
