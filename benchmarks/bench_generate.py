@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,12 @@ from edge.drives.generate import DriveGenerator, generate_drive
 from edge.drives.scenarios import get_scenario
 from edge.drives.world import build_world
 from edge.sensors.rig import load_rig
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): a measure other jobs on the machine barely move."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
@@ -36,18 +43,22 @@ def main() -> None:
             world = build_world(get_scenario(name), 1, args.duration, rig.footprint())
             DriveGenerator(world, rig, 1).close()
             setup = time.perf_counter() - t0
+            cpu0 = _cpu_seconds()
             summary = generate_drive(Path(tmp) / "bag", seed=1, duration=args.duration, scenario=name, progress=False)
+            cpu = _cpu_seconds() - cpu0
         steady = args.duration / max(summary.wall_seconds - setup, 1e-9)
         row = {
             "scenario": name, "duration_s": args.duration, "wall_s": round(summary.wall_seconds, 2),
             "setup_s": round(setup, 2), "realtime_factor": round(summary.realtime_factor, 2),
             "realtime_factor_without_setup": round(steady, 2),
             "mb_per_60s": round(summary.size_bytes / 1e6 * 60.0 / args.duration, 1),
+            "cpu_s": round(cpu, 2), "simulated_s_per_cpu_s": round(args.duration / max(cpu, 1e-9), 2),
         }
         results.append(row)
         print(f"{name:14s} generation {row['realtime_factor']:.2f}x real time "
               f"({row['realtime_factor_without_setup']:.2f}x after {row['setup_s']:.1f} s set-up; target >= 1.0), "
-              f"bag {row['mb_per_60s']:.0f} MB per 60 s (target <= 200)")
+              f"bag {row['mb_per_60s']:.0f} MB per 60 s (target <= 200); "
+              f"{row['simulated_s_per_cpu_s']:.2f} simulated s per CPU s (load-independent; 2 cores give twice that)")
     meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg()}
     print(f"machine: {meta}")
     if args.json:

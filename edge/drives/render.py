@@ -54,12 +54,17 @@ def headlight_gain(points_base: np.ndarray, daylight: float) -> np.ndarray:
     """Extra illumination from the ego's headlights (and a dim red-free tail glow) at base_link points."""
     if daylight >= 0.95:
         return np.zeros(len(points_base))
+    return (1.0 - daylight) * headlight_pattern(points_base)
+
+
+def headlight_pattern(points_base: np.ndarray) -> np.ndarray:
+    """Headlight beam (and tail glow) intensity at base_link points, at full darkness."""
     x, y = points_base[:, 0] - 3.6, points_base[:, 1]
     ang = np.abs(np.arctan2(y, np.maximum(x, 1e-3)))
     cone = np.clip(1.0 - ang / math.radians(38.0), 0.0, 1.0) * (x > 0)
     fall = 1.0 / (1.0 + (np.maximum(x, 0) / 9.0) ** 2)
     rear = 0.12 * (points_base[:, 0] < -1.0) / (1.0 + ((points_base[:, 0] + 1.0) / 2.0) ** 2)
-    return (1.0 - daylight) * (1.1 * cone * fall + rear)
+    return 1.1 * cone * fall + rear
 
 
 def box_faces(parts: list[Part], x: float, y: float, yaw: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,7 +149,10 @@ class CameraRenderer:
         self.ground_mask = (valid.ravel() & (dist < GROUND_RANGE)).reshape(h, w)
         self.gx = np.where(self.ground_mask.ravel(), ground[:, 0], 0.0).reshape(h, w).astype(np.float32)
         self.gy = np.where(self.ground_mask.ravel(), ground[:, 1], 0.0).reshape(h, w).astype(np.float32)
-        self.ground_points = np.stack([ground[:, 0], ground[:, 1], np.zeros(len(ground))], axis=1)
+        ground_points = np.stack([ground[:, 0], ground[:, 1], np.zeros(len(ground))], axis=1)
+        # The beam pattern on the ground is fixed in this camera; only its strength follows the daylight.
+        self.headlight_map = np.where(self.ground_mask, headlight_pattern(ground_points).reshape(h, w), 0.0
+                                      ).astype(np.float32)
         elevation = np.arcsin(np.clip(rays_base[:, 2], -1, 1)).reshape(h, w).astype(np.float32)
         self.rays_base = rays_base.reshape(h, w, 3).astype(np.float32)
         # Background (sky above the horizon, haze on ground beyond range) at full daylight; scaled per frame.
@@ -170,10 +178,9 @@ class CameraRenderer:
         """Per-pixel ground gain, background and lit ego body for this daylight level (cached, it changes slowly)."""
         key = round(light.daylight, 2)
         if key != self._cache_key:
-            h, w = self.camera.height, self.camera.width
-            gain = light.ambient + headlight_gain(self.ground_points, light.daylight).reshape(h, w)
-            gain = np.where(self.ground_mask, gain, 0.0).astype(np.float32)
-            self._gain3 = np.repeat(gain[..., None], 3, axis=2)
+            beam = 0.0 if light.daylight >= 0.95 else 1.0 - light.daylight
+            gain = self.ground_mask * np.float32(light.ambient) + self.headlight_map * np.float32(beam)
+            self._gain3 = cv2.merge([gain, gain, gain])
             self._bg = self.background * np.float32(0.04 + 0.96 * light.daylight)
             self._ego = self.ego_layer * np.float32(light.ambient + 0.2 * light.daylight)
             self._cache_key = key
