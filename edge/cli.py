@@ -16,6 +16,8 @@ COMMAND_MODULES: dict[str, str] = {
     "drive": "edge.drives.cli",
     "demo": "edge.demo",
     "replay": "ros_nodes.replay",
+    "train": "edge.train_cli",
+    "eval": "edge.eval_cli",
 }
 
 

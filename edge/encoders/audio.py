@@ -1,0 +1,170 @@
+"""Audio plugin: a 4-microphone window -> log-mel spectra + GCC-PHAT inter-channel delays -> event class
+(none / siren / horn), direction (front / left / rear / right) and LLM tokens.
+
+Why both features: log-mel carries *what* (siren wail, horn harmonics), GCC-PHAT carries *where* (time
+differences of arrival between microphone pairs, whitened so the loud low-frequency road noise does not dominate).
+Features are computed in numpy once per window (they are also what the training cache stores), the network is
+small and runs on the features.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edge.encoders.base import Cost, Diagnostics, InputError, count_macs, n_params
+from edge.encoders.config import AUDIO_EVENTS, DIRECTIONS, PerceptionConfig
+
+N_FFT, HOP, N_MELS, MAX_LAG, SEGMENTS = 512, 320, 32, 20, 12
+GCC_BAND_HZ = (300.0, 3000.0)
+PAIRS = tuple(combinations(range(4), 2))
+
+
+def mel_filterbank(rate: int, n_fft: int = N_FFT, n_mels: int = N_MELS, f_lo: float = 100.0, f_hi: float = 8000.0
+                   ) -> np.ndarray:
+    """(n_mels, n_fft//2+1) triangular filters on the HTK mel scale."""
+    def mel(f: np.ndarray | float) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def hz(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    edges = hz(np.linspace(mel(f_lo), mel(min(f_hi, rate / 2)), n_mels + 2))
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
+    fb = np.zeros((n_mels, freqs.size), np.float32)
+    for m in range(n_mels):
+        lo, c, hi = edges[m], edges[m + 1], edges[m + 2]
+        fb[m] = np.clip(np.minimum((freqs - lo) / (c - lo), (hi - freqs) / (hi - c)), 0, None)
+    return fb
+
+
+_FB_CACHE: dict[int, np.ndarray] = {}
+
+
+def audio_features(pcm: np.ndarray, rate: int = 16000) -> dict[str, np.ndarray]:
+    """(4, N) int16 or float PCM -> {'logmel': (4, 32, T), 'gcc': (6, SEGMENTS, 2*MAX_LAG+1), 'gcc_avg': (6, 41)}."""
+    x = np.asarray(pcm)
+    if x.ndim != 2 or x.shape[0] != 4:
+        raise InputError(f"audio: expected (4 microphones, samples), got shape {x.shape}")
+    x = x.astype(np.float32) / (32768.0 if x.dtype == np.int16 else 1.0)
+    if not np.isfinite(x).all():
+        raise InputError("audio: window contains NaN or inf")
+    n_frames = 1 + (x.shape[1] - N_FFT) // HOP
+    if n_frames < SEGMENTS:
+        raise InputError(f"audio: window of {x.shape[1]} samples is too short ({SEGMENTS * HOP + N_FFT} needed)")
+    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n_frames)[:, None]
+    spec = np.fft.rfft(x[:, idx] * np.hanning(N_FFT).astype(np.float32), axis=-1)        # (4, T, F)
+    fb = _FB_CACHE.setdefault(rate, mel_filterbank(rate))
+    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    logmel = np.log(power @ fb.T + 1e-6).transpose(0, 2, 1)                                # (4, 32, T)
+    freqs = np.fft.rfftfreq(N_FFT, 1.0 / rate)
+    band = (freqs >= GCC_BAND_HZ[0]) & (freqs <= GCC_BAND_HZ[1])
+    seg = np.array_split(np.arange(n_frames), SEGMENTS)
+    gcc = np.zeros((len(PAIRS), SEGMENTS, 2 * MAX_LAG + 1), np.float32)
+    gcc_avg = np.zeros((len(PAIRS), 2 * MAX_LAG + 1), np.float32)
+    for p, (i, j) in enumerate(PAIRS):
+        cross = spec[i] * np.conj(spec[j]) * band                                          # (T, F)
+        segs = np.stack([cross[s].sum(0) for s in seg] + [cross.sum(0)])
+        phat = segs / (np.abs(segs) + 1e-9)
+        cc = np.fft.irfft(phat, n=N_FFT, axis=-1)
+        cc = np.concatenate([cc[:, -MAX_LAG:], cc[:, :MAX_LAG + 1]], axis=-1)             # lags -L..L
+        gcc[p], gcc_avg[p] = cc[:-1], cc[-1]
+    return {"logmel": logmel.astype(np.float32), "gcc": gcc, "gcc_avg": gcc_avg}
+
+
+def permute_features(feats: dict[str, np.ndarray], perm: list[int]) -> dict[str, np.ndarray]:
+    """Features of the same window with microphones relabelled new[k] = old[perm[k]] (augmentation: with a square
+    array a cyclic shift is a 90-degree turn of the scene, a swap a mirror)."""
+    out = {"logmel": feats["logmel"][..., perm, :, :]}
+    pair_index = {pq: n for n, pq in enumerate(PAIRS)}
+    src, flip = [], []
+    for a, b in PAIRS:
+        i, j = perm[a], perm[b]
+        src.append(pair_index[(min(i, j), max(i, j))])
+        flip.append(i > j)
+    for key in ("gcc", "gcc_avg"):
+        f = feats[key]
+        parts = [np.flip(f[..., s, :, :] if key == "gcc" else f[..., s, :], -1) if fl else
+                 (f[..., s, :, :] if key == "gcc" else f[..., s, :]) for s, fl in zip(src, flip)]
+        out[key] = np.stack(parts, axis=-3 if key == "gcc" else -2)
+    return out
+
+
+# Relabelling that turns the scene by +90 degrees (front -> left) and mirrors it (left <-> right), for the
+# rig's microphone order FL, FR, RR, RL (calibration/default_rig.yaml).
+ROTATE_PERM = [1, 2, 3, 0]
+MIRROR_PERM = [1, 0, 3, 2]
+MIRROR_DIR = [0, 3, 2, 1]
+
+
+class AudioEncoder(nn.Module):
+    """Audio features -> event logits (B, 3), direction logits (B, 4), tokens (B, n_tokens, d_enc)."""
+
+    name = "audio"
+
+    def __init__(self, cfg: PerceptionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spec = nn.Sequential(
+            nn.Conv2d(4, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d((2, 1)),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d((2, 1)),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True))
+        n_lag = 2 * MAX_LAG + 1
+        self.gcc = nn.Sequential(nn.Linear(len(PAIRS) * n_lag, 96), nn.ReLU(inplace=True), nn.Linear(96, 64))
+        self.gcc_avg = nn.Sequential(nn.Linear(len(PAIRS) * n_lag, 96), nn.ReLU(inplace=True), nn.Linear(96, 64))
+        self.temporal = nn.Sequential(
+            nn.Conv1d(32 * (N_MELS // 4) // 4 + 64, 128, 3, padding=1), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
+            nn.Conv1d(128, 128, 3, padding=1), nn.BatchNorm1d(128), nn.ReLU(inplace=True))
+        self.event_head = nn.Linear(256, len(AUDIO_EVENTS))
+        self.dir_head = nn.Sequential(nn.Linear(256 + 64, 128), nn.ReLU(inplace=True), nn.Linear(128, len(DIRECTIONS)))
+        self.token_proj = nn.Linear(128, cfg.d_enc)
+        self.pos = nn.Parameter(torch.randn(1, cfg.tokens["audio"], cfg.d_enc) * 0.02)
+        self.register_buffer("mean", torch.zeros(1), persistent=True)   # log-mel normalisation from training data
+        self.register_buffer("std", torch.ones(1), persistent=True)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.pos.shape[1])
+
+    def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> dict[str, np.ndarray] | None:
+        if sample.audio is None:
+            return None
+        return audio_features(sample.audio, self.cfg.audio_rate)
+
+    def forward(self, logmel: Tensor, gcc: Tensor, gcc_avg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """logmel (B, 4, 32, T), gcc (B, 6, S, 41), gcc_avg (B, 6, 41) -> (event logits, direction logits, tokens)."""
+        s = gcc.shape[2]
+        x = self.spec((logmel - self.mean) / self.std)                       # (B, 32, 8, T)
+        x = nn.functional.adaptive_avg_pool2d(x, (2, s)).flatten(1, 2)          # (B, 64, S)
+        g = self.gcc(gcc.permute(0, 2, 1, 3).flatten(2)).transpose(1, 2)        # (B, 64, S)
+        h = self.temporal(torch.cat([x, g], 1))                                 # (B, 128, S)
+        pooled = torch.cat([h.mean(-1), h.amax(-1)], 1)
+        event = self.event_head(pooled)
+        direction = self.dir_head(torch.cat([pooled, self.gcc_avg(gcc_avg.flatten(1))], 1))
+        tok = nn.functional.adaptive_avg_pool1d(h, self.n_tokens).transpose(1, 2)
+        return event, direction, self.token_proj(tok) + self.pos
+
+    def encode(self, sample: Any, diag: Diagnostics | None = None) -> dict[str, Any] | None:
+        """One Sample -> {'event', 'event_prob', 'direction', 'direction_prob', 'tokens'} or None without audio."""
+        feats = self.preprocess(sample, diag)
+        if feats is None:
+            return None
+        t = {k: torch.from_numpy(v)[None] for k, v in feats.items()}
+        with torch.no_grad():
+            ev, dr, tok = self(t["logmel"], t["gcc"], t["gcc_avg"])
+        pe, pd = torch.softmax(ev, -1)[0], torch.softmax(dr, -1)[0]
+        return {"event": AUDIO_EVENTS[int(pe.argmax())], "event_prob": float(pe.max()),
+                "direction": DIRECTIONS[int(pd.argmax())], "direction_prob": float(pd.max()), "tokens": tok}
+
+    def cost(self) -> Cost:
+        f = audio_features(np.zeros((4, int(self.cfg.audio_rate * self.cfg.audio_window_s)), np.int16))
+        t = {k: torch.from_numpy(v)[None] for k, v in f.items()}
+        was = self.training
+        self.eval()
+        macs = count_macs(self, lambda: self(t["logmel"], t["gcc"], t["gcc_avg"]))
+        self.train(was)
+        return Cost(n_params(self), macs, self.n_tokens, self.cfg.d_enc)

@@ -1,0 +1,162 @@
+"""What every modality encoder plugin shares: a config, input checks, token output and cost figures.
+
+A plugin (DESIGN.md: one modality = one plugin) turns a synchronised `Sample` into model inputs
+(`preprocess`), runs its network (`forward`), and exposes features for BEV fusion (where it has any) and a fixed
+number of `n_tokens` tokens of width `d_enc` for the LLM connections. Encoders never import the runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
+
+D_ENC = 128  # token width shared by all encoders, so one aligner shape serves every modality
+
+
+class InputError(EdgeError):
+    """A sensor input that cannot be used as it is and cannot be converted (wrong channels, dtype, empty)."""
+
+
+@dataclass
+class Diagnostics:
+    """Per-call notes about converted or ignored input (shown once per distinct message)."""
+
+    messages: list[str]
+
+    def __init__(self) -> None:
+        self.messages = []
+        self._seen: set[str] = set()
+
+    def note(self, key: str, text: str) -> None:
+        if key not in self._seen:
+            self._seen.add(key)
+            self.messages.append(text)
+            log.warning("%s", text)
+
+
+def to_bgr(img: Any, size_hw: tuple[int, int], what: str, diag: Diagnostics | None = None,
+           native_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Any decoded image -> uint8 BGR of exactly size_hw; convert what can be converted, reject the rest.
+
+    Why: drives may come from real cameras with other resolutions or encodings (mono, 16-bit, BGRA); the
+    networks have a fixed input size, so we resize (noting it once) rather than crash or silently misread.
+    """
+    if img is None:
+        raise InputError(f"{what}: no image")
+    arr = np.asarray(img)
+    if arr.size == 0 or arr.ndim not in (2, 3):
+        raise InputError(f"{what}: image of shape {arr.shape} is not HxW or HxWxC")
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+        _note(diag, f"{what}:u16", f"{what}: 16-bit image scaled to 8 bits")
+    elif arr.dtype in (np.float32, np.float64):
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what}: floating-point image contains NaN or inf")
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
+        _note(diag, f"{what}:float", f"{what}: floating-point image converted to 8 bits")
+    elif arr.dtype != np.uint8:
+        raise InputError(f"{what}: unsupported pixel type {arr.dtype} (uint8, uint16 or float expected)")
+    if arr.ndim == 2 or arr.shape[2] == 1:
+        arr = cv2.cvtColor(arr.reshape(arr.shape[0], arr.shape[1]), cv2.COLOR_GRAY2BGR)
+        _note(diag, f"{what}:mono", f"{what}: mono image replicated to 3 channels")
+    elif arr.shape[2] == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2BGR)
+    elif arr.shape[2] != 3:
+        raise InputError(f"{what}: image with {arr.shape[2]} channels (1, 3 or 4 expected)")
+    h, w = size_hw
+    if arr.shape[:2] != (h, w):
+        src = arr.shape[:2]
+        if abs(src[1] / src[0] - w / h) > 0.02:
+            raise InputError(f"{what}: image {src[1]}x{src[0]} has aspect {src[1] / src[0]:.3f}, the encoder expects "
+                             f"{w}x{h} ({w / h:.3f}); a different aspect means a different camera model")
+        arr = cv2.resize(arr, (w, h), interpolation=cv2.INTER_AREA)
+        decoded = native_hw is not None and any(src == (native_hw[0] // r, native_hw[1] // r) for r in (1, 2, 4, 8))
+        if not decoded:  # the camera's own size (or a reduced JPEG decode of it) is the expected path: no note
+            _note(diag, f"{what}:size", f"{what}: image {src[1]}x{src[0]} resized to {w}x{h}")
+    return np.ascontiguousarray(arr)
+
+
+def _note(diag: Diagnostics | None, key: str, text: str) -> None:
+    if diag is not None:
+        diag.note(key, text)
+
+
+def image_tensor(imgs: np.ndarray) -> Tensor:
+    """uint8 (..., H, W, 3) BGR -> float (..., 3, H, W) in [-1, 1]; the normalisation every image encoder uses."""
+    t = torch.from_numpy(np.ascontiguousarray(imgs))
+    t = t.movedim(-1, -3).float()
+    return t / 127.5 - 1.0
+
+
+class TokenPool(nn.Module):
+    """(B, C, *spatial) features -> (B, n_tokens, d_enc): adaptive average pooling to a fixed layout, a linear map
+    and a learned position embedding, so the LLM always sees the same number of tokens per modality."""
+
+    def __init__(self, channels: int, layout: tuple[int, ...], d_enc: int = D_ENC) -> None:
+        super().__init__()
+        self.layout = tuple(layout)
+        n = int(np.prod(layout))
+        self.proj = nn.Linear(channels, d_enc)
+        self.pos = nn.Parameter(torch.zeros(1, n, d_enc))
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        if feat.dim() == 4:
+            pooled = nn.functional.adaptive_avg_pool2d(feat, self.layout)
+        else:
+            pooled = nn.functional.adaptive_avg_pool1d(feat, self.layout[0])
+        return self.proj(pooled.flatten(2).transpose(1, 2)) + self.pos
+
+
+@dataclass
+class Cost:
+    """Cost figures the scheduler plans with: parameters, multiply-accumulates per sample, tokens."""
+
+    params: int
+    macs: int
+    n_tokens: int
+    d_enc: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"params": self.params, "macs": self.macs, "n_tokens": self.n_tokens, "d_enc": self.d_enc}
+
+
+def count_macs(module: nn.Module, run: Callable[[], Any]) -> int:
+    """Multiply-accumulates of conv and linear layers during one call of `run` (batch size 1 expected)."""
+    total = [0]
+
+    def conv_hook(m: nn.Conv2d | nn.Conv1d, _inp: Any, out: Tensor) -> None:
+        k = int(np.prod(m.kernel_size)) * (m.in_channels // m.groups)
+        total[0] += int(out.numel()) * k
+
+    def linear_hook(m: nn.Linear, _inp: Any, out: Tensor) -> None:
+        total[0] += int(out.numel()) * m.in_features
+
+    hooks = []
+    for mod in module.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Conv1d)):
+            hooks.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.Linear):
+            hooks.append(mod.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,124 @@
+"""Front-camera plugin: a small ViT whose patch tokens are pruned between blocks (EViT: keep the top-k tokens
+by CLS attention, fuse the rest into one token; the `prune_tokens` op), giving LLM tokens plus two light heads
+(lighting day/dusk/night and a coarse obstacle map of the road ahead) that give it a training signal.
+
+Why pruning: the front camera is the most expensive token source; dropping 50-75 % of patches after the first
+blocks cuts the cost of the remaining blocks roughly in proportion, and the scheduler can pick `keep` at run time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edge.encoders.base import Cost, Diagnostics, count_macs, image_tensor, n_params, to_bgr
+from edge.encoders.config import LIGHTING, PerceptionConfig
+from edge.kernels import prune_tokens
+
+PATCH = 16
+FRONT_MAP = (8, 8)              # obstacle map ahead: x 4..12 m, y -4..4 m, 1 m cells
+FRONT_MAP_EXTENT = (4.0, 12.0, -4.0, 4.0)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block that also returns the CLS query and keys for pruning scores."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, c))
+        x = x + self.mlp(self.norm2(x))
+        return x, q[:, :, 0].contiguous(), k.contiguous()
+
+
+class CameraEncoder(nn.Module):
+    """Front image (B, 3, H, W) -> tokens (B, n_tokens, d_enc), lighting logits (B, 3), front map logits (B, 8, 8)."""
+
+    name = "camera"
+
+    def __init__(self, cfg: PerceptionConfig, native_hw: tuple[int, int] | None = None, dim: int = 96, depth: int = 4, heads: int = 4,
+                 prune_after: tuple[int, ...] = (1, 2), keep: float = 0.5) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.native_hw = native_hw
+        h, w = cfg.front_hw
+        self.grid_hw = (h // PATCH, w // PATCH)
+        n_patches = self.grid_hw[0] * self.grid_hw[1]
+        self.patch = nn.Conv2d(3, dim, PATCH, PATCH)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, n_patches + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.prune_after = tuple(prune_after)
+        self.keep = keep
+        self.norm = nn.LayerNorm(dim)
+        self.light_head = nn.Linear(dim, len(LIGHTING))
+        self.map_head = nn.Linear(dim, FRONT_MAP[0] * FRONT_MAP[1])
+        self.token_proj = nn.Linear(dim, cfg.d_enc)
+        self.n_out = cfg.tokens["camera"]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_out
+
+    def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> np.ndarray | None:
+        if sample.front is None:
+            return None
+        return to_bgr(sample.front, self.cfg.front_hw, "camera/front", diag, self.native_hw)
+
+    def forward(self, image: Tensor, keep: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """keep: fraction of patch tokens left after all pruning stages (1.0 = no pruning; default self.keep)."""
+        keep = self.keep if keep is None else keep
+        x = self.patch(image).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        stage_keep = keep ** (1.0 / max(1, len(self.prune_after)))
+        q_cls = keys = None
+        for i, blk in enumerate(self.blocks):
+            x, q_cls, keys = blk(x)
+            if keep < 1.0 and i in self.prune_after:
+                n = x.shape[1]
+                k = max(self.n_out, 1 + int(math.ceil(stage_keep * (n - 1))))
+                if k < n:
+                    x = prune_tokens(x, k, q_cls=q_cls, keys=keys, has_cls=True, fuse=True).tokens
+        x = self.norm(x)
+        cls = x[:, 0]
+        # LLM tokens: CLS + the most attended tokens, a fixed count whatever `keep` was.
+        if x.shape[1] > self.n_out:
+            scores = torch.softmax(torch.einsum("bhd,bhnd->bhn", q_cls, keys) / math.sqrt(keys.shape[-1]), -1).mean(1)
+            scores = scores[:, : x.shape[1]]
+            x = prune_tokens(x, self.n_out, scores=scores.float().contiguous(), has_cls=True, fuse=False).tokens
+        elif x.shape[1] < self.n_out:
+            x = torch.cat([x, x.new_zeros(x.shape[0], self.n_out - x.shape[1], x.shape[2])], 1)
+        return (self.token_proj(x), self.light_head(cls),
+                self.map_head(cls).reshape(-1, *FRONT_MAP))
+
+    def encode(self, sample: Any, diag: Diagnostics | None = None, keep: float | None = None) -> dict[str, Any] | None:
+        img = self.preprocess(sample, diag)
+        if img is None:
+            return None
+        with torch.no_grad():
+            tok, light, fmap = self(image_tensor(img)[None], keep)
+        p = torch.softmax(light, -1)[0]
+        return {"tokens": tok, "lighting": LIGHTING[int(p.argmax())], "lighting_prob": float(p.max()),
+                "front_map": torch.sigmoid(fmap)[0]}
+
+    def cost(self, keep: float | None = None) -> Cost:
+        x = torch.zeros(1, 3, *self.cfg.front_hw)
+        was = self.training
+        self.eval()
+        macs = count_macs(self, lambda: self(x, keep))
+        self.train(was)
+        return Cost(n_params(self), macs, self.n_tokens, self.cfg.d_enc)

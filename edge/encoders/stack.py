@@ -1,0 +1,142 @@
+"""The perception stack the runtime loads: four encoder plugins plus the BEV fusion head, saved and loaded as
+safetensors (one file per module, the shared config in each file's metadata).
+
+    stack = PerceptionStack.load("models/perception")        # rig from calibration/default_rig.yaml
+    out = stack.run(sample)                                     # a edge.drives.sync.Sample
+    out.bev_classes   # (nx, ny) uint8 class ids at 0.2 m (BEV_CLASSES), out.occupancy_grid() -> OccupancyGrid values
+    out.tokens        # {'fisheye': (1, 16, 128), 'ultrasonic': (1, 8, 128), 'audio': (1, 8, 128), 'camera': (1, 16, 128)}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from torch import Tensor, nn
+
+from edge.encoders.audio import AudioEncoder
+from edge.encoders.base import Diagnostics
+from edge.encoders.camera import CameraEncoder
+from edge.encoders.config import BEV_CLASSES, PerceptionConfig
+from edge.encoders.fisheye import FisheyeEncoder
+from edge.encoders.fusion import BevFusionHead
+from edge.encoders.ultrasonic import UltrasonicEncoder
+from edge.errors import EdgeError
+
+MODULES = ("fisheye", "ultrasonic", "audio", "camera", "fusion")
+OCCUPANCY_VALUES = np.array([0, 100, 90, 80, -1], np.int8)  # BEV_CLASSES -> OccupancyGrid values (docs/drives.md)
+
+
+class CheckpointError(EdgeError):
+    """A perception checkpoint is missing, damaged or does not match this code's modules."""
+
+
+@dataclass
+class PerceptionOutput:
+    stamp_ns: int
+    bev_classes: np.ndarray | None                # (nx, ny) uint8, kernel grid layout (i along x, j along y)
+    bev_probs: np.ndarray | None                  # (K, nx, ny) float32
+    modalities: list[str]                         # which of fisheye / ultrasonic fed the BEV map
+    audio: dict[str, Any] | None
+    camera: dict[str, Any] | None
+    tokens: dict[str, Tensor] = field(default_factory=dict)
+    diagnostics: list[str] = field(default_factory=list)
+
+    def occupancy_grid(self) -> np.ndarray | None:
+        """(ny rows, nx columns) int8 in nav_msgs/OccupancyGrid convention (row = y, column = x), as the GT."""
+        return None if self.bev_classes is None else OCCUPANCY_VALUES[self.bev_classes].T.copy()
+
+
+class PerceptionStack(nn.Module):
+    """All encoders and the fusion head; `run` takes a Sample, any modality may be missing."""
+
+    def __init__(self, cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.footprint: tuple[float, float, float, float] = rig.footprint()
+        self.fisheye = FisheyeEncoder(cfg, rig, table_cache)
+        self.ultrasonic = UltrasonicEncoder(cfg, rig)
+        self.audio = AudioEncoder(cfg)
+        front = rig.cameras.get("front")
+        self.camera = CameraEncoder(cfg, (front.height, front.width) if front is not None else None)
+        self.fusion = BevFusionHead(cfg)
+
+    # ------------------------------------------------------------------ inference on a Sample
+    @torch.no_grad()
+    def run(self, sample: Any, use: tuple[str, ...] = ("fisheye", "ultrasonic", "audio", "camera"),
+            camera_keep: float | None = None) -> PerceptionOutput:
+        self.eval()
+        diag = Diagnostics()
+        tokens: dict[str, Tensor] = {}
+        fe = self.fisheye.encode(sample, diag) if "fisheye" in use else None
+        us = self.ultrasonic.encode(sample, diag) if "ultrasonic" in use else None
+        bev_classes = probs = None
+        mods = []
+        if fe is not None:
+            tokens["fisheye"] = fe[1]
+            mods.append("fisheye")
+        if us is not None:
+            tokens["ultrasonic"] = us[1]
+            mods.append("ultrasonic")
+        if fe is not None or us is not None:
+            _, fine = self.fusion(fe[0] if fe else None, us[0] if us else None, us[2] if us else None)
+            p = torch.softmax(fine, 1)[0]
+            probs, bev_classes = p.numpy(), p.argmax(0).to(torch.uint8).numpy()
+        audio = self.audio.encode(sample, diag) if "audio" in use else None
+        if audio is not None:
+            tokens["audio"] = audio.pop("tokens")
+        camera = self.camera.encode(sample, diag, camera_keep) if "camera" in use else None
+        if camera is not None:
+            tokens["camera"] = camera.pop("tokens")
+        return PerceptionOutput(sample.stamp_ns, bev_classes, probs, mods, audio, camera, tokens, diag.messages)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory: str | Path, extra: dict[str, str] | None = None) -> list[Path]:
+        """One safetensors file per module; metadata carries the config and `extra` (training provenance)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"config": self.cfg.to_json(), "classes": json.dumps(BEV_CLASSES), **(extra or {})}
+        paths = []
+        for name in MODULES:
+            sd = {k: v.detach().contiguous().clone() for k, v in getattr(self, name).state_dict().items()}
+            path = out / f"{name}.safetensors"
+            tmp = path.with_suffix(".tmp")
+            save_file(sd, str(tmp), metadata={**meta, "module": name})
+            tmp.replace(path)
+            paths.append(path)
+        return paths
+
+    @classmethod
+    def load(cls, directory: str | Path, rig: Any = None, table_cache: str | None = None,
+             modules: tuple[str, ...] = MODULES) -> PerceptionStack:
+        from edge.sensors.rig import load_rig  # here so that importing encoders stays light
+        d = Path(directory)
+        first = d / f"{modules[0]}.safetensors"
+        if not first.exists():
+            raise CheckpointError(f"{d}: no {first.name} (expected {', '.join(m + '.safetensors' for m in modules)})")
+        with safe_open(str(first), "pt") as f:
+            meta = f.metadata() or {}
+        if "config" not in meta:
+            raise CheckpointError(f"{first}: no 'config' in the safetensors metadata")
+        stack = cls(PerceptionConfig.from_json(meta["config"]), rig if rig is not None else load_rig(), table_cache)
+        for name in modules:
+            path = d / f"{name}.safetensors"
+            if not path.exists():
+                raise CheckpointError(f"{path}: missing")
+            try:
+                getattr(stack, name).load_state_dict(load_file(str(path)), strict=True)
+            except (RuntimeError, OSError) as exc:
+                raise CheckpointError(f"{path}: does not match the {name} module ({exc})") from exc
+        stack.eval()
+        return stack
+
+
+def checkpoint_metadata(directory: str | Path, module: str = "fusion") -> dict[str, str]:
+    with safe_open(str(Path(directory) / f"{module}.safetensors"), "pt") as f:
+        return dict(f.metadata() or {})

@@ -1,0 +1,113 @@
+"""Ultrasonic plugin: Range readings -> BEV occupied/free/unknown raster (the rasterisation op) -> content-aware
+dilated convolutions -> BEV features and LLM tokens.
+
+Why content-aware dilation (arXiv 2402.00637): an echo arc says "something somewhere on this arc"; how far the
+evidence should spread depends on the local pattern (a lone arc vs. overlapping arcs vs. free cones), so each
+location predicts its own mixture over dilation rates instead of using one fixed receptive field.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edge.encoders.base import Cost, Diagnostics, TokenPool, count_macs, n_params
+from edge.encoders.config import PerceptionConfig
+from edge.kernels import sensor_table, ultrasonic_raster
+
+
+class ContentAwareDilatedConv(nn.Module):
+    """sum_r w_r(x) * conv3x3_dilation_r(x), with w(x) = softmax over rates predicted per location from x."""
+
+    def __init__(self, channels: int, rates: tuple[int, ...] = (1, 2, 4, 8)) -> None:
+        super().__init__()
+        self.rates = rates
+        self.branches = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=r, dilation=r, bias=False) for r in rates)
+        self.gate = nn.Sequential(nn.Conv2d(channels, channels // 2, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(channels // 2, len(rates), 1))
+        self.norm = nn.BatchNorm2d(channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = torch.softmax(self.gate(x), dim=1)                              # (B, R, H, W)
+        y = sum(w[:, i:i + 1] * branch(x) for i, branch in enumerate(self.branches))
+        return self.act(self.norm(y) + x)
+
+
+class UltrasonicEncoder(nn.Module):
+    """(B, S) ranges in the rig's sensor order -> BEV features (B, C, nx/2, ny/2) and tokens (B, n_tokens, d_enc)."""
+
+    name = "ultrasonic"
+
+    def __init__(self, cfg: PerceptionConfig, rig: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.sensor_names = [s.name for s in rig.ultrasonic]
+        self.register_buffer("sensors", sensor_table(rig.ultrasonic), persistent=False)
+        self.max_range = {s.name: s.max_range for s in rig.ultrasonic}
+        c = cfg.ultrasonic_channels
+        # stride 2: the raster is drawn at the grid resolution, features live at half of it (as the fisheye ones)
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.cadc = nn.Sequential(ContentAwareDilatedConv(c), ContentAwareDilatedConv(c))
+        self.tokens = TokenPool(c, (2, 4), cfg.d_enc)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(np.prod(self.tokens.layout))
+
+    def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> np.ndarray:
+        """Sample -> (S,) float32 ranges; +inf no echo, -inf too close, NaN = say nothing (missing or invalid).
+
+        NaN and out-of-range readings are ignored (NaN) with a diagnostic naming the sensor, never clamped into
+        a false obstacle."""
+        out = np.full(len(self.sensor_names), np.nan, np.float32)
+        readings = sample.ultrasonic or {}
+        for name in readings:
+            if name not in self.max_range and diag is not None:
+                diag.note(f"us:unknown:{name}", f"ultrasonic/{name}: not a sensor of this rig; ignored")
+        for i, name in enumerate(self.sensor_names):
+            r = readings.get(name)
+            if r is None:
+                continue
+            value = float(r["range"]) if isinstance(r, dict) else float(r)
+            status = r.get("status") if isinstance(r, dict) else None
+            if math.isnan(value) or status == "invalid":
+                if diag is not None:
+                    diag.note(f"us:bad:{name}", f"ultrasonic/{name}: invalid range {value} (NaN or outside "
+                                                f"[min_range, max_range]); ignored")
+                continue
+            if math.isfinite(value) and value > self.max_range[name] * 1.5:
+                if diag is not None:
+                    diag.note(f"us:far:{name}", f"ultrasonic/{name}: range {value} m beyond the sensor's reach; ignored")
+                continue
+            out[i] = value
+        return out
+
+    def raster(self, ranges: Tensor) -> Tensor:
+        return ultrasonic_raster(ranges.float().contiguous(), self.sensors, self.cfg.bev_grid, self.cfg.arc_thickness)
+
+    def forward(self, ranges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, S) ranges -> (features (B, C, nx/2, ny/2), tokens, raster (B, 3, nx, ny) for the fusion's last layer)."""
+        raster = self.raster(ranges)
+        bev = self.cadc(self.stem(raster))
+        return bev, self.tokens(bev), raster
+
+    def encode(self, sample: Any, diag: Diagnostics | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
+        """One Sample -> (bev (1, C, nx/2, ny/2), tokens (1, T, d_enc), raster), or None when no sensor reported."""
+        ranges = self.preprocess(sample, diag)
+        if np.isnan(ranges).all():
+            return None
+        with torch.no_grad():
+            return self(torch.from_numpy(ranges)[None])
+
+    def cost(self) -> Cost:
+        x = torch.full((1, len(self.sensor_names)), 2.0)
+        was = self.training
+        self.eval()
+        macs = count_macs(self, lambda: self(x))
+        self.train(was)
+        return Cost(n_params(self), macs, self.n_tokens, self.cfg.d_enc)

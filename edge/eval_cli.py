@@ -1,0 +1,20 @@
+"""`edge eval <what>`: one sub-command per evaluated part. Add one with one line in SUBCOMMANDS: a module path
+and the name of its `register(subparsers)` function (the module is imported only when `edge eval` is used)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SUBCOMMANDS: dict[str, str] = {
+    "perception": "edge.perception.cli:register_eval",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="evaluate trained models on held-out drives (see `edge eval <what> --help`)")
+    inner = parser.add_subparsers(dest="eval_what", metavar="WHAT")
+    inner.required = True
+    for target in SUBCOMMANDS.values():
+        module, func = target.split(":")
+        getattr(importlib.import_module(module), func)(inner)
