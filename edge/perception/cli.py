@@ -35,6 +35,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="resumable training state (weights + optimizer) [<cache-dir>/run-seed<seed>]")
     p.add_argument("--steps", type=int, default=600, help="optimisation steps [600]")
     p.add_argument("--batch", type=int, default=8, help="BEV samples per step [8]")
+    p.add_argument("--audio-batch", type=int, default=64, help="audio windows per step (cheap) [64]")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate [2e-3]")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch sampling [0]")
     p.add_argument("--save-every", type=int, default=50, help="steps between resumable saves [50]")
@@ -74,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     stack = PerceptionStack(PerceptionConfig(), rig)
     data = CachedDrives(bags, stack, args.stride, args.cache_dir, progress=not args.quiet)
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, save_every=args.save_every)
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, audio_batch=args.audio_batch, lr=args.lr, seed=args.seed, save_every=args.save_every)
     trainer = Trainer(stack, data.arrays, cfg)
     work = args.work or args.cache_dir / f"run-seed{args.seed}"
     if args.resume:
