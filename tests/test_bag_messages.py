@@ -159,3 +159,18 @@ def test_string_json_round_trip():
     msg.data = "{broken"
     with pytest.raises(M.MessageError, match="JSON"):
         M.decode_json(msg)
+
+
+@pytest.mark.parametrize("frame", ["", "u", "ultrasonic_front_left_side", "abc"])
+@pytest.mark.parametrize("value", [1.23, math.inf, -math.inf, float("nan"), 0.05, 7.0])
+def test_range_fast_cdr_decoder_matches_the_generic_one(frame: str, value: float) -> None:
+    msg = M.range_msg(1_700_000_000_123_456_789, frame or "f", value, 1.047, 0.15, 5.5)
+    data = M.serialize(msg, "sensor_msgs/msg/Range")
+    generic = M.decode_range(M.deserialize(data, "sensor_msgs/msg/Range"))
+    fast = M.decode_range_cdr(data)
+    assert fast.keys() == generic.keys()
+    for key, want in generic.items():
+        got = fast[key]
+        assert (math.isnan(got) and math.isnan(want)) if isinstance(want, float) and math.isnan(want) else got == want
+    with pytest.raises(M.MessageError, match="truncated|not a CDR"):
+        M.decode_range_cdr(data[:20])

@@ -33,6 +33,8 @@ from edge.drives import topics as T
 from edge.drives.messages import typestore as jazzy_typestore
 from edge.errors import BagError
 
+# libyaml's safe loader where PyYAML has it: metadata.yaml of a long bag is tens of kB.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 log = logging.getLogger(__name__)
 
 SENSOR_DEPTH = 5
@@ -235,7 +237,7 @@ class Bag:
         meta = self.path / "metadata.yaml" if self.path.is_dir() else None
         if meta is not None and meta.exists():
             try:
-                doc = yaml.safe_load(meta.read_text()) or {}
+                doc = yaml.load(meta.read_text(), Loader=_YAML_LOADER) or {}
                 self.metadata = doc.get("rosbag2_bagfile_information", {}) or {}
                 self.storage = str(self.metadata.get("storage_identifier", "unknown"))
             except Exception as exc:
@@ -262,7 +264,7 @@ class Bag:
                 self._diag(name, f"topic '{name}' has several types {sorted(types)}; using {sorted(types)[0]}")
             qos = qos_meta.get(name)
             if isinstance(qos, str):  # older metadata stores QoS as a YAML string
-                qos = yaml.safe_load(qos) if qos else []
+                qos = yaml.load(qos, Loader=_YAML_LOADER) if qos else []
             self.topics[name] = TopicInfo(name, sorted(types)[0], int(info.msgcount), list(qos or []))
         if r.message_count:
             self.start_ns, self.end_ns = r.start_time, r.end_time - 1 if r.end_time > r.start_time else r.end_time

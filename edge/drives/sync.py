@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,6 +102,24 @@ def _stamp(msg: Any, msgtype: str, bag_time: int) -> int:
         except (ValueError, TypeError):
             pass
     return bag_time
+
+
+# Types whose CDR starts with a std_msgs/Header: their stamp is read from the bytes, the rest decoded only if used.
+_HEADER_FIRST = {T.IMAGE, T.COMPRESSED_IMAGE, T.CAMERA_INFO, T.RANGE, T.ODOMETRY, T.OCCUPANCY_GRID}
+
+
+def _cdr_header_stamp(data: bytes | memoryview) -> int | None:
+    """header.stamp of a header-first CDR message (4-byte encapsulation, then int32 sec, uint32 nanosec)."""
+    if len(data) < 12 or data[1] not in (0, 1):
+        return None
+    sec, nanosec = struct.unpack_from("<iI" if data[1] == 1 else ">iI", data, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+def _msg(it: _ITEM) -> Any:
+    """The message object of an item, deserialising CDR bytes kept raw until a sample needed them."""
+    msg = it[4]
+    return M.deserialize(msg, it[3]) if isinstance(msg, (bytes, bytearray, memoryview)) else msg
 
 
 class _Stream:
@@ -237,14 +256,25 @@ class SampleAssembler:
             key, _kind = route
             self._seq += 1
             msg = m.msg
+            if isinstance(msg, (bytes, bytearray, memoryview)):
+                stamp = _cdr_header_stamp(msg) if m.msgtype in _HEADER_FIRST else None
+                if stamp is None or _kind == "audio":
+                    try:
+                        msg = M.deserialize(msg, m.msgtype)
+                    except Exception as exc:
+                        self._diag(f"cdr:{m.topic}:{m.stamp_ns}", f"{self.source}: topic '{m.topic}': message at "
+                                                                  f"{m.stamp_ns} ns not deserialised ({exc}); skipped")
+                        continue
             if _kind == "audio":  # decoded once here: every chunk serves ~window/chunk consecutive samples
                 try:
-                    msg = M.decode_audio(msg)
+                    pcm = M.decode_audio(msg)
                 except Exception as exc:
                     self._diag(f"aud:{m.topic}:{m.stamp_ns}", f"{self.source}: topic '{m.topic}': audio chunk at "
                                                               f"{m.stamp_ns} ns not decoded ({exc}); skipped")
                     continue
-                item = (M.header_stamp_ns(m.msg) or m.stamp_ns, self._seq, m.topic, m.msgtype, msg)
+                item = (M.header_stamp_ns(msg) or m.stamp_ns, self._seq, m.topic, m.msgtype, pcm)
+            elif isinstance(msg, (bytes, bytearray, memoryview)):
+                item = (stamp, self._seq, m.topic, m.msgtype, msg)
             else:
                 item = (_stamp(msg, m.msgtype, m.stamp_ns), self._seq, m.topic, m.msgtype, msg)
             if m.topic in self.reference_topics:
@@ -299,7 +329,8 @@ class Synchronizer:
 
     def __iter__(self) -> Iterator[Sample]:
         topics = list(self.assembler.routes)
-        selections = self.assembler.feed(self.bag.messages(topics=topics))
+        # Raw CDR: stamps come from the bytes and only messages a sample uses are deserialised.
+        selections = self.assembler.feed(self.bag.messages(topics=topics, raw=True))
         yield from build_samples(selections, self.assembler, self.cfg, self._own_diag)
 
 
@@ -320,7 +351,7 @@ def build_samples(
 
     def decode_image(it: _ITEM) -> np.ndarray | None:
         try:
-            return M.decode_image(it[4], it[3], reduce=cfg.image_reduce)
+            return M.decode_image(_msg(it), it[3], reduce=cfg.image_reduce)
         except Exception as exc:
             note(f"img:{it[2]}:{it[0]}", f"topic '{it[2]}': image at {it[0]} ns not decoded ({exc}); missing")
             return None
@@ -332,7 +363,7 @@ def build_samples(
             if it is None:
                 continue
             if not cfg.decode_images:
-                imgs[key] = (it[3], it[4])
+                imgs[key] = (it[3], _msg(it))
             elif pool is not None:
                 imgs[key] = pool.submit(decode_image, it)
             else:
@@ -363,14 +394,15 @@ def _make_sample(
     stamps: dict[str, int] = {}
     missing: list[str] = []
 
-    def decoded(key: str, fn: Callable[[Any], Any]) -> Any:
+    def decoded(key: str, fn: Callable[[Any], Any], from_cdr: Callable[[Any], Any] | None = None) -> Any:
         it = sel.get(key)
         if it is None:
             if key in asm.streams:
                 missing.append(key)
             return None
         try:
-            val = fn(it[4])
+            raw = isinstance(it[4], (bytes, bytearray, memoryview))
+            val = from_cdr(it[4]) if raw and from_cdr is not None else fn(_msg(it))
         except Exception as exc:
             note(f"dec:{it[2]}:{it[0]}", f"topic '{it[2]}': message at {it[0]} ns not decoded ({exc}); missing")
             missing.append(key)
@@ -393,7 +425,7 @@ def _make_sample(
     else:
         stamps["front"] = sel["front"][0]
 
-    ultrasonic = {name: decoded(f"ultrasonic/{name}", M.decode_range) for name in asm.ultrasonic_names}
+    ultrasonic = {name: decoded(f"ultrasonic/{name}", M.decode_range, M.decode_range_cdr) for name in asm.ultrasonic_names}
     odom = decoded("odometry", M.decode_odometry)
     audio = _audio_window(t, sel.get("audio") or [], cfg, stamps, note) if "audio" in asm.streams else None
     if audio is None:
@@ -407,7 +439,7 @@ def _make_sample(
             objects=decoded("gt/objects", M.decode_marker_array_boxes),
             audio_events=decoded("gt/audio_events", M.decode_marker_array_events),
             conditions=decoded("gt/conditions", M.decode_json),
-            qa=[M.decode_json(it[4]) for it in qa_items],
+            qa=[M.decode_json(_msg(it)) for it in qa_items],
         )
         if qa_items:
             stamps["gt/qa"] = qa_items[0][0]
