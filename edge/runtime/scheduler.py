@@ -1,0 +1,218 @@
+"""Which modality encoders to run and attach, how deep and how pruned: chosen from the context, every frame.
+
+A plan is scored by the expected quality of what the runtime produces, read from measured per-condition tables
+(the perception evaluation: BEV obstacle IoU within 5 m per modality subset and lighting; audio event and direction
+accuracy), and must fit a latency and memory budget taken from per-component costs measured while running.
+Hysteresis keeps the plan from flapping: a better plan must stay better for `dwell` frames, except when a
+modality of the current plan loses its sensor, which is acted on at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import EdgeError
+from edge.runtime.context import Context
+
+MODALITIES = ("fisheye", "ultrasonic", "audio", "camera")
+KEEP_RATIOS = (1.0, 0.5, 0.25)
+
+
+@dataclass(frozen=True)
+class Plan:
+    modalities: tuple[str, ...]  # encoders run (and attached to the LLM where an aligner exists)
+    n_blocks: int  # LLM blocks connected
+    camera_keep: float  # token-pruning keep ratio of the front camera ViT
+    backend: str = "eager"
+
+    def describe(self) -> str:
+        mods = "+".join(self.modalities) or "none"
+        keep = f", camera keep {self.camera_keep:g}" if "camera" in self.modalities else ""
+        return f"{mods}, N={self.n_blocks}{keep}, {self.backend}"
+
+
+@dataclass
+class QualityTable:
+    """Measured accuracy per condition, from the perception evaluation (models/perception/eval.json)."""
+
+    bev: dict[str, dict[str, float]]  # subset ("fisheye+ultrasonic", "fisheye", "ultrasonic") -> lighting -> IoU
+    audio_event: float
+    audio_direction: float
+    camera_lighting: float
+    source: str = ""
+
+    @classmethod
+    def from_perception_eval(cls, path: str | Path) -> "QualityTable":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            bev = {subset: {light: float(v["near5m_obstacle_iou"]) for light, v in rows.items()
+                            if v.get("near5m_obstacle_iou") is not None}
+                   for subset, rows in d["bev"].items()}
+            return cls(bev, float(d["audio_event"]["accuracy"]), float(d["audio_direction"]["accuracy"]),
+                       float(d["camera_lighting"]["accuracy"]), str(path))
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise EdgeError(f"{path}: not a perception evaluation ({exc.__class__.__name__}: {exc})") from None
+
+    def bev_quality(self, modalities: tuple[str, ...], lighting: str) -> float:
+        subset = "+".join(m for m in ("fisheye", "ultrasonic") if m in modalities)
+        if not subset:
+            return 0.0
+        rows = self.bev.get(subset, {})
+        return rows.get(lighting, rows.get("all", 0.0))
+
+
+@dataclass
+class CostModel:
+    """Per-component latency (ms, exponential moving average of measurements) and resident memory (MB)."""
+
+    latency_ms: dict[str, float] = field(default_factory=dict)  # "fisheye", "ultrasonic", "fusion", "audio", "camera@0.5", ...
+    memory_mb: dict[str, float] = field(default_factory=dict)
+    alpha: float = 0.2
+
+    def observe(self, component: str, ms: float) -> None:
+        old = self.latency_ms.get(component)
+        self.latency_ms[component] = ms if old is None else (1 - self.alpha) * old + self.alpha * ms
+
+    def plan_latency(self, plan: Plan) -> float:
+        parts = [m if m != "camera" else f"camera@{plan.camera_keep:g}" for m in plan.modalities]
+        if "fisheye" in plan.modalities or "ultrasonic" in plan.modalities:
+            parts.append("fusion")
+        return sum(self.latency_ms.get(p, 0.0) for p in parts)
+
+    def plan_memory(self, plan: Plan) -> float:
+        return sum(self.memory_mb.get(m, 0.0) for m in plan.modalities)
+
+
+@dataclass(frozen=True)
+class Budget:
+    latency_ms: float = 100.0  # per frame: 10 Hz
+    memory_mb: float = 2048.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    plan: Plan
+    changed: bool
+    reason: str
+    score: float
+
+
+class Scheduler:
+    """Chooses plans; `policy` = "adaptive" or a static baseline ("camera", "all")."""
+
+    def __init__(self, quality: QualityTable, costs: CostModel, budget: Budget, available: tuple[str, ...],
+                 n_blocks: int, policy: str = "adaptive", dwell: int = 5, margin: float = 0.01,
+                 quality_per_ms: float = 1e-3) -> None:
+        if policy not in ("adaptive", "camera", "all"):
+            raise EdgeError(f"unknown scheduling policy '{policy}' (adaptive, camera, all)")
+        unknown = set(available) - set(MODALITIES)
+        if unknown:
+            raise EdgeError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")
+        self.quality, self.costs, self.budget = quality, costs, budget
+        self.available, self.n_blocks, self.policy = tuple(available), n_blocks, policy
+        self.dwell, self.margin = dwell, margin
+        self.quality_per_ms = quality_per_ms  # what a millisecond of compute is worth in quality (IoU) units
+        self.current: Plan | None = None
+        self._pending: tuple[Plan, int] | None = None
+        self.audio_baseline_db: float | None = None
+        self._eventful = False
+
+    # ---------------------------------------------------------------- scoring
+    def score(self, plan: Plan, ctx: Context) -> float:
+        """Expected usefulness of a plan's outputs in this context (higher is better)."""
+        q = self.quality
+        lighting = ctx.lighting if ctx.lighting in ("day", "dusk", "night") else "night"
+        value = q.bev_quality(plan.modalities, lighting)
+        if "audio" in plan.modalities:
+            value += (0.6 if self._eventful else 0.05) * q.audio_event * q.audio_direction
+        if "camera" in plan.modalities:
+            sight = {"day": 1.0, "dusk": 0.5, "night": 0.05}[lighting]
+            if "camera/front" in ctx.glare_cameras:
+                sight *= 0.2
+            value += 0.15 * sight * q.camera_lighting * (0.9 + 0.1 * plan.camera_keep)
+        # Compute is not free: a plan must earn its milliseconds (by default 10 ms for 0.01 IoU).
+        return value - self.quality_per_ms * self.costs.plan_latency(plan)
+
+    def _audio_active(self, ctx: Context) -> bool:
+        """An event is likely when the audio level rises well above its running background."""
+        level = ctx.audio_level_db
+        if self.audio_baseline_db is None:
+            self.audio_baseline_db = level
+        active = level > self.audio_baseline_db + 10.0
+        if not active:  # the background follows quiet periods only
+            self.audio_baseline_db = 0.98 * self.audio_baseline_db + 0.02 * level
+        return active
+
+    # ---------------------------------------------------------------- candidates
+    def healthy(self, ctx: Context) -> tuple[str, ...]:
+        stream = {"fisheye": "fisheye", "ultrasonic": "ultrasonic", "audio": "audio", "camera": "camera"}
+        return tuple(m for m in self.available if ctx.streams.get(stream[m]) is not None and ctx.streams[stream[m]].healthy)
+
+    def candidates(self, usable: tuple[str, ...]) -> list[Plan]:
+        plans = []
+        for r in range(len(usable) + 1):
+            for mods in itertools.combinations(usable, r):
+                keeps = KEEP_RATIOS if "camera" in mods else (1.0,)
+                plans += [Plan(tuple(mods), self.n_blocks, keep) for keep in keeps]
+        return plans
+
+    def fits(self, plan: Plan) -> bool:
+        return (self.costs.plan_latency(plan) <= self.budget.latency_ms
+                and self.costs.plan_memory(plan) <= self.budget.memory_mb)
+
+    # ---------------------------------------------------------------- decision
+    def step(self, ctx: Context) -> Decision:
+        self._eventful = self._audio_active(ctx)
+        usable = self.healthy(ctx)
+        if self.policy != "adaptive":
+            wanted = ("camera",) if self.policy == "camera" else self.available
+            plan = Plan(tuple(m for m in wanted if m in usable), self.n_blocks, 1.0)
+            return self._switch(plan, "static policy " + self.policy, ctx) if plan != self.current else \
+                Decision(plan, False, "", self.score(plan, ctx))
+        fitting = [p for p in self.candidates(usable) if p.modalities and self.fits(p)]
+        if not fitting:
+            plan = Plan((), self.n_blocks, 1.0)
+            reason = (f"no plan fits the budget ({self.budget.latency_ms:g} ms, {self.budget.memory_mb:g} MB)" if usable
+                      else "no healthy sensor")
+            return self._switch(plan, reason, ctx) if plan != self.current else Decision(plan, False, "", 0.0)
+        best = max(fitting, key=lambda p: self.score(p, ctx))
+        if self.current is None:
+            return self._switch(best, "first plan", ctx)
+        lost = [m for m in self.current.modalities if m not in usable]
+        if lost:
+            return self._switch(best, f"{', '.join(lost)} unhealthy (silent or dropping)", ctx)
+        if best == self.current:
+            self._pending = None
+            return Decision(best, False, "", self.score(best, ctx))
+        gain = self.score(best, ctx) - self.score(self.current, ctx)
+        if not self.fits(self.current):
+            return self._switch(best, "current plan over budget", ctx)
+        if gain < self.margin:
+            self._pending = None
+            return Decision(self.current, False, "", self.score(self.current, ctx))
+        count = self._pending[1] + 1 if self._pending and self._pending[0] == best else 1
+        self._pending = (best, count)
+        if count < self.dwell:
+            return Decision(self.current, False, "", self.score(self.current, ctx))
+        return self._switch(best, self._why(best, ctx, gain), ctx)
+
+    def _why(self, plan: Plan, ctx: Context, gain: float) -> str:
+        added = [m for m in plan.modalities if m not in self.current.modalities]
+        removed = [m for m in self.current.modalities if m not in plan.modalities]
+        cues = [f"lighting {ctx.lighting}"]
+        if ctx.glare_cameras:
+            cues.append("glare on " + ", ".join(ctx.glare_cameras))
+        if "audio" in added:
+            cues.append(f"audio level {ctx.audio_level_db:.0f} dB")
+        change = ", ".join(x for x in (f"+{'+'.join(added)}" if added else "", f"-{'-'.join(removed)}" if removed else "")
+                           if x) or "pruning"
+        return f"{change}: {'; '.join(cues)}; expected quality +{gain:.3f}"
+
+    def _switch(self, plan: Plan, reason: str, ctx: Context) -> Decision:
+        self.current = plan
+        self._pending = None
+        return Decision(plan, True, reason, self.score(plan, ctx))

@@ -1,0 +1,108 @@
+"""The scheduler: measured tables in, plans out; budget, hysteresis, silent sensors, static baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.errors import EdgeError
+from edge.runtime.context import CameraHealth, Context, StreamHealth
+from edge.runtime.scheduler import Budget, CostModel, Plan, QualityTable, Scheduler
+
+EVAL = Path(__file__).resolve().parents[1] / "models" / "perception" / "eval.json"
+ALL = ("fisheye", "ultrasonic", "audio", "camera")
+
+
+def ctx(lighting: str = "day", silent: tuple[str, ...] = (), audio_db: float = -40.0, glare: bool = False,
+        t: int = 0) -> Context:
+    ok, dead = StreamHealth(True, 0.0, 0.0), StreamHealth(False, 2.0, 1.0)
+    streams = {m: (dead if m in silent else ok) for m in ("fisheye", "ultrasonic", "audio", "camera")}
+    cams = {"camera/front": CameraHealth(True, 0.5, 2.0, 0.05 if glare else 0.0)}
+    return Context(t, cams, streams, audio_db, 3.0, lighting)
+
+
+def costs() -> CostModel:
+    c = CostModel()
+    for name, ms in {"fisheye": 30.0, "ultrasonic": 5.0, "fusion": 10.0, "audio": 4.0, "camera@1": 40.0,
+                     "camera@0.5": 25.0, "camera@0.25": 18.0}.items():
+        c.observe(name, ms)
+    return c
+
+
+def scheduler(**kw) -> Scheduler:
+    args = dict(quality=QualityTable.from_perception_eval(EVAL), costs=costs(), budget=Budget(100.0), available=ALL,
+                n_blocks=8)
+    args.update(kw)
+    return Scheduler(**args)
+
+
+def test_measured_tables_drive_the_choice() -> None:
+    s = scheduler()
+    q = s.quality
+    assert q.bev_quality(("fisheye", "ultrasonic"), "night") > q.bev_quality(("fisheye",), "night")
+    day = s.step(ctx("day")).plan
+    assert {"fisheye", "ultrasonic"} <= set(day.modalities)
+    assert "camera" in day.modalities  # useful by day and within budget
+
+
+def test_night_drops_the_camera_after_the_dwell_and_says_why() -> None:
+    s = scheduler(dwell=3)
+    assert "camera" in s.step(ctx("day")).plan.modalities
+    decisions = [s.step(ctx("night", t=i)) for i in range(1, 6)]
+    changed = [d for d in decisions if d.changed]
+    assert len(changed) == 1 and decisions.index(changed[0]) == 2  # waited `dwell` frames
+    assert "camera" not in changed[0].plan.modalities
+    assert "lighting night" in changed[0].reason
+
+
+def test_hysteresis_prevents_flapping() -> None:
+    s = scheduler(dwell=4)
+    s.step(ctx("day"))
+    flips = [s.step(ctx("night" if i % 2 else "day", t=i)).changed for i in range(1, 20)]
+    assert not any(flips)
+
+
+def test_silent_sensor_is_detached_at_once_and_reattached_when_healthy() -> None:
+    s = scheduler(dwell=5)
+    first = s.step(ctx("night"))
+    assert "ultrasonic" in first.plan.modalities
+    lost = s.step(ctx("night", silent=("ultrasonic",), t=1))
+    assert lost.changed and "ultrasonic" not in lost.plan.modalities and "ultrasonic unhealthy" in lost.reason
+    back = [s.step(ctx("night", t=2 + i)) for i in range(6)]
+    assert "ultrasonic" in back[-1].plan.modalities
+
+
+def test_audio_attached_when_an_event_is_heard() -> None:
+    s = scheduler(costs=costs(), budget=Budget(56.0), dwell=2)  # room for fisheye+ultrasonic+fusion+audio only
+    for i in range(5):
+        s.step(ctx("night", audio_db=-45.0, t=i))
+    loud = [s.step(ctx("night", audio_db=-20.0, t=10 + i)) for i in range(3)]
+    assert "audio" in loud[-1].plan.modalities
+    assert any("audio level" in d.reason for d in loud if d.changed) or "audio" in s.step(ctx("night")).plan.modalities
+
+
+def test_budget_is_respected_and_an_impossible_budget_is_reported() -> None:
+    s = scheduler(budget=Budget(20.0))
+    plan = s.step(ctx("day")).plan
+    assert s.costs.plan_latency(plan) <= 20.0
+    tight = scheduler(budget=Budget(0.5))
+    d = tight.step(ctx("day"))
+    assert d.plan.modalities == () and "no plan fits the budget" in d.reason
+
+
+def test_static_baselines_and_bad_configuration() -> None:
+    s = scheduler(policy="camera")
+    assert s.step(ctx("night")).plan.modalities == ("camera",)
+    s = scheduler(policy="all")
+    assert s.step(ctx("night", silent=("audio",))).plan.modalities == ("fisheye", "ultrasonic", "camera")
+    with pytest.raises(EdgeError, match="unknown scheduling policy"):
+        scheduler(policy="sometimes")
+    with pytest.raises(EdgeError, match="unknown modalities"):
+        scheduler(available=("lidar",))
+    with pytest.raises(EdgeError, match="not a perception evaluation"):
+        QualityTable.from_perception_eval(Path(__file__))
+
+
+def test_plan_description() -> None:
+    assert Plan(("fisheye", "camera"), 4, 0.5).describe() == "fisheye+camera, N=4, camera keep 0.5, eager"
