@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES: dict[str, str] = {
     "drive": "edge.drives.cli",
     "demo": "edge.demo",
+    "run": "edge.runtime.cli",
     "replay": "ros_nodes.replay",
     "train": "edge.train_cli",
     "eval": "edge.eval_cli",

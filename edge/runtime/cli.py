@@ -1,0 +1,136 @@
+"""`edge run BAG [--config FILE] [--report DIR]`: the whole runtime over a drive in one process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edge.config import StrictModel, load_yaml_model
+from edge.errors import EdgeError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class RunConfig(StrictModel):
+    """Keys of the YAML given with --config (every key optional; unknown keys are errors)."""
+
+    perception_dir: str = str(REPO / "models" / "perception")
+    aligner_dir: str = str(REPO / "models" / "aligners")
+    llm: str | None = None  # HF directory or GGUF file; None = the embedded SmolLM2
+    use_llm: bool = True
+    policy: Literal["adaptive", "camera", "all"] = "adaptive"
+    budget_ms: float = Field(100.0, gt=0)
+    budget_mb: float = Field(2048.0, gt=0)
+    dwell_frames: int = Field(5, ge=1, le=1000)
+    quality_per_ms: float = Field(1e-3, ge=0)  # what a millisecond of compute is worth (0: quality only)
+    questions_every_s: float = Field(5.0, gt=0)
+    max_new_tokens: int = Field(8, ge=1, le=256)
+    max_frames: int | None = Field(None, ge=1)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the runtime over a drive and write a report")
+    p.add_argument("bag", help="rosbag2 bag directory")
+    p.add_argument("--config", help="YAML with RunConfig keys (see edge/runtime/cli.py)")
+    p.add_argument("--report", default=None, help="directory for report.json and report.html [reports/<bag name>]")
+    p.add_argument("--policy", choices=("adaptive", "camera", "all"), help="override the config's policy")
+    p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.set_defaults(func=main)
+
+
+def load_config(args: argparse.Namespace) -> RunConfig:
+    cfg = load_yaml_model(args.config, RunConfig) if args.config else RunConfig()
+    over: dict[str, Any] = {}
+    if args.policy:
+        over["policy"] = args.policy
+    if args.no_llm:
+        over["use_llm"] = False
+    if args.max_frames:
+        over["max_frames"] = args.max_frames
+    return cfg.model_copy(update=over)
+
+
+def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, progress: bool = True) -> dict[str, Any]:
+    """Run the runtime over `bag`; returns the report summary (and writes the report)."""
+    from edge.drives.bag import open_bag
+    from edge.drives.sync import SyncConfig, Synchronizer
+    from edge.runtime.report import ReportBuilder
+    from edge.runtime.runtime import Runtime
+    from edge.runtime.scheduler import Budget
+
+    answerer = None
+    if cfg.use_llm:
+        from edge.runtime.answerer import make_answerer
+
+        answerer = make_answerer(cfg.aligner_dir, cfg.llm, cfg.max_new_tokens)
+        if not answerer.aligners:
+            print(f"edge run: no aligners in {cfg.aligner_dir}: the LLM answers without modality context",
+                  file=sys.stderr)
+    runtime = Runtime(cfg.perception_dir, cfg.policy, Budget(cfg.budget_ms, cfg.budget_mb), answerer,
+                      dwell=cfg.dwell_frames, quality_per_ms=cfg.quality_per_ms)
+    bag_handle = open_bag(bag)
+    sync = Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce))
+    report = ReportBuilder(runtime.stack.cfg, runtime.stack.footprint,
+                           {"bag": str(bag), "config": cfg.model_dump(), "policy": cfg.policy,
+                            "aligners": sorted(answerer.aligners) if answerer else []})
+    count = bag_handle.topics.get("/fisheye/front/image_raw/compressed")
+    total = cfg.max_frames or (count.count if count is not None else None)
+    bar = _bar(total, progress)
+    next_question = None
+    started = time.perf_counter()
+    for i, sample in enumerate(sync):
+        if cfg.max_frames and i >= cfg.max_frames:
+            break
+        gt = sample.ground_truth
+        if answerer is not None and gt is not None and gt.qa:
+            t = sample.stamp_ns / 1e9
+            if next_question is None or t >= next_question:
+                qa = gt.qa[0]
+                runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
+                next_question = t + cfg.questions_every_s
+        result = runtime.step(sample)
+        report.add(result, gt)
+        if result.decision.changed:
+            bar.write(f"  {report.frames[-1]['t']:6.1f} s  plan: {result.plan.describe()}  ({result.decision.reason})")
+        bar.update(1)
+    bar.close()
+    for d in sync.diagnostics:
+        print(f"edge run: diagnostic: {d}", file=sys.stderr)
+    out = report.write(report_dir or REPO / "reports" / Path(bag).name)
+    summary = report.summary()
+    summary.update({"report": str(out), "wall_s": time.perf_counter() - started, "dropped": runtime.dropped})
+    return summary
+
+
+def _bar(total: int | None, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="edge run", unit="frame", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    lat = s["latency_ms"]
+    fmt = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    print(f"{s['frames']} frames, {s['switches']} plan changes; end-to-end latency p50 {fmt(lat['p50'])} ms, "
+          f"p99 {fmt(lat['p99'])} ms; peak memory {fmt(s['peak_rss_mb'], 0)} MB")
+    print("per stage (p50 / p99 ms): " + ", ".join(f"{k} {fmt(v['p50'])}/{fmt(v['p99'])}"
+                                                    for k, v in s["stages_ms"].items()))
+    print(f"obstacle IoU within 5 m (mean over frames): {fmt(s['obstacle_iou_near5m_mean'], 3)}; "
+          f"modality duty: " + ", ".join(f"{m} {100 * v:.0f}%" for m, v in s["modality_duty"].items()))
+    if s["questions"]:
+        print(f"questions answered: {s['questions']}, exact match {fmt(s['exact_match'], 2)}")
+    print(f"report: {s['report']}/report.html")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    if not Path(args.bag).exists():
+        raise EdgeError(f"{args.bag}: no such bag")
+    print_summary(run_drive(args.bag, cfg, args.report))
+    return 0

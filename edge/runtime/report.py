@@ -1,0 +1,236 @@
+"""The report of `edge run`: report.json (per frame: plan, answers, occupancy, timings, memory) and report.html.
+
+The HTML is self-contained (inline SVG plots, BEV images as data URIs): a modality timeline against the lighting
+the cameras saw, latency per stage, memory, and BEV occupancy beside ground truth at a few instants.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.encoders.config import BEV_CLASSES, PerceptionConfig
+from edge.perception.labels import IGNORE, bev_targets
+from edge.perception.metrics import near_mask, obstacle_binary
+from edge.runtime.runtime import FrameResult
+from edge.runtime.scheduler import MODALITIES
+
+CLASS_COLOURS = np.array([[200, 200, 200], [40, 40, 220], [220, 80, 30], [40, 180, 40], [70, 70, 70]], np.uint8)
+STAGES = ("context+plan", "fisheye", "ultrasonic", "fusion", "audio", "camera", "attach")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def near_obstacle_iou(pred: np.ndarray, gt: np.ndarray, near: np.ndarray) -> float | None:
+    """Obstacle-vs-free IoU within the near mask (ground-truth unknown cells excluded), as the perception card."""
+    valid = near & (gt != IGNORE) & (gt != BEV_CLASSES.index("unknown"))
+    if not valid.any():
+        return None
+    p, g = obstacle_binary(pred)[valid], obstacle_binary(gt)[valid]
+    union = np.logical_or(p == 1, g == 1).sum()
+    return float(np.logical_and(p == 1, g == 1).sum() / union) if union else None
+
+
+class ReportBuilder:
+    """Accumulates frames (with the sample's ground truth where the drive has it) and writes the report."""
+
+    def __init__(self, cfg: PerceptionConfig, footprint: tuple[float, float, float, float], meta: dict[str, Any]) -> None:
+        self.cfg, self.meta = cfg, meta
+        self.near = near_mask(cfg, footprint)
+        self.frames: list[dict[str, Any]] = []
+        self.switches: list[dict[str, Any]] = []
+        self.snapshots: list[tuple[float, np.ndarray, np.ndarray | None]] = []
+        self._t0: int | None = None
+
+    def add(self, r: FrameResult, ground_truth: Any = None) -> dict[str, Any]:
+        self._t0 = r.stamp_ns if self._t0 is None else self._t0
+        t = (r.stamp_ns - self._t0) / 1e9
+        gt_classes = bev_targets(ground_truth.bev, self.cfg) if ground_truth is not None and ground_truth.bev else None
+        frame: dict[str, Any] = {
+            "t": round(t, 3), "stamp_ns": r.stamp_ns, "source_stamps": r.source_stamps,
+            "plan": {"modalities": list(r.plan.modalities), "n_blocks": r.plan.n_blocks,
+                     "camera_keep": r.plan.camera_keep, "backend": r.plan.backend},
+            "lighting": r.context.lighting, "glare_cameras": r.context.glare_cameras,
+            "streams_healthy": {k: v.healthy for k, v in r.context.streams.items()},
+            "audio_level_db": round(r.context.audio_level_db, 1), "ego_speed": round(r.context.ego_speed, 2),
+            "timings_ms": {k: round(v, 2) for k, v in r.timings_ms.items()}, "rss_mb": round(r.rss_mb, 1),
+            "bev_modalities": r.modalities_used, "answers": r.answers, "diagnostics": r.diagnostics,
+        }
+        if r.bev_classes is not None:
+            near = r.bev_classes[self.near]
+            frame["occupancy_near5m"] = {name: int((near == i).sum()) for i, name in enumerate(BEV_CLASSES)}
+            if gt_classes is not None:
+                frame["obstacle_iou_near5m"] = near_obstacle_iou(r.bev_classes, gt_classes, self.near)
+        if r.audio is not None:
+            frame["audio"] = {k: r.audio[k] for k in ("event", "event_prob", "direction", "direction_prob")}
+        if ground_truth is not None:
+            frame["gt"] = {"lighting": (ground_truth.conditions or {}).get("lighting"),
+                           "audio_events": [e["class"] for e in ground_truth.audio_events or []]}
+        if r.decision.changed:
+            self.switches.append({"t": round(t, 3), "stamp_ns": r.stamp_ns, "plan": r.plan.describe(),
+                                  "reason": r.decision.reason})
+        if r.bev_classes is not None and (not self.snapshots or t - self.snapshots[-1][0] >= 10.0):
+            self.snapshots.append((t, r.bev_classes, gt_classes))
+        self.frames.append(frame)
+        return frame
+
+    # ---------------------------------------------------------------- summary
+    def summary(self) -> dict[str, Any]:
+        f = self.frames
+        total = [x["timings_ms"]["total"] for x in f]
+        stages = {}
+        for stage in STAGES:
+            vals = [v for x in f for k, v in x["timings_ms"].items() if k == stage or k.startswith(stage + "@")]
+            if vals:
+                stages[stage] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99), "mean": float(np.mean(vals))}
+        ious = [x["obstacle_iou_near5m"] for x in f if x.get("obstacle_iou_near5m") is not None]
+        answers = [a for x in f for a in x["answers"]]
+        scored = [a for a in answers if "answer" in a]
+        exact = [a["response"].strip().lower().rstrip(".") == str(a["answer"]).strip().lower() for a in scored]
+        busy = {m: float(np.mean([m in x["plan"]["modalities"] for x in f])) if f else 0.0 for m in MODALITIES}
+        return {
+            "frames": len(f), "switches": len(self.switches),
+            "latency_ms": {"min": min(total, default=None), "p50": percentile(total, 50), "p95": percentile(total, 95),
+                           "p99": percentile(total, 99), "max": max(total, default=None),
+                           "jitter_std": float(np.std(total)) if total else None},
+            "stages_ms": stages, "peak_rss_mb": max((x["rss_mb"] for x in f), default=None),
+            "obstacle_iou_near5m_mean": float(np.mean(ious)) if ious else None,
+            "modality_duty": busy,
+            "mean_compute_ms": float(np.mean([sum(v for k, v in x["timings_ms"].items() if k not in ("total",))
+                                              for x in f])) if f else None,
+            "questions": len(answers), "exact_match": float(np.mean(exact)) if exact else None,
+        }
+
+    def write(self, directory: str | Path) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {**self.meta, "python": platform.python_version(), "machine": platform.machine(),
+                "processor": platform.processor()}
+        doc = {"meta": meta, "summary": self.summary(), "switches": self.switches, "frames": self.frames}
+        (out / "report.json").write_text(json.dumps(doc, indent=1, default=_jsonable))
+        (out / "report.html").write_text(self._html(doc))
+        return out
+
+    # ---------------------------------------------------------------- html
+    def _html(self, doc: dict[str, Any]) -> str:
+        s = doc["summary"]
+        rows = "".join(f"<tr><td>{sw['t']:.1f} s</td><td>{html.escape(sw['plan'])}</td><td>{html.escape(sw['reason'])}</td></tr>"
+                       for sw in self.switches)
+        answers = "".join(
+            f"<tr><td>{x['t']:.1f} s</td><td>{html.escape(a['question'])}</td><td>{html.escape(a['response'])}</td>"
+            f"<td>{html.escape(str(a.get('answer', '')))}</td></tr>" for x in self.frames for a in x["answers"])
+        lat = s["latency_ms"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+        return f"""<!doctype html><html><head><meta charset="utf-8"><title>mpnp-edge run report</title>
+<style>body{{font-family:sans-serif;margin:24px;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}h2{{margin-top:28px}}</style></head><body>
+<h1>Run report</h1><p>{html.escape(str(doc['meta'].get('bag', '')))} &middot; {s['frames']} frames &middot;
+{s['switches']} plan changes &middot; latency p50 {fmt(lat['p50'])} ms, p99 {fmt(lat['p99'])} ms &middot;
+peak memory {fmt(s['peak_rss_mb'])} MB &middot; obstacle IoU within 5 m {fmt(s['obstacle_iou_near5m_mean'])}</p>
+<h2>Modalities against lighting</h2>{self._timeline_svg()}
+<h2>Latency per stage</h2>{self._latency_svg()}
+<h2>Memory</h2>{self._line_svg([x['rss_mb'] for x in self.frames], 'MB')}
+<h2>BEV occupancy (left) and ground truth (right)</h2>{self._snapshots_html()}
+<h2>Plan changes</h2><table><tr><th>time</th><th>plan</th><th>reason</th></tr>{rows}</table>
+<h2>Answers</h2><table><tr><th>time</th><th>question</th><th>answer</th><th>ground truth</th></tr>{answers}</table>
+</body></html>"""
+
+    def _times(self) -> list[float]:
+        return [x["t"] for x in self.frames]
+
+    def _timeline_svg(self, w: int = 1000) -> str:
+        ts = self._times()
+        if not ts:
+            return "<p>no frames</p>"
+        span = max(ts[-1], 1e-6)
+        x = lambda t: 90 + (w - 100) * t / span  # noqa: E731
+        light = {"day": "#ffe680", "dusk": "#f0a050", "night": "#303050", "unknown": "#aaa"}
+        parts = [f'<text x="0" y="22" font-size="12">lighting</text>']
+        for a, b in zip(self.frames, self.frames[1:] + [self.frames[-1]]):
+            parts.append(f'<rect x="{x(a["t"]):.1f}" y="10" width="{max(x(b["t"]) - x(a["t"]), 1):.1f}" height="16" '
+                         f'fill="{light.get(a["lighting"], "#aaa")}"/>')
+        for i, m in enumerate(MODALITIES):
+            y = 40 + 22 * i
+            parts.append(f'<text x="0" y="{y + 12}" font-size="12">{m}</text>')
+            for a, b in zip(self.frames, self.frames[1:] + [self.frames[-1]]):
+                if m in a["plan"]["modalities"]:
+                    parts.append(f'<rect x="{x(a["t"]):.1f}" y="{y}" width="{max(x(b["t"]) - x(a["t"]), 1):.1f}" '
+                                 f'height="16" fill="#3a7"/>')
+        h = 40 + 22 * len(MODALITIES) + 20
+        parts.append(f'<text x="90" y="{h - 4}" font-size="11">0 s</text><text x="{w - 40}" y="{h - 4}" '
+                     f'font-size="11">{span:.0f} s</text>')
+        return f'<svg width="{w}" height="{h}">{"".join(parts)}</svg>'
+
+    def _latency_svg(self, w: int = 1000, h: int = 200) -> str:
+        ts = self._times()
+        if not ts:
+            return ""
+        colours = ["#888", "#36c", "#c63", "#6a3", "#a3a", "#3aa", "#aa3"]
+        top = max(max(sum(v for k, v in f["timings_ms"].items() if k != "total") for f in self.frames), 1e-6)
+        span = max(ts[-1], 1e-6)
+        parts, legend = [], []
+        base = np.zeros(len(ts))
+        for stage, colour in zip(STAGES, colours):
+            vals = np.array([sum(v for k, v in f["timings_ms"].items() if k == stage or k.startswith(stage + "@"))
+                             for f in self.frames])
+            if not vals.any():
+                continue
+            upper = base + vals
+            pts = [(40 + (w - 50) * t / span, h - 20 - (h - 30) * v / top) for t, v in zip(ts, upper)]
+            low = [(40 + (w - 50) * t / span, h - 20 - (h - 30) * v / top) for t, v in zip(ts, base)]
+            poly = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts + low[::-1])
+            parts.append(f'<polygon points="{poly}" fill="{colour}" opacity="0.8"/>')
+            legend.append(f'<tspan fill="{colour}">&#9632; {stage}</tspan> ')
+            base = upper
+        parts.append(f'<text x="0" y="14" font-size="11">{top:.0f} ms</text><text x="0" y="{h - 20}" font-size="11">0</text>')
+        return f'<svg width="{w}" height="{h}">{"".join(parts)}</svg><div style="font-size:12px"><svg width="{w}" ' \
+               f'height="16"><text x="40" y="12" font-size="12">{"".join(legend)}</text></svg></div>'
+
+    def _line_svg(self, values: list[float], unit: str, w: int = 1000, h: int = 120) -> str:
+        ts = self._times()
+        if not values:
+            return ""
+        lo, hi = min(values), max(values)
+        hi = hi if hi > lo else lo + 1
+        span = max(ts[-1], 1e-6)
+        pts = " ".join(f"{40 + (w - 50) * t / span:.1f},{h - 15 - (h - 25) * (v - lo) / (hi - lo):.1f}"
+                       for t, v in zip(ts, values))
+        return (f'<svg width="{w}" height="{h}"><polyline points="{pts}" fill="none" stroke="#36c"/>'
+                f'<text x="0" y="12" font-size="11">{hi:.0f} {unit}</text>'
+                f'<text x="0" y="{h - 15}" font-size="11">{lo:.0f}</text></svg>')
+
+    def _snapshots_html(self) -> str:
+        cells = []
+        for t, pred, gt in self.snapshots[:8]:
+            imgs = [self._bev_png(pred)] + ([self._bev_png(gt)] if gt is not None else [])
+            tags = "".join(f'<img src="data:image/png;base64,{b}" width="200" style="margin-right:4px"/>' for b in imgs)
+            cells.append(f"<div style='display:inline-block;margin:6px'>{tags}<br/><small>{t:.0f} s</small></div>")
+        return "".join(cells) or "<p>no BEV output</p>"
+
+    @staticmethod
+    def _bev_png(classes: np.ndarray) -> str:
+        """(nx, ny) classes -> PNG with x (forward) up and y (left) to the left, as a driver sees the map."""
+        c = np.where(classes == IGNORE, 4, classes).astype(np.intp)
+        img = CLASS_COLOURS[c][::-1, ::-1]  # rows: x from front to back; columns: y from left to right
+        img = cv2.resize(img, (img.shape[1] * 2, img.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
+        ok, buf = cv2.imencode(".png", img)
+        return base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
