@@ -1,13 +1,13 @@
 """`edge demo`: the main job on the embedded default, end to end on this machine.
 
-Generates (or reuses) the default `day-to-night` drive with its siren event, then reads it back the way the
-runtime does (time-aligned samples) and summarises what every stream delivered and what the ground truth says.
+Generates (or reuses) the default `day-to-night` drive with its siren event, runs the runtime over it with the
+shipped perception models and the embedded LLM, and prints the plan changes and why, the answers against ground
+truth, latency percentiles, peak memory and where the report is.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import time
 from pathlib import Path
 
@@ -20,10 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded default drive")
     p.add_argument("--drive", default=str(DEFAULT_DRIVE), help=f"bag to use or create [{DEFAULT_DRIVE}]")
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds if the drive is generated [60]")
+    p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
     p.set_defaults(func=run)
 
 
-def _ensure_drive(path: Path, duration: float) -> None:
+def _ensure_drive(path: Path, duration: float) -> Path:
+    """The drive to run: `path` when it reads cleanly, else a newly generated one (a damaged bag is kept)."""
     from edge.drives.bag import open_bag
     from edge.drives.generate import generate_drive
 
@@ -32,7 +34,7 @@ def _ensure_drive(path: Path, duration: float) -> None:
             bag = open_bag(path)
             if not bag.diagnostics:
                 print(f"reusing {path}")
-                return
+                return path
             print(f"{path} is damaged ({bag.diagnostics[0]}); keeping it and generating next to it")
         except EdgeError as exc:
             print(f"{path} cannot be read ({exc}); keeping it and generating next to it")
@@ -40,49 +42,29 @@ def _ensure_drive(path: Path, duration: float) -> None:
     summary = generate_drive(path, seed=0, duration=duration, scenario="day-to-night")
     print(f"generated {summary.path}: {summary.messages} messages, {summary.size_bytes / 1e6:.0f} MB, "
           f"{summary.realtime_factor:.2f}x real time")
+    return summary.path
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.drives.info import bag_info
-    from edge.drives.sync import SyncConfig, Synchronizer
+    import json
+
+    from edge.runtime.cli import RunConfig, print_summary, run_drive
 
     path = Path(args.drive)
-    _ensure_drive(path, args.duration)
-    info = bag_info(path)
-    print(f"{path}: {info['duration_s']:.1f} s, {info['message_count']} messages on {len(info['topics'])} topics")
-    sync = Synchronizer(path, SyncConfig(image_reduce=2))
-    present: collections.Counter[str] = collections.Counter()
-    lighting: list[tuple[float, str]] = []
-    events: dict[str, list[list[float]]] = collections.defaultdict(list)  # class -> [start, end] spans
-    qa = 0
-    n = 0
-    started = time.perf_counter()
-    first = None
-    for sample in sync:
-        first = first or sample.stamp_ns
-        t = (sample.stamp_ns - first) / 1e9
-        n += 1
-        for key in sample.source_stamps:
-            present[key.split("/")[0] if key.startswith("ultrasonic/") else key] += 1
-        gt = sample.ground_truth
-        if gt and gt.conditions and (not lighting or lighting[-1][1] != gt.conditions["lighting"]):
-            lighting.append((t, gt.conditions["lighting"]))
-        for event in (gt.audio_events or []) if gt else []:
-            spans = events[event["class"]]
-            if spans and t - spans[-1][1] < 0.25:
-                spans[-1][1] = t
-            else:
-                spans.append([t, t])
-        qa += len(gt.qa) if gt else 0
-    wall = time.perf_counter() - started
-    print(f"read {n} synchronised samples in {wall:.1f} s ({info['duration_s'] / max(wall, 1e-9):.1f}x real time)")
-    for key in sorted(present):
-        per = present[key] / n / (12 if key == "ultrasonic" else 1)
-        print(f"  {key:22s} present in {100 * per:5.1f} % of samples")
-    print("lighting: " + ", ".join(f"{label} from {t:.0f} s" for t, label in lighting))
-    for name, spans in sorted(events.items()):
-        print(f"audio event {name}: " + ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in spans))
-    print(f"ground-truth question-answer pairs: {qa}")
-    for d in sync.diagnostics:
-        print(f"diagnostic: {d}")
+    path = _ensure_drive(path, args.duration)
+    cfg = RunConfig(use_llm=not args.no_llm)
+    summary = run_drive(path, cfg, Path("reports") / "demo")
+    doc = json.loads((Path(summary["report"]) / "report.json").read_text())
+    print("\nplan changes:")
+    for sw in doc["switches"]:
+        print(f"  {sw['t']:6.1f} s  {sw['plan']}  <- {sw['reason']}")
+    answers = [(f["t"], a) for f in doc["frames"] for a in f["answers"]]
+    if answers:
+        print("\nanswers against ground truth:")
+        for t, a in answers:
+            mark = "ok " if a["response"].strip().lower().rstrip(".") == str(a.get("answer", "")).lower() else "   "
+            print(f"  {mark}{t:6.1f} s  {a['question']}  -> {a['response']!r}  (truth: {a.get('answer')!r}; "
+                  f"modalities {'+'.join(a['modalities']) or 'none'})")
+    print()
+    print_summary(summary)
     return 0

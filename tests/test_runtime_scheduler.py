@@ -88,7 +88,10 @@ def test_budget_is_respected_and_an_impossible_budget_is_reported() -> None:
     assert s.costs.plan_latency(plan) <= 20.0
     tight = scheduler(budget=Budget(0.5))
     d = tight.step(ctx("day"))
-    assert d.plan.modalities == () and "no plan fits the budget" in d.reason
+    assert d.plan.modalities == ("audio",)  # the cheapest plan keeps running
+    assert "no plan fits the budget" in d.reason and "running the cheapest, 4 ms" in d.reason
+    nothing = scheduler().step(ctx("day", silent=("fisheye", "ultrasonic", "audio", "camera")))
+    assert nothing.plan.modalities == () and nothing.reason == "no healthy sensor"
 
 
 def test_static_baselines_and_bad_configuration() -> None:

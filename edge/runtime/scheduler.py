@@ -173,11 +173,13 @@ class Scheduler:
             plan = Plan(tuple(m for m in wanted if m in usable), self.n_blocks, 1.0)
             return self._switch(plan, "static policy " + self.policy, ctx) if plan != self.current else \
                 Decision(plan, False, "", self.score(plan, ctx))
-        fitting = [p for p in self.candidates(usable) if p.modalities and self.fits(p)]
+        options = [p for p in self.candidates(usable) if p.modalities]
+        fitting = [p for p in options if self.fits(p)]
         if not fitting:
-            plan = Plan((), self.n_blocks, 1.0)
-            reason = (f"no plan fits the budget ({self.budget.latency_ms:g} ms, {self.budget.memory_mb:g} MB)" if usable
-                      else "no healthy sensor")
+            # Keep serving what we can: the cheapest plan, and say that the budget cannot be met.
+            plan = min(options, key=self.costs.plan_latency) if options else Plan((), self.n_blocks, 1.0)
+            reason = (f"no plan fits the budget ({self.budget.latency_ms:g} ms, {self.budget.memory_mb:g} MB): running "
+                      f"the cheapest, {self.costs.plan_latency(plan):.0f} ms" if options else "no healthy sensor")
             return self._switch(plan, reason, ctx) if plan != self.current else Decision(plan, False, "", 0.0)
         best = max(fitting, key=lambda p: self.score(p, ctx))
         if self.current is None:
