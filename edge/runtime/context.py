@@ -99,6 +99,8 @@ class _StreamTracker:
     def update(self, stamp_ns: int, valid: bool, data_stamp_ns: int | None) -> StreamHealth:
         if valid and data_stamp_ns is not None:
             self.last_valid_ns = max(self.last_valid_ns or data_stamp_ns, data_stamp_ns)
+        if self.last_valid_ns is None:  # not started yet (e.g. audio filling its window): no dropout, just absent
+            return StreamHealth(False, math.inf, 0.0)
         self.history.append(valid)
         while len(self.history) > self.window:
             self.history.popleft()
