@@ -16,9 +16,11 @@ COMMAND_MODULES: dict[str, str] = {
     "drive": "edge.drives.cli",
     "demo": "edge.demo",
     "run": "edge.runtime.cli",
+    "bench": "edge.runtime.bench",
     "replay": "ros_nodes.replay",
     "train": "edge.train_cli",
     "eval": "edge.eval_cli",
+    "adapt": "edge.llm.adapt",
 }
 
 

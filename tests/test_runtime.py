@@ -85,3 +85,16 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
         for f in Path(RunConfig().perception_dir).glob("*.safetensors"):
             shutil.copy(f, empty / f.name)
         Runtime(empty)
+
+
+def test_bench_reports_latency_by_header_stamp_and_compares(drive: Path, tmp_path: Path) -> None:
+    from edge.runtime.bench import compare, run_bench
+
+    report = run_bench(drive, rates=[2.0], frames=8, warmup=2, policy="all", use_llm=False, peak=False)
+    run = report["fixed_rate"][0]
+    assert run["samples"] == 8 and run["processed"] + run["dropped"] >= 6
+    assert run["latency_ms"]["p50"] is not None and run["latency_ms"]["min"] <= run["latency_ms"]["p99"]
+    assert {"fisheye", "fusion", "total"} <= set(run["stages_ms"])
+    assert report["meta"]["data_sha256"] and report["meta"]["cpu"] and "torch" in report["meta"]
+    text = compare(report, report)
+    assert "2Hz" in text and "1.00" in text
