@@ -18,6 +18,7 @@ COMMAND_MODULES: dict[str, str] = {
     "run": "edge.runtime.cli",
     "bench": "edge.runtime.bench",
     "replay": "ros_nodes.replay",
+    "node": "ros_nodes.runtime_node",
     "train": "edge.train_cli",
     "eval": "edge.eval_cli",
     "adapt": "edge.llm.adapt",

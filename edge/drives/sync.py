@@ -108,7 +108,7 @@ def _stamp(msg: Any, msgtype: str, bag_time: int) -> int:
 _HEADER_FIRST = {T.IMAGE, T.COMPRESSED_IMAGE, T.CAMERA_INFO, T.RANGE, T.ODOMETRY, T.OCCUPANCY_GRID}
 
 
-def _cdr_header_stamp(data: bytes | memoryview) -> int | None:
+def cdr_header_stamp(data: bytes | memoryview) -> int | None:
     """header.stamp of a header-first CDR message (4-byte encapsulation, then int32 sec, uint32 nanosec)."""
     if len(data) < 12 or data[1] not in (0, 1):
         return None
@@ -257,7 +257,7 @@ class SampleAssembler:
             self._seq += 1
             msg = m.msg
             if isinstance(msg, (bytes, bytearray, memoryview)):
-                stamp = _cdr_header_stamp(msg) if m.msgtype in _HEADER_FIRST else None
+                stamp = cdr_header_stamp(msg) if m.msgtype in _HEADER_FIRST else None
                 if stamp is None or _kind == "audio":
                     try:
                         msg = M.deserialize(msg, m.msgtype)
