@@ -9,11 +9,11 @@ side of the vehicle it comes from, with the same front/left/rear/right rule as t
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from edge.drives.qa import side_of  # the QA templates' rule, so labels and answers agree
 from edge.encoders.config import AUDIO_EVENTS, BEV_CLASSES, DIRECTIONS, LIGHTING, PerceptionConfig
 
 IGNORE = 255
@@ -53,18 +53,6 @@ def coarsen(targets: np.ndarray, factor: int) -> np.ndarray:
     out = np.argmax(votes + _TIE_BREAK, -1).astype(np.uint8)
     out[votes.sum(-1) == 0] = IGNORE
     return out
-
-
-def side_of(x: float, y: float, footprint: tuple[float, float, float, float]) -> str:
-    """Side of the vehicle a point lies on, seen from the body centre (the rule of edge.drives.qa)."""
-    bearing = math.degrees(math.atan2(y, x - (footprint[0] + footprint[1]) / 2))
-    if -45 <= bearing <= 45:
-        return "front"
-    if 45 < bearing < 135:
-        return "left"
-    if -135 < bearing < -45:
-        return "right"
-    return "rear"
 
 
 def audio_targets(events: list[dict[str, Any]] | None, footprint: tuple[float, float, float, float]
