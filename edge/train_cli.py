@@ -8,6 +8,7 @@ import importlib
 
 SUBCOMMANDS: dict[str, str] = {
     "perception": "edge.perception.cli:register_train",
+    "aligners": "edge.llm.train_aligners:register",
 }
 
 

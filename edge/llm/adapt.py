@@ -1,0 +1,136 @@
+"""`edge adapt`: runtime adaptation, mPnP style: add modalities or switch to others on a few hundred samples.
+
+`--add ultrasonic audio` keeps the attached aligners of `--from` (frozen) and trains new aligners next to them;
+`--switch fisheye,camera ultrasonic,audio` detaches the first set and trains the second. The depth N comes from a
+budget with the paper's cost model: a FLOPs budget divided by the samples to train on gives FLOPs per sample,
+and `edge.llm.cost.choose_n` returns the deepest connection within it. A time budget is turned into FLOPs with
+the throughput of this machine, measured on a few training steps at N=1, and also stops training when spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from edge.llm.cost import CostShape, ModalityCost, choose_n
+from edge.llm.errors import LLMError
+from edge.llm.qa_data import MODALITIES, TRAIN_DRIVES, QADataset, check_modalities
+from edge.llm.qa_model import RUN_FILE, QAConfig, QAModel
+from edge.llm.train_aligners import (
+    TOKENS_PER_MODALITY, add_data_args, add_train_args, flops_per_sample, load_data, mean_seq_len, train,
+)
+
+
+def plan_modalities(base: tuple[str, ...], add: list[str] | None, switch: list[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(attached, trained) after an --add or a --switch FROM TO (comma-separated modality lists)."""
+    if bool(add) == bool(switch):
+        raise LLMError("give exactly one of --add MODALITY [...] or --switch FROM TO")
+    if add:
+        new = check_modalities(add)
+        dup = [m for m in new if m in base]
+        if dup:
+            raise LLMError(f"cannot add {dup}: already attached ({list(base)})")
+        return base + new, new
+    if len(switch) != 2:
+        raise LLMError("--switch takes two comma-separated lists: FROM TO (e.g. fisheye,camera ultrasonic,audio)")
+    old, new = (check_modalities(s.split(",")) for s in switch)
+    missing = [m for m in old if m not in base]
+    if missing:
+        raise LLMError(f"cannot switch away from {missing}: not attached in the starting run ({list(base)})")
+    kept = tuple(m for m in base if m not in old)
+    return kept + tuple(m for m in new if m not in kept), tuple(m for m in new if m not in kept)
+
+
+def flops_budget_n(budget_flops: float, samples: int, epochs: int, shape: CostShape, seq_len: float,
+                   modalities: tuple[str, ...], d_enc: int, lora: bool, cap: int | None = None) -> int:
+    """Deepest N whose (samples x epochs) training FLOPs fit the budget (choose_n on the per-sample share)."""
+    per_sample = budget_flops / max(1, samples * epochs)
+    mods = [ModalityCost(TOKENS_PER_MODALITY.get(m, 16), d_enc) for m in modalities]
+    n = choose_n(per_sample, shape, max(1, round(seq_len)), mods, train_kv=lora)
+    return min(n, cap) if cap else n
+
+
+def measure_flops_rate(model: QAModel, data: QADataset, steps: int = 3, batch: int = 16) -> float:
+    """Executed FLOP/s of this machine on training steps of `model` (analytic FLOPs / measured seconds)."""
+    params = model.trainable()
+    items = data.items[:batch]
+    model.loss(data, items).backward()  # warm-up (also fills the trunk cache for these texts)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.loss(data, items).backward()
+    seconds = time.perf_counter() - t0
+    for p in params:
+        p.grad = None
+    return flops_per_sample(model, mean_seq_len(model, data)) * len(items) * steps / seconds
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="runtime adaptation: add or switch modalities, N chosen from a budget")
+    p.add_argument("--from", dest="base", type=Path, default=None,
+                   help="run directory whose aligners are attached now (default: none attached)")
+    p.add_argument("--add", nargs="+", metavar="MODALITY", help=f"modalities to add ({', '.join(MODALITIES)})")
+    p.add_argument("--switch", nargs=2, metavar=("FROM", "TO"), help="comma-separated lists, e.g. fisheye,camera ultrasonic,audio")
+    p.add_argument("--out", type=Path, required=True, help="run directory for the adapted aligners")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", type=float, default=None, help="total training FLOPs allowed")
+    budget.add_argument("--budget-seconds", type=float, default=None, help="wall time allowed for training")
+    p.add_argument("--n-blocks", type=int, default=None, help="force N (otherwise chosen from the budget)")
+    p.add_argument("--method", choices=("mpnp", "full", "prefix"), default=None, help="default: the starting run's")
+    p.add_argument("--lora-rank", type=int, default=None)
+    p.add_argument("--samples", type=int, default=300, help="QA items to adapt on (seeded subset)")
+    add_data_args(p, TRAIN_DRIVES, "night")
+    add_train_args(p)
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from edge.llm.loading import load_llm
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    base_cfg: dict = {"method": "mpnp", "modalities": [], "n_blocks": None, "lora_rank": 0}
+    if args.base is not None:
+        path = args.base / RUN_FILE
+        if not path.exists():
+            raise LLMError(f"{args.base}: no {RUN_FILE} (give a directory written by `edge train aligners`)")
+        base_cfg = json.loads(path.read_text())["config"]
+    attached, trained = plan_modalities(tuple(base_cfg["modalities"]), args.add, args.switch)
+    method = args.method or base_cfg["method"]
+    lora = base_cfg.get("lora_rank", 0) if args.lora_rank is None else args.lora_rank
+    args.max_items = args.max_items or args.samples
+    data = load_data(args)
+    llm = load_llm(args.llm)
+    # with --add, the kept aligners were trained on base N blocks: do not connect them deeper
+    cap = base_cfg["n_blocks"] if args.add and base_cfg.get("n_blocks") and method == "mpnp" else None
+    n, reason = args.n_blocks, "forced by --n-blocks"
+    if n is None and method == "mpnp":
+        if args.budget_flops is None and args.budget_seconds is None:
+            raise LLMError("give --budget-flops, --budget-seconds or --n-blocks")
+        probe = QAModel(llm, QAConfig(method, attached, trained, 1, lora))
+        seq = mean_seq_len(probe, data)
+        budget = args.budget_flops
+        if budget is None:
+            rate = measure_flops_rate(probe, data, batch=args.batch)
+            budget = args.budget_seconds * rate
+            reason = f"{args.budget_seconds:.0f} s x measured {rate / 1e9:.1f} GFLOP/s"
+        else:
+            reason = f"{budget:.3g} FLOPs"
+        probe.close()
+        n = flops_budget_n(budget, len(data.items), args.epochs, CostShape.of(llm.model), seq, attached, 128,
+                           bool(lora), cap)
+        reason = f"N={n} chosen by choose_n from {reason} over {len(data.items)} samples x {args.epochs} epochs" + (
+            f" (capped at the starting run's N={cap})" if cap and n == cap else "")
+    n = n or (base_cfg.get("n_blocks") or 8)
+    print(f"adapt: attached {list(attached)}, training {list(trained)}, method {method}, {reason}")
+    model = QAModel(llm, QAConfig(method, attached, trained, n, lora), init_from=args.base)
+    rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                time_budget_s=args.budget_seconds, progress=not args.quiet,
+                extra={"drives": args.drives, "lighting": args.lighting, "adapt_from": str(args.base),
+                       "n_reason": reason, "budget_flops": args.budget_flops, "budget_seconds": args.budget_seconds})
+    print(json.dumps({k: rec[k] for k in ("n_blocks", "items", "train_flops", "train_seconds", "peak_rss_mb",
+                                          "train_added_rss_mb", "loss_per_epoch", "stopped")}))
+    return 0

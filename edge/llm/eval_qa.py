@@ -1,0 +1,98 @@
+"""`edge eval qa`: exact match and token F1 of trained runs on held-out drives, per lighting and question kind.
+
+`edge eval qa RUN [RUN ...]` scores run directories. `edge eval qa --table DIR` reproduces the shape of mPnP's
+main table in one command (qa_table.py): it trains every configuration in its own process (so peak memory is
+per run), evaluates them here and writes table.md, table.json and table.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from edge.llm.qa_data import DEFAULT_CACHE, DEFAULT_DRIVES_DIR, EVAL_DRIVES, QADataset, build_dataset
+from edge.llm.qa_model import QAModel, load_run
+from edge.llm.qa_text import exact_match, token_f1
+
+
+def score(predictions: list[str], answers: list[str]) -> dict[str, float]:
+    """Mean exact match and token F1, in percent."""
+    n = max(1, len(answers))
+    return {"em": 100.0 * sum(exact_match(p, a) for p, a in zip(predictions, answers)) / n,
+            "f1": 100.0 * sum(token_f1(p, a) for p, a in zip(predictions, answers)) / n, "n": len(answers)}
+
+
+def evaluate(model: QAModel, data: QADataset, batch: int = 32, progress: bool = True) -> dict:
+    """Greedy answers for every item; EM/F1 overall, per lighting and per question kind."""
+    preds: list[str] = []
+    for i in tqdm(range(0, len(data.items), batch), desc="eval", unit="batch", disable=not progress, leave=False):
+        preds += model.answer(data, data.items[i : i + batch])
+    res = {"all": score(preds, [it.answer for it in data.items]), "lighting": {}, "kind": {}}
+    for key, attr in (("lighting", "lighting"), ("kind", "kind")):
+        for value in sorted({getattr(it, attr) for it in data.items}):
+            idx = [j for j, it in enumerate(data.items) if getattr(it, attr) == value]
+            res[key][value] = score([preds[j] for j in idx], [data.items[j].answer for j in idx])
+    res["examples"] = [{"q": it.question, "gold": it.answer, "pred": p} for it, p in list(zip(data.items, preds))[:12]]
+    return res
+
+
+def eval_data(args: argparse.Namespace) -> QADataset:
+    return build_dataset(args.drives, perception_dir=args.perception, drives_dir=args.drives_dir,
+                         cache_dir=args.cache_dir, progress=not args.quiet)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("qa", help="QA exact match / token F1 per condition; --table DIR: the whole mPnP-style table")
+    p.add_argument("runs", nargs="*", type=Path, help="run directories (edge train aligners / edge adapt)")
+    p.add_argument("--table", type=Path, default=None, help="train + evaluate the full grid into this directory")
+    p.add_argument("--n", nargs="+", type=int, default=[2, 4, 8, 16, 30], help="N grid for --table (30 = all)")
+    p.add_argument("--epochs", type=int, default=3, help="--table: epochs of each training")
+    p.add_argument("--adapt-samples", type=int, default=300, help="--table: night samples for add/switch")
+    p.add_argument("--day-items", type=int, default=600, help="--table: day QA items for the day training")
+    p.add_argument("--eval-items", type=int, default=10**6, help="--table: at most this many held-out items per lighting")
+    p.add_argument("--chosen-n", type=int, default=8, help="--table: the N whose targets are checked")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drives", nargs="+", default=list(EVAL_DRIVES), help="held-out drives (specs or bag dirs)")
+    p.add_argument("--drives-dir", type=Path, default=DEFAULT_DRIVES_DIR)
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--perception", type=Path, default=Path("models/perception"))
+    p.add_argument("--lighting", nargs="+", default=["day", "night"], help="subsets to score (or 'all')")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    p.add_argument("--llm", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from edge.llm.errors import LLMError
+    from edge.llm.loading import load_llm
+
+    torch.set_num_threads(args.threads)
+    if args.table is not None:
+        from edge.llm.qa_table import run_table
+
+        return run_table(args)
+    if not args.runs:
+        raise LLMError("give run directories to evaluate, or --table DIR")
+    data = eval_data(args)
+    if "all" not in args.lighting:
+        data = data.filter(lighting=args.lighting)
+    llm = load_llm(args.llm)
+    results = {}
+    for run in args.runs:
+        model = load_run(llm, run)
+        res = evaluate(model, data, progress=not args.quiet)
+        model.close()
+        results[str(run)] = res
+        parts = [f"all EM {res['all']['em']:.1f} F1 {res['all']['f1']:.1f} (n={res['all']['n']})"]
+        parts += [f"{k} EM {v['em']:.1f} F1 {v['f1']:.1f} (n={v['n']})" for k, v in res["lighting"].items()]
+        print(f"{run}: " + "; ".join(parts))
+        print("  per kind: " + ", ".join(f"{k} {v['em']:.0f}" for k, v in res["kind"].items()))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0

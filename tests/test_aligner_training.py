@@ -1,0 +1,137 @@
+"""Aligner training on the real SmolLM2 with real aligner shapes: the tail shortcut is exact, loss falls, only the
+trained parts change, adapt picks N within its budget, and checkpoints that do not fit are refused clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edge.llm import CostShape, LLMError, ModalityAligner, load_llm, save_aligner, training_flops
+from edge.llm.adapt import flops_budget_n, plan_modalities
+from edge.llm.arch import LLMShape
+from edge.llm.qa_data import QADataset, QAItem
+from edge.llm.qa_model import QAConfig, QAModel, load_run
+from edge.llm.train_aligners import train
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return load_llm()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def scenes() -> QADataset:
+    """Two scenes that differ only in their encoder tokens; the same question has a different answer in each."""
+    g = torch.Generator().manual_seed(0)
+    tokens = {m: torch.randn(2, t, 128, generator=g) for m, t in (("fisheye", 16), ("ultrasonic", 8), ("audio", 8),
+                                                                    ("camera", 16))}
+    present = {m: torch.ones(2, dtype=torch.bool) for m in tokens}
+    q = "Is it safe to reverse?"
+    items = [QAItem(q, "yes", "reverse_safe", "day", "d", 0), QAItem(q, "no", "reverse_safe", "day", "d", 1)] * 4
+    return QADataset(items, {"d": tokens}, {"d": present})
+
+
+def full_forward_loss(model: QAModel, data: QADataset, items: list[QAItem]) -> torch.Tensor:
+    """The same loss computed the ordinary way: whole model forward, logits of the answer positions."""
+    ids, starts = zip(*(model.text.sequence(it.question, it.answer) for it in items))
+    assert len(set(map(len, ids))) == 1
+    model._feed(data, items)
+    logits = model.model(input_ids=torch.tensor(ids)).logits
+    tgt = [(b, j) for b, (s, a) in enumerate(zip(ids, starts)) for j in range(a, len(s))]
+    return F.cross_entropy(logits[[b for b, _ in tgt], [j - 1 for _, j in tgt]], torch.tensor([ids[b][j] for b, j in tgt]))
+
+
+@pytest.mark.parametrize("method", ["mpnp", "full", "text"])
+def test_tail_loss_equals_full_forward(llm, method):
+    data = scenes()
+    model = QAModel(llm, QAConfig(method, ("fisheye", "camera"), n_blocks=2, lora_rank=2 if method == "mpnp" else 0))
+    try:
+        with torch.no_grad():
+            for p in model.trainable():  # non-trivial LoRA/aligners so the comparison means something
+                p.add_(0.05 * torch.randn_like(p))
+            items = [data.items[0], data.items[2]]  # same length ("yes" twice)
+            assert model.loss(data, items).item() == pytest.approx(full_forward_loss(model, data, items).item(), rel=1e-4)
+    finally:
+        model.close()
+
+
+def test_few_steps_reduce_loss_only_aligners_change(llm, tmp_path: Path):
+    torch.manual_seed(0)
+    data = scenes()
+    before = {k: v.clone() for k, v in llm.model.state_dict().items() if "layers.29" in k or "embed" in k}
+    model = QAModel(llm, QAConfig("mpnp", ("fisheye", "camera"), n_blocks=2))
+    try:
+        first = model.loss(data, data.items).item()
+        rec = train(model, data, tmp_path / "run", epochs=6, batch=8, lr=3e-3, progress=False)
+        last = model.loss(data, data.items).item()
+        assert last < first - 0.3, (first, last, rec["loss_per_epoch"])
+        assert rec["train_flops"] > 0 and rec["train_seconds"] > 0 and rec["peak_rss_mb"] > 0
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+            "aligner_camera.safetensors", "aligner_fisheye.safetensors", "run.json"]
+        after = llm.model.state_dict()
+        assert all(torch.equal(v, after[k]) for k, v in before.items())  # the LLM is untouched
+        answers = model.answer(data, data.items[:2], max_new_tokens=3)
+        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    finally:
+        model.close()
+    again = load_run(llm, tmp_path / "run")  # checkpoints round-trip
+    try:
+        assert again.loss(data, data.items).item() == pytest.approx(last, rel=1e-4)
+    finally:
+        again.close()
+
+
+def test_adapt_chooses_n_within_budget(llm):
+    shape = CostShape.of(llm.model)
+    from edge.llm.cost import ModalityCost
+
+    mods = [ModalityCost(16, 128), ModalityCost(16, 128), ModalityCost(8, 128), ModalityCost(8, 128)]
+    per = training_flops(shape, 17, 6, mods)
+    samples, epochs = 200, 2
+    n = flops_budget_n(per * samples * epochs * 1.0001, samples, epochs, shape, 17.0,
+                       ("fisheye", "camera", "ultrasonic", "audio"), 128, lora=False)
+    assert n == 6
+    assert training_flops(shape, 17, n, mods) * samples * epochs <= per * samples * epochs * 1.0001
+    assert flops_budget_n(per * samples * epochs, samples, epochs, shape, 17.0,
+                          ("fisheye", "camera", "ultrasonic", "audio"), 128, lora=False, cap=4) == 4
+    with pytest.raises(LLMError, match="below the cheapest"):
+        flops_budget_n(1e6, samples, epochs, shape, 17.0, ("camera",), 128, lora=False)
+
+
+def test_adapt_plans_add_and_switch():
+    assert plan_modalities(("fisheye", "camera"), ["ultrasonic", "audio"], None) == (
+        ("fisheye", "camera", "ultrasonic", "audio"), ("ultrasonic", "audio"))
+    assert plan_modalities(("fisheye", "camera"), None, ["fisheye,camera", "ultrasonic,audio"]) == (
+        ("ultrasonic", "audio"), ("ultrasonic", "audio"))
+    with pytest.raises(LLMError, match="already attached"):
+        plan_modalities(("camera",), ["camera"], None)
+    with pytest.raises(LLMError, match="not attached"):
+        plan_modalities(("camera",), None, ["fisheye", "audio"])
+    with pytest.raises(LLMError, match="unknown modality"):
+        plan_modalities(("camera",), ["lidar"], None)
+
+
+def test_checkpoint_that_does_not_fit_is_refused(llm, tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"config": {"method": "mpnp", "modalities": ["camera"], "trained": ["camera"], '
+                                  '"n_blocks": 2, "lora_rank": 0, "d_enc": 128, "extra": {}}}')
+    other = LLMShape(n_layers=30, d_model=960, n_heads=15, n_kv_heads=5, head_dim=64)  # a bigger LLM
+    save_aligner(ModalityAligner.for_llm("camera", 128, other, 2), run / "aligner_camera.safetensors")
+    with pytest.raises(LLMError, match="does not fit this LLM: d_model 960 != LLM 576"):
+        load_run(llm, run)
+    save_aligner(ModalityAligner.for_llm("camera", 64, llm.shape, 2), run / "aligner_camera.safetensors")
+    with pytest.raises(LLMError, match="d_enc 64"):
+        load_run(llm, run)
+    with pytest.raises(LLMError, match="no run.json"):
+        load_run(llm, tmp_path)
