@@ -13,6 +13,7 @@ import torch
 
 from edge.errors import EdgeError
 from edge.llm import MPnPConnector, load_aligner, load_llm
+from edge.llm.qa_text import prompt_text
 from edge.runtime.scheduler import Plan
 
 
@@ -51,12 +52,8 @@ class Answerer:
     @torch.no_grad()
     def answer(self, question: str) -> str:
         tok = self.llm.tokenizer
-        messages = [{"role": "user", "content": question}]
-        try:
-            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except (ValueError, AttributeError):
-            prompt = question + "\n"
-        ids = tok(prompt, return_tensors="pt")
+        # The prompt the aligners were trained with (edge.llm.qa_text), so attached modalities are read as trained.
+        ids = tok(prompt_text(question), return_tensors="pt", add_special_tokens=False)
         out = self.llm.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=tok.pad_token_id or tok.eos_token_id)
         text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
