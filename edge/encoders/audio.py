@@ -101,14 +101,45 @@ MIRROR_PERM = [1, 0, 3, 2]
 MIRROR_DIR = [0, 3, 2, 1]
 
 
+def steering_matrix(mic_xy: np.ndarray, rate: int, n_angles: int = 72, speed: float = 343.0) -> np.ndarray:
+    """(pairs, lags, angles) linear-interpolation weights: SRP-PHAT(angle) = sum over pairs of the GCC-PHAT value at
+    the delay a far-field source at that bearing (around the array centre, counter-clockwise from +x) produces."""
+    th = 2 * np.pi * np.arange(n_angles) / n_angles
+    u = np.stack([np.cos(th), np.sin(th)], 1)
+    lags = np.arange(-MAX_LAG, MAX_LAG + 1)
+    w = np.zeros((len(PAIRS), lags.size, n_angles), np.float32)
+    for p, (i, j) in enumerate(PAIRS):
+        tau = np.clip((mic_xy[j] - mic_xy[i]) @ u.T / speed * rate, -MAX_LAG, MAX_LAG)  # peak lag = t_i - t_j
+        lo = np.floor(tau).astype(int)
+        frac = tau - lo
+        for a in range(n_angles):
+            w[p, lo[a] + MAX_LAG, a] += 1 - frac[a]
+            if lo[a] < MAX_LAG:
+                w[p, lo[a] + MAX_LAG + 1, a] += frac[a]
+    return w
+
+
 class AudioEncoder(nn.Module):
-    """Audio features -> event logits (B, 3), direction logits (B, 4), tokens (B, n_tokens, d_enc)."""
+    """Audio features -> event logits (B, 3), direction logits (B, 4), tokens (B, n_tokens, d_enc).
+
+    Direction uses a fixed SRP-PHAT layer (steered response over 72 bearings from the GCC-PHAT of every time
+    segment, the array geometry built in) pooled over time by attention from the event features, so the
+    segments where the siren or horn is actually audible decide where it is."""
 
     name = "audio"
 
-    def __init__(self, cfg: PerceptionConfig) -> None:
+    def __init__(self, cfg: PerceptionConfig, mic_xy: np.ndarray | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        if mic_xy is None:  # the default rig's square array (FL, FR, RR, RL), 0.30 m side
+            mic_xy = np.array([[0.15, 0.15], [0.15, -0.15], [-0.15, -0.15], [-0.15, 0.15]])
+        self.register_buffer("steer", torch.from_numpy(steering_matrix(np.asarray(mic_xy, np.float64)[:, :2],
+                                                                       cfg.audio_rate)), persistent=False)
+        n_ang = self.steer.shape[-1]
+        self.seg_attn = nn.Conv1d(128, 1, 1)
+        self.srp_head = nn.Sequential(nn.Conv1d(2, 16, 5, padding=2, padding_mode="circular"), nn.ReLU(inplace=True),
+                                      nn.Conv1d(16, 16, 5, padding=2, padding_mode="circular"), nn.ReLU(inplace=True))
+        self.srp_out = nn.Linear(16 * n_ang, 64)
         self.spec = nn.Sequential(
             nn.Conv2d(4, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d((2, 1)),
             nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d((2, 1)),
@@ -120,7 +151,7 @@ class AudioEncoder(nn.Module):
             nn.Conv1d(32 * (N_MELS // 4) // 4 + 64, 128, 3, padding=1), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
             nn.Conv1d(128, 128, 3, padding=1), nn.BatchNorm1d(128), nn.ReLU(inplace=True))
         self.event_head = nn.Linear(256, len(AUDIO_EVENTS))
-        self.dir_head = nn.Sequential(nn.Linear(256 + 64, 128), nn.ReLU(inplace=True), nn.Linear(128, len(DIRECTIONS)))
+        self.dir_head = nn.Sequential(nn.Linear(256 + 64 + 64, 128), nn.ReLU(inplace=True), nn.Linear(128, len(DIRECTIONS)))
         self.token_proj = nn.Linear(128, cfg.d_enc)
         self.pos = nn.Parameter(torch.randn(1, cfg.tokens["audio"], cfg.d_enc) * 0.02)
         self.register_buffer("mean", torch.zeros(1), persistent=True)   # log-mel normalisation from training data
@@ -144,7 +175,12 @@ class AudioEncoder(nn.Module):
         h = self.temporal(torch.cat([x, g], 1))                                 # (B, 128, S)
         pooled = torch.cat([h.mean(-1), h.amax(-1)], 1)
         event = self.event_head(pooled)
-        direction = self.dir_head(torch.cat([pooled, self.gcc_avg(gcc_avg.flatten(1))], 1))
+        srp_seg = torch.einsum("bpsl,pla->bsa", gcc, self.steer)                # (B, S, A)
+        srp_avg = torch.einsum("bpl,pla->ba", gcc_avg, self.steer)              # (B, A)
+        att = torch.softmax(self.seg_attn(h), -1)                               # (B, 1, S)
+        srp = torch.cat([(att @ srp_seg), srp_avg[:, None]], 1)                 # (B, 2, A)
+        srp_feat = self.srp_out(self.srp_head(srp).flatten(1))
+        direction = self.dir_head(torch.cat([pooled, self.gcc_avg(gcc_avg.flatten(1)), srp_feat], 1))
         tok = nn.functional.adaptive_avg_pool1d(h, self.n_tokens).transpose(1, 2)
         return event, direction, self.token_proj(tok) + self.pos
 

@@ -62,7 +62,8 @@ class PerceptionStack(nn.Module):
         self.footprint: tuple[float, float, float, float] = rig.footprint()
         self.fisheye = FisheyeEncoder(cfg, rig, table_cache)
         self.ultrasonic = UltrasonicEncoder(cfg, rig)
-        self.audio = AudioEncoder(cfg)
+        mic = rig.microphones.positions
+        self.audio = AudioEncoder(cfg, np.asarray(mic)[:, :2] - np.asarray(mic)[:, :2].mean(0))
         front = rig.cameras.get("front")
         self.camera = CameraEncoder(cfg, (front.height, front.width) if front is not None else None)
         self.fusion = BevFusionHead(cfg)
