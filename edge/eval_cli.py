@@ -9,6 +9,7 @@ import importlib
 SUBCOMMANDS: dict[str, str] = {
     "perception": "edge.perception.cli:register_eval",
     "qa": "edge.llm.eval_qa:register",
+    "scheduler": "edge.runtime.evaluate:add_parser",
 }
 
 
