@@ -109,3 +109,18 @@ def test_static_baselines_and_bad_configuration() -> None:
 
 def test_plan_description() -> None:
     assert Plan(("fisheye", "camera"), 4, 0.5).describe() == "fisheye+camera, N=4, camera keep 0.5, eager"
+
+
+def test_one_slow_frame_does_not_switch_but_a_sustained_overrun_does() -> None:
+    s = scheduler(dwell=3)
+    first = s.step(ctx("day")).plan
+    assert "fisheye" in first.modalities
+    normal = s.costs.latency_ms["fisheye"]
+    s.costs.latency_ms["fisheye"] = 500.0  # one slow measurement pushes the plan over budget
+    assert not s.step(ctx("day", t=1)).changed
+    s.costs.latency_ms["fisheye"] = normal
+    assert not any(s.step(ctx("day", t=2 + i)).changed for i in range(5))
+    s.costs.latency_ms["fisheye"] = 500.0
+    decisions = [s.step(ctx("day", t=10 + i)) for i in range(3)]
+    assert [d.changed for d in decisions] == [False, False, True]
+    assert decisions[-1].reason == "current plan over budget" and "fisheye" not in decisions[-1].plan.modalities

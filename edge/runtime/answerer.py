@@ -1,7 +1,9 @@
-"""The LLM side of the runtime: one loaded LLM, its mPnP connector, and the aligners found on disk.
+"""The LLM side of the runtime: one loaded LLM, its mPnP connector, and the aligner sets found on disk.
 
-Modalities of the plan that have an aligner are attached (and fed this frame's tokens); the others are detached.
-Nothing is reloaded when the plan changes.
+An aligner set is the aligners trained together (one `edge train aligners` / `edge adapt` run: a directory of
+`*.safetensors`, e.g. models/aligners/day with fisheye + camera, models/aligners/switch with ultrasonic + audio).
+Each frame the set that covers most of the plan's modalities is used: its modalities that the plan runs are
+attached (and fed this frame's tokens), everything else is detached. Nothing is reloaded when the plan changes.
 """
 
 from __future__ import annotations
@@ -20,14 +22,33 @@ from edge.runtime.scheduler import Plan
 class Answerer:
     def __init__(self, aligner_dir: str | Path | None, llm_source: str | None = None, max_new_tokens: int = 8) -> None:
         self.llm = load_llm(llm_source)
-        self.aligners: dict[str, Any] = {}
-        if aligner_dir is not None and Path(aligner_dir).is_dir():
-            for path in sorted(Path(aligner_dir).glob("*.safetensors")):
-                al = load_aligner(path, shape=self.llm.shape)
-                self.aligners[al.modality] = al
-        depth = min((al.spec.n_blocks for al in self.aligners.values()), default=min(8, self.llm.shape.n_layers))
+        self.sets: dict[str, dict[str, Any]] = {}
+        root = Path(aligner_dir) if aligner_dir is not None else None
+        if root is not None and root.is_dir():
+            for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+                found = {}
+                for path in sorted(folder.glob("*.safetensors")):
+                    al = load_aligner(path, shape=self.llm.shape)
+                    found[al.modality] = al
+                if found:
+                    self.sets[folder.name] = found
+        every = [al for group in self.sets.values() for al in group.values()]
+        depth = min((al.spec.n_blocks for al in every), default=min(8, self.llm.shape.n_layers))
         self.connector = MPnPConnector(self.llm.model, depth)
         self.max_new_tokens = max_new_tokens
+
+    @property
+    def aligners(self) -> dict[str, Any]:
+        """Every modality with an aligner in some set (the first set that has it)."""
+        out: dict[str, Any] = {}
+        for group in self.sets.values():
+            for m, al in group.items():
+                out.setdefault(m, al)
+        return out
+
+    def best_set(self, modalities: set[str]) -> dict[str, Any]:
+        """The aligner set covering most of `modalities` (ties: the first set found)."""
+        return max(self.sets.values(), key=lambda g: len(modalities & set(g)), default={})
 
     @property
     def n_blocks(self) -> int:
@@ -39,15 +60,20 @@ class Answerer:
 
     def apply(self, plan: Plan, tokens: dict[str, torch.Tensor]) -> None:
         """Attach what the plan runs and has an aligner for (fed this frame's tokens); detach the rest."""
-        wanted = {m for m in plan.modalities if m in self.aligners and m in tokens}
-        for m in set(self.connector.attached) - wanted:
-            self.connector.detach(m)
+        group = self.best_set({m for m in plan.modalities if m in tokens})
+        wanted = {m for m in plan.modalities if m in group and m in tokens}
+        for m in set(self.connector.attached):
+            if m not in wanted or self.connector_aligner(m) is not group[m]:
+                self.connector.detach(m)
         if plan.n_blocks and plan.n_blocks != self.connector.n_blocks and plan.n_blocks <= self.n_blocks:
             self.connector.set_n_blocks(plan.n_blocks)
         for m in sorted(wanted):
             if m not in self.connector.attached:
-                self.connector.attach(self.aligners[m])
+                self.connector.attach(group[m])
             self.connector.feed(m, tokens[m])
+
+    def connector_aligner(self, modality: str) -> Any:
+        return self.connector.aligners[modality]
 
     @torch.no_grad()
     def answer(self, question: str) -> str:

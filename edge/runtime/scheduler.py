@@ -120,6 +120,7 @@ class Scheduler:
         self._pending: tuple[Plan, int] | None = None
         self.audio_baseline_db: float | None = None
         self._eventful = False
+        self._over = 0  # consecutive frames the current plan has been over budget
 
     # ---------------------------------------------------------------- scoring
     def score(self, plan: Plan, ctx: Context) -> float:
@@ -178,6 +179,9 @@ class Scheduler:
         if not fitting:
             # Keep serving what we can: the cheapest plan, and say that the budget cannot be met.
             plan = min(options, key=self.costs.plan_latency) if options else Plan((), self.n_blocks, 1.0)
+            if self.current in options and (self.costs.plan_latency(self.current)
+                                            <= 1.2 * self.costs.plan_latency(plan)):
+                plan = self.current  # not worth a switch for noise in the cost estimates
             reason = (f"no plan fits the budget ({self.budget.latency_ms:g} ms, {self.budget.memory_mb:g} MB): running "
                       f"the cheapest, {self.costs.plan_latency(plan):.0f} ms" if options else "no healthy sensor")
             return self._switch(plan, reason, ctx) if plan != self.current else Decision(plan, False, "", 0.0)
@@ -192,7 +196,12 @@ class Scheduler:
             return Decision(best, False, "", self.score(best, ctx))
         gain = self.score(best, ctx) - self.score(self.current, ctx)
         if not self.fits(self.current):
-            return self._switch(best, "current plan over budget", ctx)
+            self._over += 1
+            if self._over >= self.dwell:  # sustained, not one slow frame
+                self._over = 0
+                return self._switch(best, "current plan over budget", ctx)
+            return Decision(self.current, False, "", self.score(self.current, ctx))
+        self._over = 0
         if gain < self.margin:
             self._pending = None
             return Decision(self.current, False, "", self.score(self.current, ctx))
