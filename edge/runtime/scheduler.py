@@ -191,10 +191,6 @@ class Scheduler:
         lost = [m for m in self.current.modalities if m not in usable]
         if lost:
             return self._switch(best, f"{', '.join(lost)} unhealthy (silent or dropping)", ctx)
-        if best == self.current:
-            self._pending = None
-            return Decision(best, False, "", self.score(best, ctx))
-        gain = self.score(best, ctx) - self.score(self.current, ctx)
         if not self.fits(self.current):
             self._over += 1
             if self._over >= self.dwell:  # sustained, not one slow frame
@@ -202,6 +198,10 @@ class Scheduler:
                 return self._switch(best, "current plan over budget", ctx)
             return Decision(self.current, False, "", self.score(self.current, ctx))
         self._over = 0
+        if best == self.current:
+            self._pending = None
+            return Decision(best, False, "", self.score(best, ctx))
+        gain = self.score(best, ctx) - self.score(self.current, ctx)
         if gain < self.margin:
             self._pending = None
             return Decision(self.current, False, "", self.score(self.current, ctx))
