@@ -51,9 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", type=Path, default=None, help="train + evaluate the full grid into this directory")
     p.add_argument("--n", nargs="+", type=int, default=[2, 4, 8, 16, 30], help="N grid for --table (30 = all)")
     p.add_argument("--epochs", type=int, default=3, help="--table: epochs of each training")
+    p.add_argument("--adapt-epochs", type=int, default=4, help="--table: epochs of each adaptation (add/switch)")
     p.add_argument("--adapt-samples", type=int, default=300, help="--table: night samples for add/switch")
     p.add_argument("--day-items", type=int, default=600, help="--table: day QA items for the day training")
     p.add_argument("--eval-items", type=int, default=10**6, help="--table: at most this many held-out items per lighting")
+    p.add_argument("--skip", nargs="*", default=[], help="--table: run dirs to leave out, e.g. input_prefix/add")
+    p.add_argument("--report-only", action="store_true", help="--table: rewrite table.md/png from table.json")
     p.add_argument("--chosen-n", type=int, default=8, help="--table: the N whose targets are checked")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drives", nargs="+", default=list(EVAL_DRIVES), help="held-out drives (specs or bag dirs)")
@@ -74,8 +77,10 @@ def _main(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     if args.table is not None:
-        from edge.llm.qa_table import run_table
+        from edge.llm.qa_table import report, run_table
 
+        if args.report_only:
+            return report(args.table, args.chosen_n)
         return run_table(args)
     if not args.runs:
         raise LLMError("give run directories to evaluate, or --table DIR")

@@ -37,14 +37,16 @@ def _edge(args: list[str]) -> None:
 def plan(args: argparse.Namespace) -> list[dict]:
     """Every (condition, method) cell: which run to train (command) and which run to evaluate on what."""
     root = Path(args.table) / "runs"
-    common = ["--epochs", args.epochs, "--seed", args.seed, "--threads", args.threads, "--quiet"]
+    common = ["--epochs", args.epochs, "--seed", args.seed, "--threads", args.threads, "--quiet",
+              "--perception", args.perception, "--cache-dir", args.cache_dir, "--drives-dir", args.drives_dir]
     methods = [(f"mPnP N={n}", "mpnp", n) for n in args.n] + [("full LLM", "full", 30), ("input prefix", "prefix", 30)]
     cells = []
     for label, method, n in methods:
         d = root / label.replace(" ", "_").replace("=", "")
         day_cmd = ["train", "aligners", "--out", d / "day", "--method", method, "--n-blocks", n, "--modalities", *DAY_MODS,
                    "--lighting", "day", "--max-items", args.day_items, *common]
-        adapt = ["--from", d / "day", "--n-blocks", n, "--samples", args.adapt_samples, *common]
+        adapt = ["--from", d / "day", "--n-blocks", n, "--samples", args.adapt_samples, *common,
+                 "--epochs", args.adapt_epochs]  # the later --epochs wins: adaptation sees fewer samples, more often
         cells += [
             dict(condition="Day", method=label, n=n, run=d / "day", cmd=day_cmd, lighting="day", trained=True),
             dict(condition="Night", method=label, n=n, run=d / "day", cmd=day_cmd, lighting="night", trained=False),
@@ -57,12 +59,13 @@ def plan(args: argparse.Namespace) -> list[dict]:
     text_day = ["train", "aligners", "--out", t / "day", "--method", "text", "--n-blocks", 8, "--lighting", "day",
                 "--max-items", args.day_items, *common]
     text_night = ["train", "aligners", "--out", t / "night", "--method", "text", "--n-blocks", 8, "--lighting", "night",
-                  "--max-items", args.adapt_samples, *common]
+                  "--max-items", args.adapt_samples, *common, "--epochs", args.adapt_epochs]
     cells += [dict(condition="Day", method="text only", n=8, run=t / "day", cmd=text_day, lighting="day", trained=True),
               dict(condition="Night", method="text only", n=8, run=t / "day", cmd=text_day, lighting="night", trained=False)]
     cells += [dict(condition=c, method="text only", n=8, run=t / "night", cmd=text_night, lighting="night", trained=True)
               for c in ("Night + add", "Night switch")]
-    return cells
+    skip = [str(root / k) for k in args.skip]
+    return [c for c in cells if not any(str(c["run"]).startswith(k) for k in skip)]
 
 
 def run_table(args: argparse.Namespace) -> int:
@@ -94,22 +97,55 @@ def run_table(args: argparse.Namespace) -> int:
                  added_mb=rec["train_added_rss_mb"], items=rec["items"], samples_seen=rec["samples_seen"],
                  n_blocks=rec["n_blocks"])
     rows = [{k: (str(v) if isinstance(v, Path) else v) for k, v in c.items() if k != "cmd"} for c in cells]
-    settings = {k: getattr(args, k) for k in ("n", "epochs", "day_items", "adapt_samples", "eval_items", "seed", "drives")}
+    settings = {k: getattr(args, k) for k in ("n", "epochs", "adapt_epochs", "day_items", "adapt_samples", "eval_items", "seed", "drives")}
     (out / "table.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
-    md = markdown(rows, settings, args.chosen_n)
+    return report(out, args.chosen_n, llm)
+
+
+def report(out: Path, chosen_n: int, llm: object | None = None) -> int:
+    """table.md and table.png from table.json (re-runnable without training or evaluating again)."""
+    from edge.llm.cost import CostShape
+    from edge.llm.loading import load_llm
+
+    saved = json.loads((out / "table.json").read_text())
+    rows, settings = saved["rows"], saved["settings"]
+    shape = CostShape.of((llm or load_llm()).model)
+    distinct = _distinct_texts()
+    for r in rows:
+        r["executed_flops"] = executed_flops(r, shape, distinct.get("day" if r["condition"] == "Day" else "night", 0))
+    md = markdown(rows, settings, chosen_n)
     (out / "table.md").write_text(md)
     plot(rows, out / "table.png")
     print(md)
     return 0
 
 
+def _distinct_texts() -> dict[str, int]:
+    """Distinct (question, answer) texts per lighting in the training drives: an upper bound on trunk passes."""
+    from edge.llm.qa_data import TRAIN_DRIVES, build_dataset
+
+    data = build_dataset(TRAIN_DRIVES, progress=False)
+    return {lt: len({(it.question, it.answer) for it in data.items if it.lighting == lt}) for lt in ("day", "night")}
+
+
+def executed_flops(r: dict, shape: object, distinct: int) -> float:
+    """Training FLOPs as executed: blocks below the first trained one see only text, so their forward runs once per
+    distinct text (TrunkCache), not once per sample and epoch. Same cost model as `training_flops` otherwise."""
+    rec = json.loads((Path(r["run"]) / RUN_FILE).read_text())
+    frozen = shape.llm.n_layers - rec["n_blocks"] if rec["config"]["method"] != "prefix" else 0
+    seq = max(1, round(rec["mean_seq_len"]))
+    plain = shape.block_matmul_flops(seq) + shape.attention_flops(seq, (seq + 1) / 2)
+    return rec["train_flops"] - frozen * plain * (rec["samples_seen"] - min(distinct, rec["samples_seen"]))
+
+
 def markdown(rows: list[dict], settings: dict, chosen_n: int) -> str:
     lines = [f"Settings: {json.dumps(settings)}", "",
-             "| condition | method | N | EM | F1 | training TFLOPs | training s | peak RSS MB | added by training MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| condition | method | N | EM | F1 | training TFLOPs (cost model) | executed TFLOPs (trunk once per text) "
+             "| training s | peak RSS MB | added by training MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cost = (f"{r['flops'] / 1e12:.2f} | {r['seconds']:.0f} | {r['peak_mb']:.0f} | {r['added_mb']:.0f}" if r["trained"]
-                else "no training (day run) | | | ")
+        cost = (f"{r['flops'] / 1e12:.2f} | {r['executed_flops'] / 1e12:.2f} | {r['seconds']:.0f} | {r['peak_mb']:.0f} | "
+                f"{r['added_mb']:.0f}" if r["trained"] else "no training (day run) | | | | ")
         lines.append(f"| {r['condition']} | {r['method']} | {r['n_blocks']} | {r['em']:.1f} | {r['f1']:.1f} | {cost} |")
     lines += ["", *targets(rows, chosen_n)]
     return "\n".join(lines) + "\n"
@@ -127,10 +163,12 @@ def targets(rows: list[dict], chosen_n: int) -> list[str]:
         line = f"- {cond}: EM {a['em']:.1f} vs {b['em']:.1f} ({a['em'] - b['em']:+.1f} points; target >= -2: " \
                f"{'met' if a['em'] - b['em'] >= -2 else 'MISSED'})"
         if a["trained"]:
-            fr = b["flops"] / a["flops"]
+            fr, er, tr = b["flops"] / a["flops"], b["executed_flops"] / a["executed_flops"], b["seconds"] / a["seconds"]
             mr = 1 - a["added_mb"] / b["added_mb"] if b["added_mb"] > 0 else float("nan")
             pr = 1 - a["peak_mb"] / b["peak_mb"]
-            line += (f"; training FLOPs {fr:.2f}x lower (target >= 3.7x: {'met' if fr >= 3.7 else 'MISSED'}); "
+            line += (f"; training FLOPs {fr:.2f}x lower by the cost model (target >= 3.7x: "
+                     f"{'met' if fr >= 3.7 else 'MISSED'}), {er:.2f}x as executed ({'met' if er >= 3.7 else 'MISSED'}), "
+                     f"measured time {tr:.2f}x lower; "
                      f"memory added by training {100 * mr:.0f} % lower, total peak RSS {100 * pr:.0f} % lower "
                      f"(target >= 30 %: {'met' if mr >= 0.3 else 'MISSED'} on added, {'met' if pr >= 0.3 else 'MISSED'} on total)")
         out.append(line)
