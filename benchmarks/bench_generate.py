@@ -23,7 +23,7 @@ from edge.sensors.rig import load_rig
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU time of this process (all threads): a measure other jobs on the machine barely move."""
+    """User + system CPU time of this process (all threads); it too grows when other jobs contend for the cores."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -58,7 +58,7 @@ def main() -> None:
         print(f"{name:14s} generation {row['realtime_factor']:.2f}x real time "
               f"({row['realtime_factor_without_setup']:.2f}x after {row['setup_s']:.1f} s set-up; target >= 1.0), "
               f"bag {row['mb_per_60s']:.0f} MB per 60 s (target <= 200); "
-              f"{row['simulated_s_per_cpu_s']:.2f} simulated s per CPU s (load-independent; 2 cores give twice that)")
+              f"{row['simulated_s_per_cpu_s']:.2f} simulated s per CPU s")
     meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg()}
     print(f"machine: {meta}")
     if args.json:
