@@ -8,6 +8,7 @@ attached (and fed this frame's tokens), everything else is detached. Nothing is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ class Answerer:
     def __init__(self, aligner_dir: str | Path | None, llm_source: str | None = None, max_new_tokens: int = 8) -> None:
         self.llm = load_llm(llm_source)
         self.sets: dict[str, dict[str, Any]] = {}
+        self.set_lighting: dict[str, tuple[str, ...]] = {}  # the conditions each set was trained on (run.json)
         root = Path(aligner_dir) if aligner_dir is not None else None
         if root is not None and root.is_dir():
             for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
@@ -32,6 +34,7 @@ class Answerer:
                     found[al.modality] = al
                 if found:
                     self.sets[folder.name] = found
+                    self.set_lighting[folder.name] = _run_lighting(folder)
         every = [al for group in self.sets.values() for al in group.values()]
         depth = min((al.spec.n_blocks for al in every), default=min(8, self.llm.shape.n_layers))
         self.connector = MPnPConnector(self.llm.model, depth)
@@ -46,9 +49,15 @@ class Answerer:
                 out.setdefault(m, al)
         return out
 
-    def best_set(self, modalities: set[str]) -> dict[str, Any]:
-        """The aligner set covering most of `modalities` (ties: the first set found)."""
-        return max(self.sets.values(), key=lambda g: len(modalities & set(g)), default={})
+    def best_set(self, modalities: set[str], lighting: str | None = None) -> dict[str, Any]:
+        """The aligner set trained for this lighting that covers most of `modalities`: mPnP's runtime switch
+        (e.g. the night set on ultrasonic + audio). Sets without recorded conditions count as matching any."""
+        def rank(name: str) -> tuple[int, int]:
+            trained = self.set_lighting.get(name, ())
+            return (int(not trained or lighting in trained), len(modalities & set(self.sets[name])))
+        if not self.sets:
+            return {}
+        return self.sets[max(self.sets, key=rank)]
 
     @property
     def n_blocks(self) -> int:
@@ -58,9 +67,9 @@ class Answerer:
     def attached(self) -> tuple[str, ...]:
         return self.connector.attached
 
-    def apply(self, plan: Plan, tokens: dict[str, torch.Tensor]) -> None:
+    def apply(self, plan: Plan, tokens: dict[str, torch.Tensor], lighting: str | None = None) -> None:
         """Attach what the plan runs and has an aligner for (fed this frame's tokens); detach the rest."""
-        group = self.best_set({m for m in plan.modalities if m in tokens})
+        group = self.best_set({m for m in plan.modalities if m in tokens}, lighting)
         wanted = {m for m in plan.modalities if m in group and m in tokens}
         for m in set(self.connector.attached):
             if m not in wanted or self.connector_aligner(m) is not group[m]:
@@ -84,6 +93,14 @@ class Answerer:
                                       pad_token_id=tok.pad_token_id or tok.eos_token_id)
         text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         return text.strip().split("\n")[0]
+
+
+def _run_lighting(folder: Path) -> tuple[str, ...]:
+    """Lighting conditions a set was trained on, from its run.json (empty when unknown)."""
+    try:
+        return tuple(json.loads((folder / "run.json").read_text()).get("lighting") or ())
+    except (OSError, ValueError, AttributeError):
+        return ()
 
 
 def make_answerer(aligner_dir: str | Path | None, llm_source: str | None, max_new_tokens: int) -> Answerer:

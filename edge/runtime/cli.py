@@ -83,6 +83,7 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
     total = cfg.max_frames or (count.count if count is not None else None)
     bar = _bar(total, progress)
     next_question = None
+    asked = 0
     started = time.perf_counter()
     for i, sample in enumerate(sync):
         if cfg.max_frames and i >= cfg.max_frames:
@@ -91,7 +92,8 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
         if answerer is not None and gt is not None and gt.qa:
             t = sample.stamp_ns / 1e9
             if next_question is None or t >= next_question:
-                qa = gt.qa[0]
+                qa = gt.qa[asked % len(gt.qa)]  # rotate through the templates rather than always the first
+                asked += 1
                 runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
                 next_question = t + cfg.questions_every_s
         result = runtime.step(sample)

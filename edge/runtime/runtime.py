@@ -127,7 +127,7 @@ class Runtime:
         answers = []
         if self.answerer is not None:
             t = time.perf_counter()
-            self.answerer.apply(decision.plan, out["tokens"])
+            self.answerer.apply(decision.plan, out["tokens"], ctx.lighting)
             timings["attach"] = (time.perf_counter() - t) * 1e3
             while self.questions:
                 q = self.questions.popleft()
