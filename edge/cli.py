@@ -25,6 +25,16 @@ COMMAND_MODULES: dict[str, str] = {
 }
 
 
+def register_group(sub: argparse._SubParsersAction, name: str, help_text: str, subcommands: dict[str, str]) -> None:
+    """A command with sub-commands, each given as 'module:function' taking the inner subparsers (e.g. train, eval)."""
+    parser = sub.add_parser(name, help=help_text)
+    inner = parser.add_subparsers(dest=f"{name}_what", metavar="WHAT")
+    inner.required = True
+    for target in subcommands.values():
+        module, func = target.split(":")
+        getattr(importlib.import_module(module), func)(inner)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="mpnp-edge runtime tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

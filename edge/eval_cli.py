@@ -4,7 +4,6 @@ and the name of its `register(subparsers)` function (the module is imported only
 from __future__ import annotations
 
 import argparse
-import importlib
 
 SUBCOMMANDS: dict[str, str] = {
     "perception": "edge.perception.cli:register_eval",
@@ -14,9 +13,6 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("eval", help="evaluate trained models on held-out drives (see `edge eval <what> --help`)")
-    inner = parser.add_subparsers(dest="eval_what", metavar="WHAT")
-    inner.required = True
-    for target in SUBCOMMANDS.values():
-        module, func = target.split(":")
-        getattr(importlib.import_module(module), func)(inner)
+    from edge.cli import register_group
+
+    register_group(sub, "eval", "evaluate trained models on held-out drives (see `edge eval <what> --help`)", SUBCOMMANDS)

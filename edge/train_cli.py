@@ -4,7 +4,6 @@ and the name of its `register(subparsers)` function (the module is imported only
 from __future__ import annotations
 
 import argparse
-import importlib
 
 SUBCOMMANDS: dict[str, str] = {
     "perception": "edge.perception.cli:register_train",
@@ -13,9 +12,6 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train models on generated drives (see `edge train <what> --help`)")
-    inner = parser.add_subparsers(dest="train_what", metavar="WHAT")
-    inner.required = True
-    for target in SUBCOMMANDS.values():
-        module, func = target.split(":")
-        getattr(importlib.import_module(module), func)(inner)
+    from edge.cli import register_group
+
+    register_group(sub, "train", "train models on generated drives (see `edge train <what> --help`)", SUBCOMMANDS)
