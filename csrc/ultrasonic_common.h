@@ -2,6 +2,9 @@
 // (and the PyTorch reference, which mirrors it line by line) draw identical maps.
 #pragma once
 #include <cmath>
+#include <cstdint>
+
+#include "kernels.h"
 
 #ifdef __CUDACC__
 #define EDGE_HD __host__ __device__ __forceinline__
@@ -26,6 +29,38 @@ EDGE_HD int classify_echo(double dx, double dy, double cos_yaw, double sin_yaw, 
   if (fabs(d - r) <= half_t) return 1;
   if (d < r - half_t && d >= min_r) return 2;
   return 0;  // beyond the echo, or blind zone
+}
+
+// A sensor with its beam precomputed once per call.
+struct EchoSensor { double x, y, c, s, cos_half, min_r, max_r; };
+
+// One BEV cell (i, j) of batch b: classify every sensor's echo and write the output channels. The CPU loop and the
+// CUDA threads differ only in how they walk the cells.
+EDGE_HD void raster_cell(const UltrasonicArgs& a, const EchoSensor* sensors, int64_t b, int64_t i, int64_t j,
+                         double half_t) {
+  const int64_t S = a.n_sensors, cells = a.nx * a.ny, cell = i * a.ny + j;
+  const double px = a.x_min + (static_cast<double>(i) + 0.5) * a.resolution;
+  const double py = a.y_min + (static_cast<double>(j) + 0.5) * a.resolution;
+  bool occ = false, fre = false;
+  for (int64_t s = 0; s < S; ++s) {
+    const EchoSensor& q = sensors[s];
+    const int cls = classify_echo(px - q.x, py - q.y, q.c, q.s, q.cos_half, q.min_r, q.max_r,
+                                  static_cast<double>(a.ranges[b * S + s]), half_t);
+    if (a.per_sensor) {
+      float* o = a.out + ((b * S + s) * 3) * cells + cell;
+      o[0] = cls == 1 ? 1.f : 0.f;
+      o[cells] = cls == 2 ? 1.f : 0.f;
+      o[2 * cells] = cls == 0 ? 1.f : 0.f;
+    }
+    occ |= cls == 1;
+    fre |= cls == 2;
+  }
+  if (!a.per_sensor) {
+    float* o = a.out + (b * 3) * cells + cell;
+    o[0] = occ ? 1.f : 0.f;
+    o[cells] = (fre && !occ) ? 1.f : 0.f;
+    o[2 * cells] = (!occ && !fre) ? 1.f : 0.f;
+  }
 }
 
 }  // namespace edge
