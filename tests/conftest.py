@@ -39,3 +39,15 @@ def make_bag(tmp_path: Path) -> Callable[..., Path]:
         return bench_read.build_synthetic_bag(tmp_path / name, **kw)
 
     return make
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread for the LLM tests: tiny models are dispatch-bound, and on a CPU shared with other jobs
+    2-thread GEMMs stall on preempted workers (5-10x slower). Use with `pytestmark = usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,13 +14,7 @@ from edge.llm.attention import LayerPrefix, Link, LINK_ATTR, connection_attentio
 N_LAYERS = 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are dispatch-bound: one thread is fastest, and robust on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:

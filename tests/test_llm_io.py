@@ -13,13 +13,7 @@ from edge.errors import EdgeError
 from edge.llm import LLMError, LLMShape, MPnPConnector, ModalityAligner, load_aligner, load_llm, save_aligner
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are dispatch-bound: one thread is fastest, and robust on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_llama(hidden: int = 64, kv_heads: int = 2) -> LlamaForCausalLM:

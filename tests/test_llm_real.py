@@ -16,13 +16,7 @@ def smollm2() -> LoadedLLM:
     return load_llm()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a CPU shared with other jobs, 2-thread GEMMs stall on preempted workers (5-10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _encode(llm: LoadedLLM, prompts: list[str]):

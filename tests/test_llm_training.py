@@ -12,13 +12,7 @@ from edge.llm.training import KVLoRA
 N_LAYERS, N_CONNECTED = 4, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are dispatch-bound: one thread is fastest, and robust on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_llama() -> LlamaForCausalLM:
