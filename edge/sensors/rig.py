@@ -51,6 +51,11 @@ class PinholeIntrinsics(StrictModel):
     d: Annotated[list[Finite], Field(min_length=5, max_length=5)]
 
 
+def _check_principal_point(i: FisheyeIntrinsics | PinholeIntrinsics, image: ImageSpec) -> None:
+    if not (0 <= i.cx < image.width and 0 <= i.cy < image.height):
+        raise ValueError("principal point (cx, cy) lies outside the image")
+
+
 class FisheyeSpec(StrictModel):
     frame_id: str = Field(min_length=1)
     image: ImageSpec
@@ -61,9 +66,8 @@ class FisheyeSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check_lens(self) -> "FisheyeSpec":
+        _check_principal_point(self.intrinsics, self.image)
         i = self.intrinsics
-        if not (0 <= i.cx < self.image.width and 0 <= i.cy < self.image.height):
-            raise ValueError("principal point (cx, cy) lies outside the image")
         theta = np.linspace(0.0, math.radians(self.fov_deg) / 2, 512)
         k1, k2, k3, k4 = i.k
         deriv = 1 + 3 * k1 * theta**2 + 5 * k2 * theta**4 + 7 * k3 * theta**6 + 9 * k4 * theta**8
@@ -81,9 +85,7 @@ class PinholeSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check_principal_point(self) -> "PinholeSpec":
-        i = self.intrinsics
-        if not (0 <= i.cx < self.image.width and 0 <= i.cy < self.image.height):
-            raise ValueError("principal point (cx, cy) lies outside the image")
+        _check_principal_point(self.intrinsics, self.image)
         return self
 
 
