@@ -16,6 +16,7 @@ import json
 import queue
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from edge.drives import topics as T
@@ -23,6 +24,7 @@ from edge.drives.bag import BagMessage
 from edge.drives.sync import SampleAssembler, SyncConfig, build_samples, cdr_header_stamp
 from edge.sensors.rig import load_rig
 
+DEFAULT_ALIGNERS = Path(__file__).resolve().parents[1] / "models" / "aligners"  # not cwd-relative: ros2 launch
 SENSOR_TYPES = {T.COMPRESSED_IMAGE: ("sensor_msgs.msg", "CompressedImage"), T.IMAGE: ("sensor_msgs.msg", "Image"),
                 T.RANGE: ("sensor_msgs.msg", "Range"), T.ODOMETRY: ("nav_msgs.msg", "Odometry")}
 
@@ -64,7 +66,7 @@ def run_node(args: argparse.Namespace) -> int:
                                 source="ros")
     inbox: queue.Queue[BagMessage | None] = queue.Queue(maxsize=2000)
 
-    rclpy.init(args=None)
+    rclpy.init(args=["edge node", "--ros-args", *args.ros_args] if args.ros_args else ["edge node"])
     node = Node("mpnp_edge_runtime")
     pub_bev = node.create_publisher(OccupancyGrid, T.OUT_BEV, reliable_qos())
     pub_plan = node.create_publisher(String, T.OUT_PLAN, reliable_qos())
@@ -154,6 +156,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rig", default=None, help="rig YAML [calibration/default_rig.yaml]")
     p.add_argument("--policy", default="adaptive", choices=("adaptive", "camera", "all"))
     p.add_argument("--budget-ms", type=float, default=100.0)
-    p.add_argument("--aligners", default="models/aligners", help="aligner checkpoints [models/aligners]")
+    p.add_argument("--aligners", default=str(DEFAULT_ALIGNERS), help="aligner checkpoints [models/aligners]")
     p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
+    p.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], dest="ros_args", metavar="ARG",
+                   help="ROS 2 arguments for rclpy, last on the line, as any ROS 2 executable takes them "
+                        "(e.g. -p use_sim_time:=true, -r /audio/raw:=/mic/raw)")
     p.set_defaults(func=run_node)

@@ -1,0 +1,118 @@
+"""What the ROS 2 launch files (ros_nodes/launch/*.launch.py) declare and the `edge` commands they start.
+
+Plain Python with no `launch` import, so that the mapping from launch arguments to CLI options is tested where ROS
+launch is not installed (tests/test_ros_launch.py parses every command with the real argparse parsers). Each launch
+argument maps to one option of `edge replay` or `edge node`; `use_sim_time` is the ROS parameter, passed to the node
+in its `--ros-args` block. Launch hands every value over as a string ('true', '1.5', '/odom /audio/raw').
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import NamedTuple
+
+
+class Arg(NamedTuple):
+    default: str | None  # None: required
+    description: str
+    choices: tuple[str, ...] | None = None
+
+
+POLICIES = ("adaptive", "camera", "all")
+
+REPLAY_ARGUMENTS: dict[str, Arg] = {
+    "bag": Arg(None, "rosbag2 bag directory (MCAP or sqlite3) to replay"),
+    "rate": Arg("1.0", "playback rate, x real time; 0 = as fast as possible (--rate)"),
+    "loop": Arg("false", "start again at the end (--loop)"),
+    "start_offset": Arg("0.0", "start this many seconds into the bag (--start-offset)"),
+    "topics": Arg("", "topics to replay, separated by spaces or commas; empty = all (--topics)"),
+    "clock_hz": Arg("40.0", "/clock publication rate (--clock-hz)"),
+    "delay": Arg("0.0", "seconds to wait before playing, for discovery (--delay)"),
+    "wait_for_subscribers": Arg("0.0", "wait up to this many seconds until every topic has a subscriber; "
+                                       "0 = don't wait (--wait-for-subscribers)"),
+    "linger": Arg("0.5", "keep the node this many seconds after the end (--linger)"),
+}
+
+RUNTIME_ARGUMENTS: dict[str, Arg] = {
+    "rig": Arg("", "rig calibration YAML; empty = calibration/default_rig.yaml (--rig)"),
+    "policy": Arg("adaptive", "modality policy (--policy)", POLICIES),
+    "budget_ms": Arg("100.0", "latency budget per frame, ms (--budget-ms)"),
+    "aligners": Arg("", "aligner checkpoint directory; empty = models/aligners of the checkout (--aligners)"),
+    "llm": Arg("true", "load the LLM and answer /mpnp/question; false = perception and scheduling only (--no-llm)"),
+    "use_sim_time": Arg("false", "follow /clock instead of the system clock (ROS parameter, via --ros-args)"),
+}
+
+# drive.launch.py: the runtime on the replay's /clock; the replay starts once the runtime has subscribed (see
+# RUNTIME_READY) and then gives discovery 2 s, since best-effort data sent before the match is lost.
+DRIVE_ARGUMENTS: dict[str, Arg] = {
+    **REPLAY_ARGUMENTS,
+    "delay": Arg("2.0", "seconds the replay waits after the runtime is up, for discovery (--delay)"),
+    **RUNTIME_ARGUMENTS,
+    "use_sim_time": Arg("true", "the runtime follows the replay's /clock (ROS parameter, via --ros-args)"),
+}
+
+# What `edge node` prints on stderr once its subscriptions exist (ros_nodes/runtime_node.py).
+RUNTIME_READY = "edge node: subscribed"
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def as_bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(f"launch argument '{name}': expected true or false, not {text!r}")
+
+
+def edge_command(*args: str) -> list[str]:
+    """`edge ARGS` run by the interpreter that runs the launch file: the one with rclpy and the sourced workspace
+    (colcon's ament_cmake_python installs no `edge` console script)."""
+    return [sys.executable, "-m", "edge.cli", *args]
+
+
+def replay_command(values: Mapping[str, str]) -> list[str]:
+    bag = values["bag"].strip()
+    if not bag:
+        raise ValueError("launch argument 'bag' is required: bag:=PATH_TO_BAG_DIRECTORY")
+    cmd = edge_command("replay", os.path.expanduser(bag), "--rate", values["rate"],
+                       "--start-offset", values["start_offset"], "--clock-hz", values["clock_hz"],
+                       "--delay", values["delay"], "--wait-for-subscribers", values["wait_for_subscribers"],
+                       "--linger", values["linger"])
+    if as_bool("loop", values["loop"]):
+        cmd.append("--loop")
+    topics = [t for t in re.split(r"[\s,]+", values["topics"]) if t]
+    if topics:
+        cmd += ["--topics", *topics]
+    return cmd
+
+
+def runtime_command(values: Mapping[str, str]) -> list[str]:
+    cmd = edge_command("node", "--policy", values["policy"], "--budget-ms", values["budget_ms"])
+    if values["rig"].strip():
+        cmd += ["--rig", os.path.expanduser(values["rig"].strip())]
+    if values["aligners"].strip():
+        cmd += ["--aligners", os.path.expanduser(values["aligners"].strip())]
+    if not as_bool("llm", values["llm"]):
+        cmd.append("--no-llm")
+    sim_time = "true" if as_bool("use_sim_time", values["use_sim_time"]) else "false"
+    return cmd + ["--ros-args", "-p", f"use_sim_time:={sim_time}"]  # the ROS block comes last
+
+
+class ReadyWatch:
+    """Fed a process's output chunk by chunk: True once, for the chunk that completes `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker, self.tail, self.fired = marker.encode(), b"", False
+
+    def feed(self, data: bytes | str) -> bool:
+        if self.fired:
+            return False
+        text = self.tail + (data.encode() if isinstance(data, str) else data)
+        if self.marker in text:
+            self.fired, self.tail = True, b""
+            return True
+        self.tail = text[max(0, len(text) - len(self.marker) + 1):]  # a marker split across chunks still counts
+        return False
