@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edge.llm import CostShape, LLMError, ModalityAligner, load_llm, save_aligner, training_flops
-from edge.llm.adapt import flops_budget_n, plan_modalities
+from edge.llm.adapt import flops_budget_n, plan_modalities, seconds_budget_n
 from edge.llm.arch import LLMShape
 from edge.llm.qa_data import QADataset, QAItem
 from edge.llm.qa_model import QAConfig, QAModel, load_run
@@ -71,6 +71,9 @@ def test_few_steps_reduce_loss_only_aligners_change(llm, tmp_path: Path):
         last = model.loss(data, data.items).item()
         assert last < first - 0.3, (first, last, rec["loss_per_epoch"])
         assert rec["train_flops"] > 0 and rec["train_seconds"] > 0 and rec["peak_rss_mb"] > 0
+        # two distinct texts ("yes"/"no" answers) ran through the frozen trunk once each, not once per sample
+        assert rec["trunk_passes"] == 2 and rec["trunk_share"] == pytest.approx(2 / rec["samples_seen"])
+        assert rec["train_flops"] < rec["train_flops_paper"]
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
             "aligner_camera.safetensors", "aligner_fisheye.safetensors", "run.json"]
         after = llm.model.state_dict()
@@ -101,6 +104,25 @@ def test_adapt_chooses_n_within_budget(llm):
                           ("fisheye", "camera", "ultrasonic", "audio"), 128, lora=False, cap=4) == 4
     with pytest.raises(LLMError, match="below the cheapest"):
         flops_budget_n(1e6, samples, epochs, shape, 17.0, ("camera",), 128, lora=False)
+
+
+def test_time_budget_uses_time_measured_at_depth():
+    """Time per sample is measured at N=1 and the deepest N and interpolated; the chosen N fits the budget."""
+    measured = []
+
+    def measure(n: int) -> float:  # a machine where every block costs 2 ms per sample on top of 10 ms
+        measured.append(n)
+        return 0.010 + 0.002 * n
+
+    samples, epochs = 100, 2
+    n, why = seconds_budget_n(10.0, samples, epochs, measure, 30)
+    assert measured == [1, 30]
+    assert n == 17  # 0.9 x 10 s / 200 samples = 45 ms per sample -> 10 + 2N <= 45 ms
+    assert (0.010 + 0.002 * n) * samples * epochs <= 9.0 < (0.010 + 0.002 * (n + 1)) * samples * epochs
+    assert "N=17" in why
+    assert seconds_budget_n(1000.0, samples, epochs, measure, 8)[0] == 8  # capped
+    with pytest.raises(LLMError, match="below the cheapest"):
+        seconds_budget_n(1.0, samples, epochs, measure, 30)
 
 
 def test_adapt_plans_add_and_switch():

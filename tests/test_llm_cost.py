@@ -37,3 +37,17 @@ def test_choose_n_fits_budget():
     assert choose_n(budget * 10, SMOL, 96, MODS) == 30
     with pytest.raises(LLMError, match="below the cheapest connection"):
         choose_n(1.0, SMOL, 96, MODS)
+
+
+def test_executed_accounting_head_on_answer_and_trunk_once_per_text():
+    paper = training_flops(SMOL, 20, 8, MODS)
+    head_once = 2.0 * SMOL.llm.d_model * SMOL.vocab
+    # the head over 3 answer tokens instead of 20, forward and backward
+    assert paper - training_flops(SMOL, 20, 8, MODS, loss_tokens=3) == pytest.approx(2 * 17 * head_once)
+    # the 22 frozen blocks run for a tenth of the samples
+    plain = SMOL.block_matmul_flops(20) + SMOL.attention_flops(20, 21 / 2)
+    assert paper - training_flops(SMOL, 20, 8, MODS, trunk_share=0.1) == pytest.approx(0.9 * 22 * plain)
+    # connecting every block leaves no trunk to reuse
+    assert training_flops(SMOL, 20, 30, MODS, trunk_share=0.1) == training_flops(SMOL, 20, 30, MODS)
+    with pytest.raises(LLMError, match="trunk_share"):
+        training_flops(SMOL, 20, 8, MODS, trunk_share=1.5)

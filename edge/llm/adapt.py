@@ -2,9 +2,10 @@
 
 `--add ultrasonic audio` keeps the attached aligners of `--from` (frozen) and trains new aligners next to them;
 `--switch fisheye,camera ultrasonic,audio` detaches the first set and trains the second. The depth N comes from a
-budget with the paper's cost model: a FLOPs budget divided by the samples to train on gives FLOPs per sample,
-and `edge.llm.cost.choose_n` returns the deepest connection within it. A time budget is turned into FLOPs with
-the throughput of this machine, measured on a few training steps at N=1, and also stops training when spent.
+budget: a FLOPs budget divided by the samples to train on gives FLOPs per sample, and `edge.llm.cost.choose_n`
+returns the deepest connection within it (FLOPs counted as training executes them). A time budget uses the time
+per sample measured on this machine at N=1 and at the deepest allowed N (it is linear in N), and also stops
+training when it is spent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -21,7 +23,7 @@ from edge.llm.errors import LLMError
 from edge.llm.qa_data import MODALITIES, TRAIN_DRIVES, QADataset, check_modalities
 from edge.llm.qa_model import RUN_FILE, QAConfig, QAModel
 from edge.llm.train_aligners import (
-    TOKENS_PER_MODALITY, add_data_args, add_train_args, flops_per_sample, load_data, mean_seq_len, train,
+    TOKENS_PER_MODALITY, add_data_args, add_train_args, load_data, mean_loss_tokens, mean_seq_len, train,
 )
 
 
@@ -46,27 +48,58 @@ def plan_modalities(base: tuple[str, ...], add: list[str] | None, switch: list[s
 
 
 def flops_budget_n(budget_flops: float, samples: int, epochs: int, shape: CostShape, seq_len: float,
-                   modalities: tuple[str, ...], d_enc: int, lora: bool, cap: int | None = None) -> int:
-    """Deepest N whose (samples x epochs) training FLOPs fit the budget (choose_n on the per-sample share)."""
-    per_sample = budget_flops / max(1, samples * epochs)
+                   modalities: tuple[str, ...], d_enc: int, lora: bool, cap: int | None = None,
+                   loss_tokens: float | None = None, distinct_texts: int | None = None) -> int:
+    """Deepest N whose (samples x epochs) training FLOPs fit the budget (choose_n on the per-sample share).
+
+    With `loss_tokens` and `distinct_texts` the FLOPs are counted as training executes them (head on the answer
+    tokens, frozen trunk once per distinct text); without them, by the paper's accounting."""
+    seen = max(1, samples * epochs)
+    per_sample = budget_flops / seen
+    share = 1.0 if distinct_texts is None else min(1.0, distinct_texts / seen)
     mods = [ModalityCost(TOKENS_PER_MODALITY.get(m, 16), d_enc) for m in modalities]
-    n = choose_n(per_sample, shape, max(1, round(seq_len)), mods, train_kv=lora)
+    n = choose_n(per_sample, shape, max(1, round(seq_len)), mods, train_kv=lora, loss_tokens=loss_tokens,
+                 trunk_share=share)
     return min(n, cap) if cap else n
 
 
-def measure_flops_rate(model: QAModel, data: QADataset, steps: int = 3, batch: int = 16) -> float:
-    """Executed FLOP/s of this machine on training steps of `model` (analytic FLOPs / measured seconds)."""
-    params = model.trainable()
-    items = data.items[:batch]
-    model.loss(data, items).backward()  # warm-up (also fills the trunk cache for these texts)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        model.trunk._store.clear()  # execute the full forward the cost model counts (else the rate is inflated)
+def seconds_per_sample(make_model: Callable[[int], QAModel], n: int, data: QADataset, batch: int = 16,
+                       steps: int = 2) -> float:
+    """Measured training seconds per sample at depth `n` (after a warm-up step that also fills the trunk cache,
+    as training does: later epochs reuse the trunk)."""
+    model = make_model(n)
+    try:
+        params = model.trainable()
+        items = data.items[:batch]
         model.loss(data, items).backward()
-    seconds = time.perf_counter() - t0
-    for p in params:
-        p.grad = None
-    return flops_per_sample(model, mean_seq_len(model, data)) * len(items) * steps / seconds
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model.loss(data, items).backward()
+        seconds = time.perf_counter() - t0
+        for p in params:
+            p.grad = None
+        return seconds / (steps * len(items))
+    finally:
+        model.close()
+
+
+def seconds_budget_n(budget_s: float, samples: int, epochs: int, measure: Callable[[int], float], n_max: int,
+                     reserve: float = 0.1) -> tuple[int, str]:
+    """Deepest N whose training fits a wall-time budget.
+
+    The time per sample is linear in N (the last N blocks run forward and backward every step; the frozen trunk
+    runs once per distinct text), so it is measured at N=1 and N=n_max on this machine, now, and interpolated.
+    `reserve` keeps a share of the budget for the trunk passes and set-up; training also stops when it is spent."""
+    t1 = measure(1)
+    tmax = measure(n_max) if n_max > 1 else t1
+    slope = max(0.0, (tmax - t1) / max(1, n_max - 1))
+    usable = budget_s * (1 - reserve) / max(1, samples * epochs)
+    if usable < t1:
+        raise LLMError(f"budget {budget_s:.0f} s is below the cheapest connection: N=1 needs about "
+                       f"{t1 * samples * epochs / (1 - reserve):.0f} s for {samples} samples x {epochs} epochs")
+    n = n_max if slope == 0 else min(n_max, 1 + int((usable - t1) / slope))
+    return n, (f"{budget_s:.0f} s: measured {1e3 * t1:.1f} ms/sample at N=1 and {1e3 * tmax:.1f} ms/sample at "
+               f"N={n_max}, so N={n} needs about {(t1 + slope * (n - 1)) * samples * epochs:.0f} s")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -111,19 +144,20 @@ def _main(args: argparse.Namespace) -> int:
     if n is None and method == "mpnp":
         if args.budget_flops is None and args.budget_seconds is None:
             raise LLMError("give --budget-flops, --budget-seconds or --n-blocks")
-        probe = QAModel(llm, QAConfig(method, attached, trained, 1, lora))
-        seq = mean_seq_len(probe, data)
-        budget = args.budget_flops
-        if budget is None:
-            rate = measure_flops_rate(probe, data, batch=args.batch)
-            budget = args.budget_seconds * rate
-            reason = f"{args.budget_seconds:.0f} s x measured {rate / 1e9:.1f} GFLOP/s"
+        n_max = cap or llm.shape.n_layers
+        if args.budget_seconds is not None:
+            n, reason = seconds_budget_n(
+                args.budget_seconds, len(data.items), args.epochs,
+                lambda k: seconds_per_sample(lambda d: QAModel(llm, QAConfig(method, attached, trained, d, lora)), k, data, args.batch), n_max)
         else:
-            reason = f"{budget:.3g} FLOPs"
-        probe.close()
-        n = flops_budget_n(budget, len(data.items), args.epochs, CostShape.of(llm.model), seq, attached, 128,
-                           bool(lora), cap)
-        reason = f"N={n} chosen by choose_n from {reason} over {len(data.items)} samples x {args.epochs} epochs" + (
+            probe = QAModel(llm, QAConfig(method, attached, trained, 1, lora))
+            seq, answer = mean_seq_len(probe, data), mean_loss_tokens(probe, data)
+            distinct = len({probe.text.sequence(it.question, it.answer)[0] for it in data.items})
+            probe.close()
+            n = flops_budget_n(args.budget_flops, len(data.items), args.epochs, CostShape.of(llm.model), seq,
+                               attached, 128, bool(lora), cap, loss_tokens=answer, distinct_texts=distinct)
+            reason = f"{args.budget_flops:.3g} FLOPs as executed ({distinct} distinct texts)"
+        reason = f"N={n} chosen from {reason}, over {len(data.items)} samples x {args.epochs} epochs" + (
             f" (capped at the starting run's N={cap})" if cap and n == cap else "")
     n = n or (base_cfg.get("n_blocks") or 8)
     print(f"adapt: attached {list(attached)}, training {list(trained)}, method {method}, {reason}")

@@ -56,12 +56,19 @@ class ModalityCost:
 
 
 def training_flops(
-    shape: CostShape, seq_len: int, n_blocks: int, modalities: list[ModalityCost], train_kv: bool = False
+    shape: CostShape, seq_len: int, n_blocks: int, modalities: list[ModalityCost], train_kv: bool = False,
+    loss_tokens: float | None = None, trunk_share: float = 1.0,
 ) -> float:
     """FLOPs of one training sample (forward + backward) with connections into the last `n_blocks` blocks.
 
     `train_kv` adds weight gradients of the k/v projections of the connected blocks (full-LLM baseline, or
-    full-rank stand-in for LoRA).
+    full-rank stand-in for LoRA). Two properties of how training is executed, both off by default (the paper's
+    accounting):
+    - `loss_tokens`: the output head runs only where the loss is taken (the answer tokens), not on every token;
+      this is the same for every method, so it removes a shared cost.
+    - `trunk_share`: the share of samples for which the frozen blocks below the first connected one run. They see
+      only text, so their output is computed once per distinct text and reused (edge.llm.qa_model.TrunkCache);
+      this is the structural saving of connecting to the last N blocks only (0 frozen blocks at N = L).
     """
     s = shape.llm
     if not 1 <= n_blocks <= s.n_layers:
@@ -70,9 +77,11 @@ def training_flops(
     causal_keys = seq_len * (seq_len + 1) / 2 / seq_len  # mean keys per query under a causal mask
     plain = shape.block_matmul_flops(seq_len) + shape.attention_flops(seq_len, causal_keys)
     connected = shape.block_matmul_flops(seq_len) + shape.attention_flops(seq_len, causal_keys + prefix)
-    head = 2.0 * seq_len * s.d_model * shape.vocab
+    if not 0.0 <= trunk_share <= 1.0:
+        raise LLMError(f"trunk_share {trunk_share} outside 0..1")
+    head = 2.0 * (seq_len if loss_tokens is None else loss_tokens) * s.d_model * shape.vocab
     aligners = sum(m.aligner_flops(s.kv_dim) for m in modalities)
-    forward = (s.n_layers - n_blocks) * plain + n_blocks * connected + head + aligners
+    forward = trunk_share * (s.n_layers - n_blocks) * plain + n_blocks * connected + head + aligners
     # backward: activation gradients through the head and the N connected blocks; weight grads of aligners
     backward = head + n_blocks * connected + 2 * aligners
     if train_kv:
@@ -81,14 +90,15 @@ def training_flops(
 
 
 def choose_n(
-    budget_flops: float, shape: CostShape, seq_len: int, modalities: list[ModalityCost], train_kv: bool = False
+    budget_flops: float, shape: CostShape, seq_len: int, modalities: list[ModalityCost], train_kv: bool = False,
+    loss_tokens: float | None = None, trunk_share: float = 1.0,
 ) -> int:
     """The deepest connection (largest N) whose training FLOPs per sample fit the budget."""
     best = 0
     for n in range(1, shape.llm.n_layers + 1):
-        if training_flops(shape, seq_len, n, modalities, train_kv) <= budget_flops:
+        if training_flops(shape, seq_len, n, modalities, train_kv, loss_tokens, trunk_share) <= budget_flops:
             best = n
     if best == 0:
-        need = training_flops(shape, seq_len, 1, modalities, train_kv)
+        need = training_flops(shape, seq_len, 1, modalities, train_kv, loss_tokens, trunk_share)
         raise LLMError(f"budget {budget_flops:.3g} FLOPs/sample is below the cheapest connection (N=1 needs {need:.3g})")
     return best

@@ -58,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip", nargs="*", default=[], help="--table: run dirs to leave out, e.g. input_prefix/add")
     p.add_argument("--report-only", action="store_true", help="--table: rewrite table.md/png from table.json")
     p.add_argument("--chosen-n", type=int, default=8, help="--table: the N whose targets are checked")
+    p.add_argument("--mpnp-lora-rank", type=int, default=0,
+                   help="--table: LoRA rank on k/v of the connected blocks in the mPnP rows (0 = aligners and gates only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drives", nargs="+", default=list(EVAL_DRIVES), help="held-out drives (specs or bag dirs)")
     p.add_argument("--drives-dir", type=Path, default=DEFAULT_DRIVES_DIR)

@@ -82,10 +82,12 @@ class TrunkCache:
     def __init__(self, model: nn.Module, start: int) -> None:
         self.model, self.start = model, start
         self._store: dict[tuple[int, ...], torch.Tensor] = {}
+        self.passes = 0  # sequences run through the frozen blocks (what the FLOPs record counts)
 
     @torch.no_grad()
     def get(self, seqs: list[tuple[int, ...]]) -> list[torch.Tensor]:
         todo = sorted({s for s in seqs if s not in self._store})
+        self.passes += len(todo) if self.start > 0 else 0
         for i in range(0, len(todo), 32):
             chunk = todo[i : i + 32]
             width = max(map(len, chunk))
@@ -256,7 +258,8 @@ class QAModel:
         if self.lora is not None:
             sd = {k: v.detach().contiguous() for k, v in self.lora.state_dict().items()}
             save_file(sd, str(out / "lora.safetensors"), metadata={**meta, "layers": json.dumps(self.lora.layers),
-                                                                   "rank": str(self.lora_rank)})
+                                                                   "rank": str(self.lora_rank),
+                                                                   "alpha": str(2.0 * self.lora_rank)})
         if self.proj:
             sd = {k: v.detach().contiguous() for k, v in self.proj.state_dict().items()}
             save_file(sd, str(out / "prefix.safetensors"), metadata={**meta, "d_enc": str(self.cfg.d_enc)})

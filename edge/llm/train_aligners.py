@@ -63,20 +63,30 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def flops_per_sample(model: QAModel, seq_len: float) -> float:
-    """Analytic training FLOPs of one sample for this method (edge.llm.cost; the prefix baseline by the same rules)."""
+def flops_per_sample(model: QAModel, seq_len: float, loss_tokens: float | None = None,
+                     trunk_share: float = 1.0) -> float:
+    """Analytic training FLOPs of one sample for this method (edge.llm.cost; the prefix baseline by the same rules).
+
+    With the defaults this is the paper's accounting (every block forward per sample, head on every token); with
+    `loss_tokens` and `trunk_share` it counts what `QAModel.loss` executes."""
     cs = CostShape.of(model.model)
     seq = max(1, round(seq_len))
     mods = [ModalityCost(TOKENS_PER_MODALITY.get(m, 16), model.cfg.d_enc) for m in model.cfg.modalities]
     if model.cfg.method == "prefix":
         p = sum(m.tokens for m in mods)
         proj = sum(2.0 * m.tokens * (m.d_enc * 4 * m.d_enc + 4 * m.d_enc * cs.llm.d_model) for m in mods)
-        return training_flops(cs, seq + p, cs.llm.n_layers, []) + 3 * proj
-    return training_flops(cs, seq, model.n_blocks, mods, train_kv=model.lora is not None)
+        return training_flops(cs, seq + p, cs.llm.n_layers, [], loss_tokens=loss_tokens) + 3 * proj
+    return training_flops(cs, seq, model.n_blocks, mods, train_kv=model.lora is not None, loss_tokens=loss_tokens,
+                          trunk_share=trunk_share)
 
 
 def mean_seq_len(model: QAModel, data: QADataset) -> float:
     return float(np.mean([len(model.text.sequence(it.question, it.answer)[0]) for it in data.items]))
+
+
+def mean_loss_tokens(model: QAModel, data: QADataset) -> float:
+    """Tokens the loss (and so the output head) covers per sample: the answer and EOS."""
+    return float(np.mean([len(s) - a for s, a in (model.text.sequence(it.question, it.answer) for it in data.items)]))
 
 
 def train(model: QAModel, data: QADataset, out: Path | None, *, epochs: int = 3, batch: int = 16, lr: float = 2e-3,
@@ -127,12 +137,18 @@ def train(model: QAModel, data: QADataset, out: Path | None, *, epochs: int = 3,
     seconds = time.perf_counter() - t0
     bar.close()
     model.train(False)
-    seq = mean_seq_len(model, data)
+    seq, answer = mean_seq_len(model, data), mean_loss_tokens(model, data)
+    trunk_share = min(1.0, model.trunk.passes / max(1, seen))
+    executed = flops_per_sample(model, seq, answer, trunk_share)
     record = {
         "items": len(data.items), "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
         "samples_seen": seen,
-        "mean_seq_len": seq, "n_blocks": model.n_blocks, "lora_rank": model.lora_rank,
-        "flops_per_sample": flops_per_sample(model, seq), "train_flops": flops_per_sample(model, seq) * seen,
+        "mean_seq_len": seq, "mean_loss_tokens": answer, "n_blocks": model.n_blocks, "lora_rank": model.lora_rank,
+        "trunk_passes": model.trunk.passes, "trunk_share": trunk_share,
+        # executed: head on the answer tokens, frozen trunk once per distinct text (what QAModel.loss runs)
+        "flops_per_sample": executed, "train_flops": executed * seen,
+        # the paper's accounting: every block forward for every sample, head on every token
+        "flops_per_sample_paper": flops_per_sample(model, seq), "train_flops_paper": flops_per_sample(model, seq) * seen,
         "train_seconds": seconds, "threads": torch.get_num_threads(),
         "peak_rss_mb": mem.peak / 2**20, "train_added_rss_mb": (mem.peak - mem.base) / 2**20,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -9,7 +9,9 @@ updates through forward hooks, so the LLM's modules are neither replaced nor re-
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,6 +51,7 @@ class KVLoRA(nn.Module):
         if bad:
             raise LLMError(f"LoRA layers {bad} outside the LLM's 0..{len(attn) - 1}")
         self.adapters = nn.ModuleDict()
+        self.enabled = True  # off: the hooks pass the projections through unchanged (a set not attached now)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for i in self.layers:
             for name in ("k_proj", "v_proj"):
@@ -57,9 +60,10 @@ class KVLoRA(nn.Module):
                 self.adapters[f"{i}_{name}"] = adapter
                 self._handles.append(proj.register_forward_hook(self._hook(adapter)))
 
-    @staticmethod
-    def _hook(adapter: _LowRank):
-        def add_update(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    def _hook(self, adapter: _LowRank):
+        def add_update(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+            if not self.enabled:
+                return None  # keep the projection's own output
             return output + adapter(inputs[0]).to(output.dtype)
 
         return add_update
@@ -89,3 +93,30 @@ def trainable_parameters(connector: MPnPConnector, lora: KVLoRA | None = None) -
             )
         params += list(lora.parameters())
     return params
+
+
+def load_kv_lora(model: nn.Module, path: str | Path) -> KVLoRA:
+    """A LoRA saved by a training run (lora.safetensors: layers, rank, alpha in its metadata) on `model`'s k/v.
+
+    Hooks are installed enabled; a runtime that holds several sets turns each on only while its set is attached."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        layers, rank = json.loads(meta["layers"]), int(meta["rank"])
+        alpha = float(meta.get("alpha", 2.0 * rank))  # runs saved before alpha was recorded used 2 x rank
+        tensors = load_file(str(path))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise LLMError(f"{path}: not a LoRA checkpoint of a training run ({exc.__class__.__name__}: {exc})") from None
+    lora = KVLoRA(model, layers, rank, alpha)
+    want = {k: tuple(v.shape) for k, v in lora.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if want != got:
+        lora.remove()
+        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
+        raise LLMError(f"{path}: LoRA tensors do not fit this LLM (first differences: {diff})")
+    lora.load_state_dict(tensors)
+    return lora
