@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if answers:
         print("\nanswers against ground truth:")
         for t, a in answers:
-            mark = "ok " if a["response"].strip().lower().rstrip(".") == str(a.get("answer", "")).lower() else "   "
+            mark = "ok " if a.get("correct") else "   "
             print(f"  {mark}{t:6.1f} s  {a['question']}  -> {a['response']!r}  (truth: {a.get('answer')!r}; "
                   f"modalities {'+'.join(a['modalities']) or 'none'})")
     print()

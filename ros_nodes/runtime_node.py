@@ -3,7 +3,7 @@
 Subscribes to the sensor topics of DESIGN.md (raw CDR, sensor QoS), assembles time-aligned samples with the same
 synchroniser as bag replay, runs the runtime in a worker thread and publishes:
   /perception/bev_occupancy  nav_msgs/OccupancyGrid (base_link, stamp = the sample's stamp)
-  /mpnp/plan                 std_msgs/String, JSON {stamp_ns, modalities, n_blocks, camera_keep, reason}
+  /mpnp/plan                 std_msgs/String, JSON {stamp_ns, modalities, n_blocks, camera_keep, backend, aligners, reason}
   /mpnp/answer               std_msgs/String, JSON {stamp_ns, question, answer, modalities}
   /diagnostics               diagnostic_msgs/DiagnosticArray (stream health, queue drops)
 Questions arrive on /mpnp/question (std_msgs/String, plain text).
@@ -110,7 +110,8 @@ def run_node(args: argparse.Namespace) -> int:
             plan = result.plan
             pub_plan.publish(String(data=json.dumps({
                 "stamp_ns": result.stamp_ns, "modalities": list(plan.modalities), "n_blocks": plan.n_blocks,
-                "camera_keep": plan.camera_keep, "backend": plan.backend, "reason": result.decision.reason})))
+                "camera_keep": plan.camera_keep, "backend": plan.backend, "aligners": plan.aligners,
+                "reason": result.decision.reason})))
         for a in result.answers:
             pub_answer.publish(String(data=json.dumps({"stamp_ns": result.stamp_ns, "question": a["question"],
                                                        "answer": a["response"], "modalities": a["modalities"]})))

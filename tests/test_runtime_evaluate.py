@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.runtime.evaluate import audio_scores, markdown, reaction_delays
+from edge.runtime.evaluate import audio_scores, markdown, pooled, pooled_lines, reaction_delays
 
 
 def frame(t: float, lighting: str, events: list[str], audio: str | None = None) -> dict:
@@ -32,3 +32,19 @@ def test_markdown_table_has_a_row_per_run() -> None:
            "reaction_s_mean": 0.5}
     table = markdown([row, {**row, "policy": "all"}])
     assert table.count("\n") == 4 and "| d | adaptive | 0.700 | n/a |" in table
+
+
+def test_pooled_policies_and_the_target_line() -> None:
+    def row(drive: str, policy: str, correct: int, questions: int, ms: float, frames: int = 100) -> dict:
+        return {"drive": drive, "policy": policy, "frames": frames, "questions": questions, "correct": correct,
+                "obstacle_iou_near5m": 0.8, "mean_compute_ms": ms, "switches": 1}
+
+    rows = [row("a", "adaptive", 8, 10, 20.0), row("b", "adaptive", 9, 10, 30.0),
+            row("a", "all", 9, 10, 30.0), row("b", "all", 8, 10, 30.0),
+            row("a", "camera", 5, 10, 10.0), row("b", "camera", 4, 10, 10.0)]
+    p = pooled(rows)
+    assert p["adaptive"]["exact_match"] == 17 / 20 and p["adaptive"]["mean_compute_ms"] == 25.0
+    assert p["camera"]["exact_match"] == 9 / 20
+    assert "best static 'all' EM 0.850 at 30.0 ms: met" in pooled_lines(p)[-1]
+    rows[1]["correct"] = 7  # adaptive now answers worse than `all`
+    assert pooled_lines(pooled(rows))[-1].endswith("MISSED")

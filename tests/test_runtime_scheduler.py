@@ -8,7 +8,7 @@ import pytest
 
 from edge.errors import EdgeError
 from edge.runtime.context import CameraHealth, Context, StreamHealth
-from edge.runtime.scheduler import Budget, CostModel, Plan, QualityTable, Scheduler
+from edge.runtime.scheduler import AlignerSet, Budget, CostModel, Plan, QualityTable, Scheduler
 
 EVAL = Path(__file__).resolve().parents[1] / "models" / "perception" / "eval.json"
 ALL = ("fisheye", "ultrasonic", "audio", "camera")
@@ -95,8 +95,8 @@ def test_budget_is_respected_and_an_impossible_budget_is_reported() -> None:
 
 
 def test_static_baselines_and_bad_configuration() -> None:
-    s = scheduler(policy="camera")
-    assert s.step(ctx("night")).plan.modalities == ("camera",)
+    s = scheduler(policy="camera")  # the camera setup: every camera
+    assert s.step(ctx("night")).plan.modalities == ("fisheye", "camera")
     s = scheduler(policy="all")
     assert s.step(ctx("night", silent=("audio",))).plan.modalities == ("fisheye", "ultrasonic", "camera")
     with pytest.raises(EdgeError, match="unknown scheduling policy"):
@@ -109,6 +109,48 @@ def test_static_baselines_and_bad_configuration() -> None:
 
 def test_plan_description() -> None:
     assert Plan(("fisheye", "camera"), 4, 0.5).describe() == "fisheye+camera, N=4, camera keep 0.5, eager"
+    assert Plan(("audio",), 8, 1.0, aligners="switch").describe() == "audio, N=8, LLM set switch, eager"
+
+
+# measured held-out exact match of the shipped sets (models/aligners/README.md)
+SETS = (AlignerSet("day", ("fisheye", "camera"), {"day": 0.773, "night": 0.128}, ("day",)),
+        AlignerSet("switch", ("ultrasonic", "audio"), {"day": 0.720, "night": 0.723}, ("night",)))
+
+
+def test_llm_set_follows_measured_accuracy_and_its_switch_is_a_logged_plan_change() -> None:
+    s = scheduler(aligner_sets=SETS, dwell=2)
+    day = s.step(ctx("day")).plan
+    assert day.aligners == "day" and {"fisheye", "camera"} <= set(day.modalities)
+    night = [s.step(ctx("night", t=1 + i)) for i in range(3)]
+    changed = [d for d in night if d.changed]
+    assert len(changed) == 1 and changed[0].plan.aligners == "switch"
+    assert {"ultrasonic", "audio"} <= set(changed[0].plan.modalities)
+    assert "LLM day -> switch" in changed[0].reason and "lighting night" in changed[0].reason
+    # a set is only offered when all its encoders run, and its camera as pruned as in training
+    assert s.sets_for(("fisheye", "camera", "audio"), 1.0) == ["", "day"]
+    assert s.sets_for(("fisheye", "camera", "audio"), 0.5) == [""]
+    assert s.sets_for(("ultrasonic",), 1.0) == [""]
+
+
+def test_losing_a_set_modality_detaches_its_set() -> None:
+    s = scheduler(aligner_sets=SETS, dwell=3)
+    for i in range(3):
+        s.step(ctx("night", t=i))
+    assert s.current.aligners == "switch"
+    lost = s.step(ctx("night", silent=("audio",), t=5))
+    assert lost.changed and lost.plan.aligners != "switch" and "audio unhealthy" in lost.reason
+
+
+def test_static_policies_switch_llm_sets_by_hand_on_their_fixed_encoders() -> None:
+    cam = scheduler(policy="camera", aligner_sets=SETS)
+    assert cam.step(ctx("day")).plan.aligners == "day"
+    assert cam.step(ctx("night", t=1)).plan.aligners == "day"  # its encoders allow no other set
+    full = scheduler(policy="all", aligner_sets=SETS)
+    assert full.step(ctx("day")).plan.aligners == "day"
+    d = full.step(ctx("night", t=1))
+    assert d.changed and d.plan.aligners == "switch" and d.plan.modalities == ALL
+    unmeasured = AlignerSet("x", ("audio",), {}, ("night",))
+    assert unmeasured.expected("night") == 0.01 and unmeasured.expected("day") == 0.0
 
 
 def test_one_slow_frame_does_not_switch_but_a_sustained_overrun_does() -> None:
@@ -124,3 +166,13 @@ def test_one_slow_frame_does_not_switch_but_a_sustained_overrun_does() -> None:
     decisions = [s.step(ctx("day", t=10 + i)) for i in range(3)]
     assert [d.changed for d in decisions] == [False, False, True]
     assert decisions[-1].reason == "current plan over budget" and "fisheye" not in decisions[-1].plan.modalities
+
+
+def test_cost_estimate_ignores_one_preempted_frame_but_follows_a_sustained_slowdown() -> None:
+    c = CostModel(window=5)
+    for ms in (10.0, 11.0, 10.0, 1500.0, 10.0):
+        c.observe("fisheye", ms)
+    assert c.latency_ms["fisheye"] == 10.0
+    for _ in range(3):
+        c.observe("fisheye", 40.0)
+    assert c.latency_ms["fisheye"] == 40.0

@@ -2,13 +2,16 @@
 
 An aligner set is the aligners trained together (one `edge train aligners` / `edge adapt` run: a directory of
 `*.safetensors`, e.g. models/aligners/day with fisheye + camera, models/aligners/switch with ultrasonic + audio).
-Each frame the set that covers most of the plan's modalities is used: its modalities that the plan runs are
-attached (and fed this frame's tokens), everything else is detached. Nothing is reloaded when the plan changes.
+Its measured answer accuracy per lighting comes from `eval.json` beside the sets (written by
+`edge eval qa <sets> --lighting day night --json <dir>/eval.json`); the scheduler reads it to choose the set, and
+the plan names it. Each frame the plan's set is attached (and fed this frame's tokens), everything else is
+detached. Nothing is reloaded when the plan changes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,11 @@ import torch
 from edge.errors import EdgeError
 from edge.llm import MPnPConnector, load_aligner, load_llm
 from edge.llm.qa_text import prompt_text
-from edge.runtime.scheduler import Plan
+from edge.llm.training import KVLoRA, load_kv_lora
+from edge.runtime.scheduler import AlignerSet, Plan
+
+EVAL_FILE = "eval.json"
+log = logging.getLogger(__name__)
 
 
 class Answerer:
@@ -25,16 +32,22 @@ class Answerer:
         self.llm = load_llm(llm_source)
         self.sets: dict[str, dict[str, Any]] = {}
         self.set_lighting: dict[str, tuple[str, ...]] = {}  # the conditions each set was trained on (run.json)
+        self.set_accuracy: dict[str, dict[str, float]] = {}  # measured exact match (0..1) per lighting (eval.json)
+        self.set_lora: dict[str, KVLoRA] = {}  # LoRA on k/v trained with a set, active only while it is attached
         root = Path(aligner_dir) if aligner_dir is not None else None
         if root is not None and root.is_dir():
             for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
                 found = {}
-                for path in sorted(folder.glob("*.safetensors")):
+                for path in sorted(folder.glob("aligner_*.safetensors")):
                     al = load_aligner(path, shape=self.llm.shape)
                     found[al.modality] = al
                 if found:
                     self.sets[folder.name] = found
                     self.set_lighting[folder.name] = _run_lighting(folder)
+                    if (folder / "lora.safetensors").exists():
+                        self.set_lora[folder.name] = load_kv_lora(self.llm.model, folder / "lora.safetensors")
+                        self.set_lora[folder.name].enabled = False
+            self.set_accuracy = _measured_accuracy(root / EVAL_FILE, set(self.sets))
         every = [al for group in self.sets.values() for al in group.values()]
         depth = min((al.spec.n_blocks for al in every), default=min(8, self.llm.shape.n_layers))
         self.connector = MPnPConnector(self.llm.model, depth)
@@ -49,15 +62,10 @@ class Answerer:
                 out.setdefault(m, al)
         return out
 
-    def best_set(self, modalities: set[str], lighting: str | None = None) -> dict[str, Any]:
-        """The aligner set trained for this lighting that covers most of `modalities`: mPnP's runtime switch
-        (e.g. the night set on ultrasonic + audio). Sets without recorded conditions count as matching any."""
-        def rank(name: str) -> tuple[int, int]:
-            trained = self.set_lighting.get(name, ())
-            return (int(not trained or lighting in trained), len(modalities & set(self.sets[name])))
-        if not self.sets:
-            return {}
-        return self.sets[max(self.sets, key=rank)]
+    def aligner_sets(self) -> tuple[AlignerSet, ...]:
+        """What the scheduler needs to choose a set: modalities, measured accuracy, trained conditions."""
+        return tuple(AlignerSet(name, tuple(group), self.set_accuracy.get(name, {}), self.set_lighting.get(name, ()))
+                     for name, group in self.sets.items())
 
     @property
     def n_blocks(self) -> int:
@@ -67,10 +75,14 @@ class Answerer:
     def attached(self) -> tuple[str, ...]:
         return self.connector.attached
 
-    def apply(self, plan: Plan, tokens: dict[str, torch.Tensor], lighting: str | None = None) -> None:
-        """Attach what the plan runs and has an aligner for (fed this frame's tokens); detach the rest."""
-        group = self.best_set({m for m in plan.modalities if m in tokens}, lighting)
-        wanted = {m for m in plan.modalities if m in group and m in tokens}
+    def apply(self, plan: Plan, tokens: dict[str, torch.Tensor]) -> None:
+        """Attach the plan's aligner set (each modality fed this frame's tokens); detach everything else."""
+        if plan.aligners and plan.aligners not in self.sets:
+            raise EdgeError(f"plan names aligner set '{plan.aligners}', loaded sets: {sorted(self.sets)}")
+        group = self.sets.get(plan.aligners, {})
+        for name, lora in self.set_lora.items():
+            lora.enabled = name == plan.aligners
+        wanted = {m for m in group if m in plan.modalities and m in tokens}
         for m in set(self.connector.attached):
             if m not in wanted or self.connector_aligner(m) is not group[m]:
                 self.connector.detach(m)
@@ -101,6 +113,21 @@ def _run_lighting(folder: Path) -> tuple[str, ...]:
         return tuple(json.loads((folder / "run.json").read_text()).get("lighting") or ())
     except (OSError, ValueError, AttributeError):
         return ()
+
+
+def _measured_accuracy(path: Path, names: set[str]) -> dict[str, dict[str, float]]:
+    """{set name: {lighting: exact match 0..1}} from `edge eval qa ... --json` output keyed by run directory."""
+    if not path.exists():
+        if names:
+            log.warning("%s: missing; aligner sets are ranked by the conditions they were trained for only", path)
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        out = {Path(run).name: {lt: float(v["em"]) / 100.0 for lt, v in res["lighting"].items()}
+               for run, res in doc.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EdgeError(f"{path}: not an `edge eval qa --json` result ({exc.__class__.__name__}: {exc})") from None
+    return {k: v for k, v in out.items() if k in names}
 
 
 def make_answerer(aligner_dir: str | Path | None, llm_source: str | None, max_new_tokens: int) -> Answerer:

@@ -58,13 +58,18 @@ class ReportBuilder:
         frame: dict[str, Any] = {
             "t": round(t, 3), "stamp_ns": r.stamp_ns, "source_stamps": r.source_stamps,
             "plan": {"modalities": list(r.plan.modalities), "n_blocks": r.plan.n_blocks,
-                     "camera_keep": r.plan.camera_keep, "backend": r.plan.backend},
+                     "camera_keep": r.plan.camera_keep, "backend": r.plan.backend, "aligners": r.plan.aligners},
             "lighting": r.context.lighting, "glare_cameras": r.context.glare_cameras,
             "streams_healthy": {k: v.healthy for k, v in r.context.streams.items()},
             "audio_level_db": round(r.context.audio_level_db, 1), "ego_speed": round(r.context.ego_speed, 2),
             "timings_ms": {k: round(v, 2) for k, v in r.timings_ms.items()}, "rss_mb": round(r.rss_mb, 1),
             "bev_modalities": r.modalities_used, "answers": r.answers, "diagnostics": r.diagnostics,
         }
+        for a in r.answers:
+            if "answer" in a:  # scored as `edge eval qa` scores (normalised exact match)
+                from edge.llm.qa_text import exact_match  # only runs that answer need the LLM package
+
+                a["correct"] = bool(exact_match(a["response"], str(a["answer"])))
         if r.bev_classes is not None:
             near = r.bev_classes[self.near]
             frame["occupancy_near5m"] = {name: int((near == i).sum()) for i, name in enumerate(BEV_CLASSES)}
@@ -94,8 +99,7 @@ class ReportBuilder:
                 stages[stage] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99), "mean": float(np.mean(vals))}
         ious = [x["obstacle_iou_near5m"] for x in f if x.get("obstacle_iou_near5m") is not None]
         answers = [a for x in f for a in x["answers"]]
-        scored = [a for a in answers if "answer" in a]
-        exact = [a["response"].strip().lower().rstrip(".") == str(a["answer"]).strip().lower() for a in scored]
+        exact = [a["correct"] for a in answers if "correct" in a]
         busy = {m: float(np.mean([m in x["plan"]["modalities"] for x in f])) if f else 0.0 for m in MODALITIES}
         return {
             "frames": len(f), "switches": len(self.switches),

@@ -2,7 +2,9 @@
 
 A plan is scored by the expected quality of what the runtime produces, read from measured per-condition tables
 (the perception evaluation: BEV obstacle IoU within 5 m per modality subset and lighting; audio event and direction
-accuracy), and must fit a latency and memory budget taken from per-component costs measured while running.
+accuracy; and, when an LLM answers, the held-out answer accuracy of each aligner set per lighting), and must fit a
+latency and memory budget taken from per-component costs measured while running. The plan names the aligner set
+attached to the LLM, so a switch of the LLM's connections is a plan change, logged with its reason like any other.
 Hysteresis keeps the plan from flapping: a better plan must stay better for `dwell` frames, except when a
 modality of the current plan loses its sensor, which is acted on at once.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,19 +23,48 @@ from edge.runtime.context import Context
 
 MODALITIES = ("fisheye", "ultrasonic", "audio", "camera")
 KEEP_RATIOS = (1.0, 0.5, 0.25)
+POLICIES = ("adaptive", "camera", "all")
+# Static baselines: "camera" is the camera setup (every camera: the surround fisheyes and the front camera).
+STATIC = {"camera": ("fisheye", "camera"), "all": MODALITIES}
 
 
 @dataclass(frozen=True)
 class Plan:
-    modalities: tuple[str, ...]  # encoders run (and attached to the LLM where an aligner exists)
+    modalities: tuple[str, ...]  # encoders run
     n_blocks: int  # LLM blocks connected
     camera_keep: float  # token-pruning keep ratio of the front camera ViT
     backend: str = "eager"
+    aligners: str = ""  # the aligner set attached to the LLM ("" = none: the LLM answers from text alone)
 
     def describe(self) -> str:
         mods = "+".join(self.modalities) or "none"
         keep = f", camera keep {self.camera_keep:g}" if "camera" in self.modalities else ""
-        return f"{mods}, N={self.n_blocks}{keep}, {self.backend}"
+        llm = f", LLM set {self.aligners}" if self.aligners else ""
+        return f"{mods}, N={self.n_blocks}{keep}{llm}, {self.backend}"
+
+
+@dataclass(frozen=True)
+class AlignerSet:
+    """Aligners trained together (one run directory) and their measured answer accuracy per lighting."""
+
+    name: str
+    modalities: tuple[str, ...]
+    accuracy: dict[str, float]  # lighting -> exact match in 0..1 on held-out drives; empty when not measured
+    trained_lighting: tuple[str, ...] = ()
+    camera_keep: float = 1.0  # the camera token pruning its camera aligner was trained with
+
+    def expected(self, lighting: str) -> float:
+        if self.accuracy:
+            if lighting in self.accuracy:
+                return self.accuracy[lighting]
+            return min(self.accuracy.values())  # dusk or unmeasured: the worse of what was measured
+        # Not measured: rank by the conditions it was trained for only, far below any measured figure.
+        return 0.01 if not self.trained_lighting or lighting in self.trained_lighting else 0.0
+
+    def usable_with(self, plan_modalities: tuple[str, ...], camera_keep: float) -> bool:
+        """All its modalities run, and the camera (if any) as pruned as in training."""
+        return set(self.modalities) <= set(plan_modalities) and (
+            "camera" not in self.modalities or camera_keep == self.camera_keep)
 
 
 @dataclass
@@ -67,15 +100,24 @@ class QualityTable:
 
 @dataclass
 class CostModel:
-    """Per-component latency (ms, exponential moving average of measurements) and resident memory (MB)."""
+    """Per-component latency (ms: the median of the last `window` measurements) and resident memory (MB).
+
+    A median, not a running mean: on a shared machine a component is sometimes preempted for a second, and one
+    such frame must not reshape the plan; a sustained slow-down moves the median within `window` frames."""
 
     latency_ms: dict[str, float] = field(default_factory=dict)  # "fisheye", "ultrasonic", "fusion", "audio", "camera@0.5", ...
     memory_mb: dict[str, float] = field(default_factory=dict)
-    alpha: float = 0.2
+    window: int = 15
+    _recent: dict[str, deque[float]] = field(default_factory=dict, repr=False)
 
     def observe(self, component: str, ms: float) -> None:
-        old = self.latency_ms.get(component)
-        self.latency_ms[component] = ms if old is None else (1 - self.alpha) * old + self.alpha * ms
+        recent = self._recent.setdefault(component, deque(maxlen=self.window))
+        recent.append(ms)
+        self.latency_ms[component] = float(statistics.median(recent))
+
+    def reset_latency(self) -> None:
+        self.latency_ms.clear()
+        self._recent.clear()
 
     def plan_latency(self, plan: Plan) -> float:
         parts = [m if m != "camera" else f"camera@{plan.camera_keep:g}" for m in plan.modalities]
@@ -106,9 +148,10 @@ class Scheduler:
 
     def __init__(self, quality: QualityTable, costs: CostModel, budget: Budget, available: tuple[str, ...],
                  n_blocks: int, policy: str = "adaptive", dwell: int = 5, margin: float = 0.01,
-                 quality_per_ms: float = 1e-3) -> None:
-        if policy not in ("adaptive", "camera", "all"):
-            raise EdgeError(f"unknown scheduling policy '{policy}' (adaptive, camera, all)")
+                 quality_per_ms: float = 1e-3, aligner_sets: tuple[AlignerSet, ...] = (),
+                 answer_weight: float = 1.0) -> None:
+        if policy not in POLICIES:
+            raise EdgeError(f"unknown scheduling policy '{policy}' ({', '.join(POLICIES)})")
         unknown = set(available) - set(MODALITIES)
         if unknown:
             raise EdgeError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")
@@ -116,6 +159,8 @@ class Scheduler:
         self.available, self.n_blocks, self.policy = tuple(available), n_blocks, policy
         self.dwell, self.margin = dwell, margin
         self.quality_per_ms = quality_per_ms  # what a millisecond of compute is worth in quality (IoU) units
+        self.aligner_sets = {a.name: a for a in aligner_sets}
+        self.answer_weight = answer_weight  # answer exact match (0..1) against obstacle IoU (0..1): equal by default
         self.current: Plan | None = None
         self._pending: tuple[Plan, int] | None = None
         self.audio_baseline_db: float | None = None
@@ -135,6 +180,8 @@ class Scheduler:
             if "camera/front" in ctx.glare_cameras:
                 sight *= 0.2
             value += 0.15 * sight * q.camera_lighting * (0.9 + 0.1 * plan.camera_keep)
+        if plan.aligners in self.aligner_sets:
+            value += self.answer_weight * self.aligner_sets[plan.aligners].expected(lighting)
         # Compute is not free: a plan must earn its milliseconds (by default 10 ms for 0.01 IoU).
         return value - self.quality_per_ms * self.costs.plan_latency(plan)
 
@@ -158,8 +205,13 @@ class Scheduler:
         for r in range(len(usable) + 1):
             for mods in itertools.combinations(usable, r):
                 keeps = KEEP_RATIOS if "camera" in mods else (1.0,)
-                plans += [Plan(tuple(mods), self.n_blocks, keep) for keep in keeps]
+                for keep in keeps:
+                    plans += [Plan(tuple(mods), self.n_blocks, keep, aligners=name) for name in self.sets_for(mods, keep)]
         return plans
+
+    def sets_for(self, modalities: tuple[str, ...], camera_keep: float) -> list[str]:
+        """The aligner sets the LLM can use with these encoders running ("" = none attached)."""
+        return [""] + [n for n, a in self.aligner_sets.items() if a.usable_with(modalities, camera_keep)]
 
     def fits(self, plan: Plan) -> bool:
         return (self.costs.plan_latency(plan) <= self.budget.latency_ms
@@ -170,15 +222,20 @@ class Scheduler:
         self._eventful = self._audio_active(ctx)
         usable = self.healthy(ctx)
         if self.policy != "adaptive":
-            wanted = ("camera",) if self.policy == "camera" else self.available
-            plan = Plan(tuple(m for m in wanted if m in usable), self.n_blocks, 1.0)
-            return self._switch(plan, "static policy " + self.policy, ctx) if plan != self.current else \
-                Decision(plan, False, "", self.score(plan, ctx))
+            mods = tuple(m for m in self.available if m in STATIC[self.policy] and m in usable)
+            # static encoders; the LLM uses the best aligner set they allow (as mPnP switches by hand)
+            plan = max((Plan(mods, self.n_blocks, 1.0, aligners=n) for n in self.sets_for(mods, 1.0)),
+                       key=lambda p: self.score(p, ctx))
+            if plan == self.current:
+                return Decision(plan, False, "", self.score(plan, ctx))
+            why = f"static policy {self.policy}" + (f": lighting {ctx.lighting}" if self.current is not None else "")
+            return self._switch(plan, why, ctx)
         options = [p for p in self.candidates(usable) if p.modalities]
         fitting = [p for p in options if self.fits(p)]
         if not fitting:
             # Keep serving what we can: the cheapest plan, and say that the budget cannot be met.
-            plan = min(options, key=self.costs.plan_latency) if options else Plan((), self.n_blocks, 1.0)
+            plan = (min(options, key=lambda p: (self.costs.plan_latency(p), -self.score(p, ctx))) if options
+                    else Plan((), self.n_blocks, 1.0))
             if self.current in options and (self.costs.plan_latency(self.current)
                                             <= 1.2 * self.costs.plan_latency(plan)):
                 plan = self.current  # not worth a switch for noise in the cost estimates
@@ -219,8 +276,10 @@ class Scheduler:
             cues.append("glare on " + ", ".join(ctx.glare_cameras))
         if "audio" in added:
             cues.append(f"audio level {ctx.audio_level_db:.0f} dB")
-        change = ", ".join(x for x in (f"+{'+'.join(added)}" if added else "", f"-{'-'.join(removed)}" if removed else "")
-                           if x) or "pruning"
+        llm = f"LLM {self.current.aligners or 'none'} -> {plan.aligners or 'none'}" \
+            if plan.aligners != self.current.aligners else ""
+        change = ", ".join(x for x in (f"+{'+'.join(added)}" if added else "", f"-{'-'.join(removed)}" if removed else "",
+                                       llm) if x) or "pruning"
         return f"{change}: {'; '.join(cues)}; expected quality +{gain:.3f}"
 
     def _switch(self, plan: Plan, reason: str, ctx: Context) -> Decision:
