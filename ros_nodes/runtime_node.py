@@ -46,7 +46,7 @@ def run_node(args: argparse.Namespace) -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from nav_msgs.msg import OccupancyGrid
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
     from rclpy.node import Node
     from std_msgs.msg import String
 
@@ -127,14 +127,28 @@ def run_node(args: argparse.Namespace) -> int:
             diag.status.append(status)
         pub_diag.publish(diag)
 
+    stop = threading.Event()
+
+    def incoming() -> Any:
+        """Sensor messages until shutdown; what is still queued then is not waited for."""
+        while not stop.is_set():
+            try:
+                msg = inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if msg is None:
+                return
+            yield msg
+
     def work() -> None:
-        selections = assembler.feed(iter(inbox.get, None))
-        for sample in build_samples(selections, assembler, assembler.cfg, []):
+        for sample in build_samples(assembler.feed(incoming()), assembler, assembler.cfg, []):
             runtime.submit(sample)
             for result in runtime.drain():
+                if stop.is_set():
+                    return
                 publish(result)
 
-    worker = threading.Thread(target=work, daemon=True)
+    worker = threading.Thread(target=work, name="edge-runtime", daemon=True)
     worker.start()
     print(f"edge node: subscribed to {len(topics)} sensor topics; publishing {T.OUT_BEV}, {T.OUT_PLAN}, "
           f"{T.ANSWER}, {T.DIAGNOSTICS}", file=sys.stderr, flush=True)
@@ -142,13 +156,18 @@ def run_node(args: argparse.Namespace) -> int:
     executor.add_node(node)
     try:
         executor.spin()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        inbox.put(None)
+        # Order matters: the worker finishes the frame in hand before the publishers it uses are destroyed, and
+        # the executor's threads are joined before the context goes away (else the process aborts on exit).
+        stop.set()
+        worker.join(timeout=30)
+        executor.shutdown()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    print("edge node: stopped", file=sys.stderr, flush=True)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import os
 import random
 import subprocess
@@ -78,12 +79,13 @@ def test_node_publishes_bev_and_plan_stamped_with_its_inputs(tmp_path: Path, ros
         assert replay.returncode == 0, replay.stderr
         out, _ = listener.communicate(timeout=150)
     finally:
-        node.terminate()
+        node.send_signal(signal.SIGINT)  # what Ctrl-C and `ros2 launch` send
         for p in (node, listener):
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+    assert node.returncode == 0, f"node did not stop cleanly on SIGINT (exit {node.returncode}): {node.stderr.read()[-2000:]}"
     got = json.loads(out.strip().splitlines()[-1])
     assert len(got["bev"]) >= 5
     for stamp, frame, width, height, values in got["bev"]:
