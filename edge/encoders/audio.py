@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import Cost, Diagnostics, InputError, count_macs, n_params
+from edge.encoders.base import Cost, Diagnostics, InputError, NetworkPart, count_macs, n_params
 from edge.encoders.config import AUDIO_EVENTS, DIRECTIONS, PerceptionConfig
 
 N_FFT, HOP, N_MELS, MAX_LAG, SEGMENTS = 512, 320, 32, 20, 12
@@ -119,12 +119,14 @@ def steering_matrix(mic_xy: np.ndarray, rate: int, n_angles: int = 72, speed: fl
     return w
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(nn.Module, NetworkPart):
     """Audio features -> event logits (B, 3), direction logits (B, 4), tokens (B, n_tokens, d_enc).
 
     Direction uses a fixed SRP-PHAT layer (steered response over 72 bearings from the GCC-PHAT of every time
     segment, the array geometry built in) pooled over time by attention from the event features, so the
-    segments where the siren or horn is actually audible decide where it is."""
+    segments where the siren or horn is actually audible decide where it is.
+
+    Network part for engines: `forward` on the numpy features (the FFTs stay in numpy, as in training)."""
 
     name = "audio"
 
@@ -191,10 +193,17 @@ class AudioEncoder(nn.Module):
             return None
         t = {k: torch.from_numpy(v)[None] for k, v in feats.items()}
         with torch.no_grad():
-            ev, dr, tok = self(t["logmel"], t["gcc"], t["gcc_avg"])
+            ev, dr, tok = self.run_network("", self, t["logmel"], t["gcc"], t["gcc_avg"])
         pe, pd = torch.softmax(ev, -1)[0], torch.softmax(dr, -1)[0]
         return {"event": AUDIO_EVENTS[int(pe.argmax())], "event_prob": float(pe.max()),
                 "direction": DIRECTIONS[int(pd.argmax())], "direction_prob": float(pd.max()), "tokens": tok}
+
+    def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Features of a seeded noise window of the configured length (real feature statistics, not random ones)."""
+        n = int(round(self.cfg.audio_rate * self.cfg.audio_window_s))
+        pcm = (np.random.default_rng(seed).normal(0, 2000, (4, n))).astype(np.int16)
+        f = audio_features(pcm, self.cfg.audio_rate)
+        return tuple(torch.from_numpy(f[k])[None] for k in ("logmel", "gcc", "gcc_avg"))  # type: ignore[return-value]
 
     def cost(self) -> Cost:
         f = audio_features(np.zeros((4, int(self.cfg.audio_rate * self.cfg.audio_window_s)), np.int16))

@@ -119,6 +119,50 @@ class TokenPool(nn.Module):
         return self.proj(pooled.flatten(2).transpose(1, 2)) + self.pos
 
 
+class BoundMethod(nn.Module):
+    """One method of a module (with constant keyword arguments) as `forward`: how a network part that is not the
+    module's own forward (the fusion head's masked form, the camera ViT at one keep ratio) is exported."""
+
+    def __init__(self, owner: nn.Module, method: str, **constants: Any) -> None:
+        super().__init__()
+        self.owner = owner
+        self.method = method
+        self.constants = constants
+        self.train(owner.training)  # a new module starts in training mode; follow the owner's
+
+    def forward(self, *args: Tensor) -> Any:
+        return getattr(self.owner, self.method)(*args, **self.constants)
+
+
+class NetworkPart:
+    """Mixin for an encoder whose network part (tensors in, tuple of tensors out, fixed shapes) may run on a
+    compiled engine instead of eager PyTorch.
+
+    Why a mixin and not a wrapper: preprocessing (numpy, kernels) and output decoding stay in the plugin, so the
+    outputs contract is one whatever the backend; the plugin says what its network part is (`network`), which
+    inputs it takes (`network_inputs`, also the probe the engine is verified on) and which variants exist.
+    `engine_for` is installed by `PerceptionStack.set_backend` (variant -> engine); None means eager."""
+
+    engine_for: Callable[[str], Callable[..., tuple[Tensor, ...]]] | None = None
+
+    def variants(self) -> tuple[str, ...]:
+        """Engines to build up front (others are built on first use)."""
+        return ("",)
+
+    def network(self, variant: str = "") -> nn.Module:
+        return self  # type: ignore[return-value]
+
+    def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, ...]:
+        """Batch-1 inputs with the engine's fixed shapes, plausible values (seeded): trace and probe input."""
+        raise NotImplementedError
+
+    def run_network(self, variant: str, eager: Callable[..., Any], *args: Tensor) -> Any:
+        """The network part on `args`: eager, or the engine installed for `variant`."""
+        if self.engine_for is None:
+            return eager(*args)
+        return self.engine_for(variant)(*args)
+
+
 @dataclass
 class Cost:
     """Cost figures the scheduler plans with: parameters, multiply-accumulates per sample, tokens."""

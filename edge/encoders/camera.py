@@ -15,13 +15,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import Cost, Diagnostics, count_macs, image_tensor, n_params, to_bgr
+from edge.encoders.base import BoundMethod, Cost, Diagnostics, NetworkPart, count_macs, image_tensor, n_params, to_bgr
 from edge.encoders.config import LIGHTING, PerceptionConfig
 from edge.kernels import prune_tokens
 
 PATCH = 16
 FRONT_MAP = (8, 8)              # obstacle map ahead: x 4..12 m, y -4..4 m, 1 m cells
 FRONT_MAP_EXTENT = (4.0, 12.0, -4.0, 4.0)
+
+
+def keep_variant(keep: float) -> str:
+    """Engine variant name of a keep ratio ('keep0.5')."""
+    return f"keep{keep:g}"
+
+
+def variant_keep(variant: str) -> float:
+    if not variant.startswith("keep"):
+        raise ValueError(f"camera engine variant {variant!r} is not 'keep<ratio>'")
+    return float(variant[4:])
 
 
 class Block(nn.Module):
@@ -45,8 +56,13 @@ class Block(nn.Module):
         return x, q[:, :, 0].contiguous(), k.contiguous()
 
 
-class CameraEncoder(nn.Module):
-    """Front image (B, 3, H, W) -> tokens (B, n_tokens, d_enc), lighting logits (B, 3), front map logits (B, 8, 8)."""
+class CameraEncoder(nn.Module, NetworkPart):
+    """Front image (B, 3, H, W) -> tokens (B, n_tokens, d_enc), lighting logits (B, 3), front map logits (B, 8, 8).
+
+    Network part for engines: `forward` at one keep ratio (the token counts after each pruning stage depend on it,
+    so each ratio is its own fixed-shape engine, variant `keep<ratio>`; pruning in its standard-op form, TopK)."""
+
+    ENGINE_KEEPS = (1.0, 0.5, 0.25)  # the ratios the scheduler plans with: engines built up front
 
     name = "camera"
 
@@ -109,11 +125,22 @@ class CameraEncoder(nn.Module):
         img = self.preprocess(sample, diag)
         if img is None:
             return None
+        keep = self.keep if keep is None else float(keep)
         with torch.no_grad():
-            tok, light, fmap = self(image_tensor(img)[None], keep)
+            tok, light, fmap = self.run_network(keep_variant(keep), lambda x: self(x, keep), image_tensor(img)[None])
         p = torch.softmax(light, -1)[0]
         return {"tokens": tok, "lighting": LIGHTING[int(p.argmax())], "lighting_prob": float(p.max()),
                 "front_map": torch.sigmoid(fmap)[0]}
+
+    def variants(self) -> tuple[str, ...]:
+        return tuple(keep_variant(k) for k in self.ENGINE_KEEPS)
+
+    def network(self, variant: str = "") -> nn.Module:
+        return BoundMethod(self, "forward", keep=variant_keep(variant))
+
+    def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return (torch.rand((1, 3, *self.cfg.front_hw), generator=g) * 2 - 1,)
 
     def cost(self, keep: float | None = None) -> Cost:
         x = torch.zeros(1, 3, *self.cfg.front_hw)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import Cost, Diagnostics, TokenPool, count_macs, image_tensor, n_params, to_bgr
+from edge.encoders.base import (Cost, Diagnostics, NetworkPart, TokenPool, count_macs, image_tensor, n_params,
+                                to_bgr)
 from edge.encoders.config import FISHEYE_CAMERAS, PerceptionConfig
 from edge.kernels import BevProjector, TableSpec, load_or_build_table
 
@@ -59,8 +60,10 @@ class FisheyeBackbone(nn.Module):
         return self.out(self.lat4(f4) + up)
 
 
-class FisheyeEncoder(nn.Module):
-    """Four fisheye images -> BEV features (B, C, nx/2, ny/2) and tokens (B, n_tokens, d_enc)."""
+class FisheyeEncoder(nn.Module, NetworkPart):
+    """Four fisheye images -> BEV features (B, C, nx/2, ny/2) and tokens (B, n_tokens, d_enc).
+
+    Network part for engines: `forward` (backbone, BEV projection in its standard-op form, BEV convs, tokens)."""
 
     name = "fisheye"
 
@@ -114,7 +117,12 @@ class FisheyeEncoder(nn.Module):
         if not present.any():
             return None
         with torch.no_grad():
-            return self(image_tensor(imgs)[None], torch.from_numpy(present)[None])
+            return self.run_network("", self, image_tensor(imgs)[None], torch.from_numpy(present)[None])
+
+    def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        images = torch.rand((1, len(FISHEYE_CAMERAS), 3, *self.cfg.fisheye_hw), generator=g) * 2 - 1
+        return images, torch.ones(1, len(FISHEYE_CAMERAS), dtype=torch.bool)
 
     def cost(self) -> Cost:
         h, w = self.cfg.fisheye_hw

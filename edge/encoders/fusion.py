@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from edge.encoders.base import BoundMethod, NetworkPart
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
 
 
@@ -31,9 +32,12 @@ class _Res(nn.Module):
         return torch.relu(x + self.body(x))
 
 
-class BevFusionHead(nn.Module):
+class BevFusionHead(nn.Module, NetworkPart):
     """(fisheye BEV | None, ultrasonic BEV | None, raster | None) ->
-    (coarse logits (B, K, nx/4, ny/4), fine logits (B, K, nx, ny))."""
+    (coarse logits (B, K, nx/4, ny/4), fine logits (B, K, nx, ny)).
+
+    Network part for engines: `forward_masked` (absent inputs are zeros with their flag off), so one fixed-shape
+    engine serves every combination of present modalities."""
 
     def __init__(self, cfg: PerceptionConfig, width: int = 48, refine: int = 24) -> None:
         super().__init__()
@@ -58,7 +62,23 @@ class BevFusionHead(nn.Module):
         u = ultrasonic if ultrasonic is not None else ref.new_zeros(b, self.cu, nx, ny)
         r = raster if (raster is not None and ultrasonic is not None) else ref.new_zeros(b, 3, 2 * nx, 2 * ny)
         flag = torch.ones(b, dtype=torch.bool, device=ref.device)
-        return self.forward_masked(f, u, r, flag & (fisheye is not None), flag & (ultrasonic is not None))
+        return self.run_network("", self.forward_masked, f, u, r, flag & (fisheye is not None),
+                                flag & (ultrasonic is not None))
+
+    def network(self, variant: str = "") -> nn.Module:
+        return BoundMethod(self, "forward_masked")
+
+    def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, ...]:
+        """ReLU-like features, a one-hot raster, both modalities present."""
+        g = torch.Generator().manual_seed(seed)
+        grid = self.cfg.bev_grid
+        nx, ny = grid.nx // 2, grid.ny // 2
+        f = torch.randn((1, self.cf, nx, ny), generator=g).clamp(min=0)
+        u = torch.randn((1, self.cu, nx, ny), generator=g).clamp(min=0)
+        cls = torch.randint(0, 3, (1, grid.nx, grid.ny), generator=g)
+        raster = nn.functional.one_hot(cls, 3).permute(0, 3, 1, 2).float()
+        on = torch.ones(1, dtype=torch.bool)
+        return f, u, raster, on, on.clone()
 
     def forward_masked(self, fisheye: Tensor, ultrasonic: Tensor, raster: Tensor, use_fisheye: Tensor,
                        use_ultrasonic: Tensor) -> tuple[Tensor, Tensor]:

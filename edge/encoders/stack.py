@@ -5,11 +5,14 @@ safetensors (one file per module, the shared config in each file's metadata).
     out = stack.run(sample)                                     # a edge.drives.sync.Sample
     out.bev_classes   # (nx, ny) uint8 class ids at 0.2 m (BEV_CLASSES), out.occupancy_grid() -> OccupancyGrid values
     out.tokens        # {'fisheye': (1, 16, 128), 'ultrasonic': (1, 8, 128), 'audio': (1, 8, 128), 'camera': (1, 16, 128)}
+    stack.set_backend("onnxruntime")                            # network parts on verified, cached engines
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from edge.encoders.ultrasonic import UltrasonicEncoder
 from edge.errors import EdgeError
 
 MODULES = ("fisheye", "ultrasonic", "audio", "camera", "fusion")
+Timer = Callable[[str, Callable[[], Any]], Any]  # timer(name, fn) -> fn(): how a caller times each stage
 OCCUPANCY_VALUES = np.array([0, 100, 90, 80, -1], np.int8)  # BEV_CLASSES -> OccupancyGrid values (docs/drives.md)
 
 
@@ -67,16 +71,65 @@ class PerceptionStack(nn.Module):
         front = rig.cameras.get("front")
         self.camera = CameraEncoder(cfg, (front.height, front.width) if front is not None else None)
         self.fusion = BevFusionHead(cfg)
+        self.backends: dict[str, str] = {name: "eager" for name in MODULES}
+        self.engines: Any = None  # the edge.backends.EngineSet in use, if any
+
+    # ------------------------------------------------------------------ backends
+    def set_backend(self, backend: str = "eager", modules: Iterable[str] = MODULES,
+                    cache_dir: str | Path | None = None, progress: bool = False, **options: Any) -> None:
+        """Run the network parts of `modules` on `backend` (eager, onnxruntime, tensorrt); the others keep theirs.
+
+        Engines are taken from the cache (`.cache/engines/` unless `cache_dir`) when their key and file hash check
+        out, else exported, compiled and verified against eager PyTorch now (a few seconds per engine on a CPU).
+        Raises edge.backends.BackendUnavailable at once when the backend cannot run here (TensorRT without CUDA),
+        and VerificationError naming the module when an engine does not reproduce eager PyTorch. Engines are frozen
+        copies of the weights they were built from: call set_backend again after loading other weights."""
+        modules = tuple(modules)
+        unknown = [m for m in modules if m not in MODULES]
+        if unknown:
+            raise EdgeError(f"set_backend: unknown modules {unknown}; known: {', '.join(MODULES)}")
+        if backend == "eager":
+            for name in modules:
+                getattr(self, name).engine_for = None
+                self.backends[name] = "eager"
+            return
+        from edge.backends import EngineSet  # here: importing the encoders must not pull in onnx / onnxruntime
+
+        self.eval()
+        if self.engines is None or self.engines.backend.name != backend or \
+                (cache_dir is not None and Path(cache_dir) != self.engines.cache.root):
+            self.engines = EngineSet(backend, cache_dir, **options)
+        todo = [(name, v) for name in modules for v in getattr(self, name).variants()]
+        bar = _progress(len(todo), f"{backend} engines", progress)
+        for name, variant in todo:
+            bar.set_postfix_str(f"{name} {variant}".strip())
+            self.engines.get(name, variant, getattr(self, name))
+            bar.update(1)
+        bar.close()
+        for name in modules:
+            getattr(self, name).engine_for = self.engines.provider(name, getattr(self, name))
+            self.backends[name] = backend
+
+    @property
+    def backend(self) -> str:
+        """'eager', 'onnxruntime', ... when every module uses one backend, else 'module=backend,...'."""
+        names = set(self.backends.values())
+        return names.pop() if len(names) == 1 else ",".join(f"{m}={b}" for m, b in self.backends.items())
 
     # ------------------------------------------------------------------ inference on a Sample
     @torch.no_grad()
     def run(self, sample: Any, use: tuple[str, ...] = ("fisheye", "ultrasonic", "audio", "camera"),
-            camera_keep: float | None = None) -> PerceptionOutput:
+            camera_keep: float | None = None, timer: Timer | None = None) -> PerceptionOutput:
+        """Encoders in `use` (those with data), fusion of fisheye / ultrasonic, on whichever backends are set.
+
+        `timer(name, fn)` wraps each stage (names fisheye, ultrasonic, fusion, audio, camera@<keep>: the runtime's
+        cost model measures them this way); it must return fn()'s result."""
         self.eval()
+        timed = timer or _untimed
         diag = Diagnostics()
         tokens: dict[str, Tensor] = {}
-        fe = self.fisheye.encode(sample, diag) if "fisheye" in use else None
-        us = self.ultrasonic.encode(sample, diag) if "ultrasonic" in use else None
+        fe = timed("fisheye", lambda: self.fisheye.encode(sample, diag)) if "fisheye" in use else None
+        us = timed("ultrasonic", lambda: self.ultrasonic.encode(sample, diag)) if "ultrasonic" in use else None
         bev_classes = probs = None
         mods = []
         if fe is not None:
@@ -86,13 +139,17 @@ class PerceptionStack(nn.Module):
             tokens["ultrasonic"] = us[1]
             mods.append("ultrasonic")
         if fe is not None or us is not None:
-            _, fine = self.fusion(fe[0] if fe else None, us[0] if us else None, us[2] if us else None)
+            _, fine = timed("fusion", lambda: self.fusion(fe[0] if fe else None, us[0] if us else None,
+                                                          us[2] if us else None))
             p = torch.softmax(fine, 1)[0]
             probs, bev_classes = p.numpy(), p.argmax(0).to(torch.uint8).numpy()
-        audio = self.audio.encode(sample, diag) if "audio" in use else None
+        audio = timed("audio", lambda: self.audio.encode(sample, diag)) if "audio" in use else None
         if audio is not None:
             tokens["audio"] = audio.pop("tokens")
-        camera = self.camera.encode(sample, diag, camera_keep) if "camera" in use else None
+        camera = None
+        if "camera" in use:
+            keep = self.camera.keep if camera_keep is None else camera_keep
+            camera = timed(f"camera@{keep:g}", lambda: self.camera.encode(sample, diag, keep))
         if camera is not None:
             tokens["camera"] = camera.pop("tokens")
         return PerceptionOutput(sample.stamp_ns, bev_classes, probs, mods, audio, camera, tokens, diag.messages)
@@ -136,6 +193,16 @@ class PerceptionStack(nn.Module):
                 raise CheckpointError(f"{path}: does not match the {name} module ({exc})") from exc
         stack.eval()
         return stack
+
+
+def _untimed(name: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="engine", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
 def checkpoint_metadata(directory: str | Path, module: str = "fusion") -> dict[str, str]:

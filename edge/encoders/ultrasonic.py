@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import Cost, Diagnostics, TokenPool, count_macs, n_params
+from edge.encoders.base import BoundMethod, Cost, Diagnostics, NetworkPart, TokenPool, count_macs, n_params
 from edge.encoders.config import PerceptionConfig
 from edge.kernels import sensor_table, ultrasonic_raster
 
@@ -38,8 +38,12 @@ class ContentAwareDilatedConv(nn.Module):
         return self.act(self.norm(y) + x)
 
 
-class UltrasonicEncoder(nn.Module):
-    """(B, S) ranges in the rig's sensor order -> BEV features (B, C, nx/2, ny/2) and tokens (B, n_tokens, d_enc)."""
+class UltrasonicEncoder(nn.Module, NetworkPart):
+    """(B, S) ranges in the rig's sensor order -> BEV features (B, C, nx/2, ny/2) and tokens (B, n_tokens, d_enc).
+
+    Network part for engines: `features` (raster -> features, tokens). The rasterisation stays the edge kernel
+    (C++ / CUDA, float64 geometry) in every backend: its ONNX form computes in float32 and may flip a cell on an
+    arc boundary, which the per-cell decoder downstream would amplify, and the raster also feeds the fusion head."""
 
     name = "ultrasonic"
 
@@ -93,8 +97,13 @@ class UltrasonicEncoder(nn.Module):
     def forward(self, ranges: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, S) ranges -> (features (B, C, nx/2, ny/2), tokens, raster (B, 3, nx, ny) for the fusion's last layer)."""
         raster = self.raster(ranges)
+        bev, tokens = self.features(raster)
+        return bev, tokens, raster
+
+    def features(self, raster: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, nx, ny) raster -> (features (B, C, nx/2, ny/2), tokens)."""
         bev = self.cadc(self.stem(raster))
-        return bev, self.tokens(bev), raster
+        return bev, self.tokens(bev)
 
     def encode(self, sample: Any, diag: Diagnostics | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
         """One Sample -> (bev (1, C, nx/2, ny/2), tokens (1, T, d_enc), raster), or None when no sensor reported."""
@@ -102,7 +111,18 @@ class UltrasonicEncoder(nn.Module):
         if np.isnan(ranges).all():
             return None
         with torch.no_grad():
-            return self(torch.from_numpy(ranges)[None])
+            raster = self.raster(torch.from_numpy(ranges)[None])
+            bev, tokens = self.run_network("", self.features, raster)
+            return bev, tokens, raster
+
+    def network(self, variant: str = "") -> nn.Module:
+        return BoundMethod(self, "features")
+
+    def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        ranges = 0.3 + 4.7 * torch.rand((1, len(self.sensor_names)), generator=g)
+        ranges[0, ::4] = float("inf")  # some sensors without an echo, as on a real drive
+        return (self.raster(ranges),)
 
     def cost(self) -> Cost:
         x = torch.full((1, len(self.sensor_names)), 2.0)

@@ -131,7 +131,7 @@ def peak_throughput(runtime: Any, samples: list[Any], warmup: int, lo: float = 1
 
 
 def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: str, use_llm: bool,
-              peak: bool) -> dict[str, Any]:
+              peak: bool, backend: str = "eager") -> dict[str, Any]:
     from edge.drives.sync import SyncConfig, Synchronizer
     from edge.runtime.runtime import Runtime
     from edge.runtime.scheduler import Budget
@@ -142,7 +142,8 @@ def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: s
 
         answerer = make_answerer(Path(__file__).resolve().parents[2] / "models" / "aligners", None, 8)
     # Static "all" by default: the benchmark measures the pipeline, not the scheduler's choice.
-    runtime = Runtime(policy=policy, budget=Budget(latency_ms=1e9), answerer=answerer, queue_depth=2)
+    runtime = Runtime(policy=policy, budget=Budget(latency_ms=1e9), answerer=answerer, queue_depth=2, backend=backend,
+                      progress=True)
     print(f"preloading {frames} samples from {bag} ...", file=sys.stderr)
     samples = []
     for s in Synchronizer(bag, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce, ground_truth=False)):
@@ -153,7 +154,7 @@ def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: s
         raise EdgeError(f"{bag}: only {len(samples)} samples; need more than the {warmup} warm-up frames")
     runtime.calibrate(samples[0])
     report: dict[str, Any] = {"meta": device_metadata(bag), "bag": str(bag), "policy": policy, "llm": use_llm,
-                              "warmup_frames": warmup, "fixed_rate": []}
+                              "backend": runtime.stack.backend, "warmup_frames": warmup, "fixed_rate": []}
     for rate in rates:
         print(f"fixed rate {rate:g} Hz ...", file=sys.stderr)
         report["fixed_rate"].append(fixed_rate_run(runtime, samples, rate, warmup))
@@ -167,8 +168,8 @@ def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: s
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
     """Side-by-side p50/p99 latency and throughput of two bench reports, with B/A ratios."""
-    lines = [f"A: {a['meta'].get('cpu')} / {a['meta'].get('gpu')}  ({a['bag']})",
-             f"B: {b['meta'].get('cpu')} / {b['meta'].get('gpu')}  ({b['bag']})",
+    lines = [f"A: {a['meta'].get('cpu')} / {a['meta'].get('gpu')}, {a.get('backend', 'eager')}  ({a['bag']})",
+             f"B: {b['meta'].get('cpu')} / {b['meta'].get('gpu')}, {b.get('backend', 'eager')}  ({b['bag']})",
              f"{'rate':>8} {'A p50':>9} {'B p50':>9} {'B/A':>6} {'A p99':>9} {'B p99':>9} {'B/A':>6} {'A drop':>7} {'B drop':>7}"]
     by_rate = {r["rate_hz"]: r for r in b["fixed_rate"]}
     for ra in a["fixed_rate"]:
@@ -195,6 +196,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=120, help="samples to preload [120]")
     p.add_argument("--warmup", type=int, default=10, help="frames excluded from the statistics [10]")
     p.add_argument("--policy", default="all", choices=("all", "adaptive", "camera"), help="[all]")
+    p.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "tensorrt"),
+                   help="encoders' network parts on this backend [eager]")
     p.add_argument("--llm", action="store_true", help="also attach modalities to the LLM each frame")
     p.add_argument("--no-peak", action="store_true", help="skip the peak-throughput search")
     p.add_argument("--json", default="bench.json", help="output file [bench.json]")
@@ -213,7 +216,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.reports:
         raise EdgeError(f"unexpected arguments {args.reports}; usage: edge bench BAG [options]")
-    report = run_bench(Path(args.bag), args.rates, args.frames, args.warmup, args.policy, args.llm, not args.no_peak)
+    report = run_bench(Path(args.bag), args.rates, args.frames, args.warmup, args.policy, args.llm, not args.no_peak,
+                       args.backend)
+    print(f"backend: {report['backend']}")
     Path(args.json).write_text(json.dumps(report, indent=1))
     for run in report["fixed_rate"]:
         lat = run["latency_ms"]

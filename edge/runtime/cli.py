@@ -24,6 +24,8 @@ class RunConfig(StrictModel):
     llm: str | None = None  # HF directory or GGUF file; None = the embedded SmolLM2
     use_llm: bool = True
     policy: Literal["adaptive", "camera", "all"] = "adaptive"
+    backend: Literal["eager", "onnxruntime", "tensorrt"] = "eager"  # encoders' network parts (docs/runtime.md)
+    engine_cache: str | None = None  # compiled engines with manifests; None = .cache/engines at the repository root
     budget_ms: float = Field(100.0, gt=0)
     budget_mb: float = Field(2048.0, gt=0)
     dwell_frames: int = Field(5, ge=1, le=1000)
@@ -39,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML with RunConfig keys (see edge/runtime/cli.py)")
     p.add_argument("--report", default=None, help="directory for report.json and report.html [reports/<bag name>]")
     p.add_argument("--policy", choices=("adaptive", "camera", "all"), help="override the config's policy")
+    p.add_argument("--backend", choices=("eager", "onnxruntime", "tensorrt"),
+                   help="run the encoders' network parts on this backend (override the config's) [eager]")
     p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.set_defaults(func=main)
@@ -51,6 +55,8 @@ def load_config(args: argparse.Namespace) -> RunConfig:
         over["policy"] = args.policy
     if args.no_llm:
         over["use_llm"] = False
+    if getattr(args, "backend", None):
+        over["backend"] = args.backend
     if args.max_frames:
         over["max_frames"] = args.max_frames
     return cfg.model_copy(update=over)
@@ -73,11 +79,13 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
             print(f"edge run: no aligners in {cfg.aligner_dir}: the LLM answers without modality context",
                   file=sys.stderr)
     runtime = Runtime(cfg.perception_dir, cfg.policy, Budget(cfg.budget_ms, cfg.budget_mb), answerer,
-                      dwell=cfg.dwell_frames, quality_per_ms=cfg.quality_per_ms)
+                      dwell=cfg.dwell_frames, quality_per_ms=cfg.quality_per_ms, backend=cfg.backend,
+                      engine_cache=cfg.engine_cache, progress=progress)
     bag_handle = open_bag(bag)
     sync = Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce))
     report = ReportBuilder(runtime.stack.cfg, runtime.stack.footprint,
                            {"bag": str(bag), "config": cfg.model_dump(), "policy": cfg.policy,
+                            "backend": runtime.stack.backend,
                             "aligners": sorted(answerer.aligners) if answerer else []})
     count = bag_handle.topics.get("/fisheye/front/image_raw/compressed")
     total = cfg.max_frames or (count.count if count is not None else None)
@@ -106,7 +114,8 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
         print(f"edge run: diagnostic: {d}", file=sys.stderr)
     out = report.write(report_dir or REPO / "reports" / Path(bag).name)
     summary = report.summary()
-    summary.update({"report": str(out), "wall_s": time.perf_counter() - started, "dropped": runtime.dropped})
+    summary.update({"report": str(out), "wall_s": time.perf_counter() - started, "dropped": runtime.dropped,
+                    "backend": runtime.stack.backend})
     return summary
 
 
@@ -119,7 +128,8 @@ def _bar(total: int | None, enabled: bool) -> Any:
 def print_summary(s: dict[str, Any]) -> None:
     lat = s["latency_ms"]
     fmt = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
-    print(f"{s['frames']} frames, {s['switches']} plan changes; end-to-end latency p50 {fmt(lat['p50'])} ms, "
+    print(f"{s['frames']} frames ({s.get('backend', 'eager')} backend), {s['switches']} plan changes; "
+          f"end-to-end latency p50 {fmt(lat['p50'])} ms, "
           f"p99 {fmt(lat['p99'])} ms; peak memory {fmt(s['peak_rss_mb'], 0)} MB")
     print("per stage (p50 / p99 ms): " + ", ".join(f"{k} {fmt(v['p50'])}/{fmt(v['p99'])}"
                                                     for k, v in s["stages_ms"].items()))

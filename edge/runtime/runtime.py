@@ -18,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edge.encoders.base import Diagnostics
 from edge.encoders.stack import OCCUPANCY_VALUES, PerceptionStack
 from edge.errors import EdgeError
 from edge.runtime.context import Context, ContextEstimator
@@ -67,9 +66,12 @@ class Runtime:
 
     def __init__(self, perception_dir: str | Path = DEFAULT_PERCEPTION, policy: str = "adaptive",
                  budget: Budget | None = None, answerer: Any = None, queue_depth: int = 4, dwell: int = 5,
-                 quality_per_ms: float = 1e-3, rig: Any = None) -> None:
+                 quality_per_ms: float = 1e-3, rig: Any = None, backend: str = "eager",
+                 engine_cache: str | Path | None = None, progress: bool = False) -> None:
         perception_dir = Path(perception_dir)
         self.stack = PerceptionStack.load(perception_dir, rig=rig)
+        self.backend = backend  # network parts on eager PyTorch / ONNX Runtime / TensorRT (docs/runtime.md, Backends)
+        self.stack.set_backend(backend, cache_dir=engine_cache, progress=progress)
         self.estimator = ContextEstimator()
         self.costs = CostModel(memory_mb={m: param_mb(getattr(self.stack, m)) for m in MODALITIES})
         self.costs.memory_mb["fusion"] = param_mb(self.stack.fusion)
@@ -141,8 +143,7 @@ class Runtime:
                            out["camera"], answers, out["diagnostics"])
 
     def _perceive(self, sample: Any, plan: Plan, timings: dict[str, float]) -> dict[str, Any]:
-        """Run the plan's encoders (timed, costs observed) and the fusion head."""
-        s, diag, tokens = self.stack, Diagnostics(), {}
+        """Run the plan's encoders and the fusion head (PerceptionStack.run), each stage timed, costs observed."""
 
         def timed(name: str, fn: Callable[[], Any]) -> Any:
             t = time.perf_counter()
@@ -153,28 +154,8 @@ class Runtime:
                 self.costs.observe(name, ms)
             return result
 
-        mods = plan.modalities
-        with torch.no_grad():
-            fe = timed("fisheye", lambda: s.fisheye.encode(sample, diag)) if "fisheye" in mods else None
-            us = timed("ultrasonic", lambda: s.ultrasonic.encode(sample, diag)) if "ultrasonic" in mods else None
-            classes, bev_mods = None, []
-            if fe is not None or us is not None:
-                _, fine = timed("fusion", lambda: s.fusion(fe[0] if fe else None, us[0] if us else None,
-                                                           us[2] if us else None))
-                classes = fine[0].argmax(0).to(torch.uint8).numpy()
-                bev_mods = [m for m, x in (("fisheye", fe), ("ultrasonic", us)) if x is not None]
-                if fe is not None:
-                    tokens["fisheye"] = fe[1]
-                if us is not None:
-                    tokens["ultrasonic"] = us[1]
-            audio = timed("audio", lambda: s.audio.encode(sample, diag)) if "audio" in mods else None
-            if audio is not None:
-                tokens["audio"] = audio.pop("tokens")
-            camera = None
-            if "camera" in mods:
-                camera = timed(f"camera@{plan.camera_keep:g}", lambda: s.camera.encode(sample, diag, plan.camera_keep))
-                if camera is not None:
-                    tokens["camera"] = camera.pop("tokens")
-                    camera.pop("front_map", None)
-        return {"bev_classes": classes, "bev_modalities": bev_mods, "audio": audio, "camera": camera,
-                "tokens": tokens, "diagnostics": diag.messages}
+        out = self.stack.run(sample, plan.modalities, plan.camera_keep, timer=timed)
+        if out.camera is not None:
+            out.camera.pop("front_map", None)
+        return {"bev_classes": out.bev_classes, "bev_modalities": out.modalities, "audio": out.audio,
+                "camera": out.camera, "tokens": out.tokens, "diagnostics": out.diagnostics}
