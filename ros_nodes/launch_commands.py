@@ -42,6 +42,8 @@ RUNTIME_ARGUMENTS: dict[str, Arg] = {
     "budget_ms": Arg("100.0", "latency budget per frame, ms (--budget-ms)"),
     "aligners": Arg("", "aligner checkpoint directory; empty = models/aligners of the checkout (--aligners)"),
     "llm": Arg("true", "load the LLM and answer /mpnp/question; false = perception and scheduling only (--no-llm)"),
+    "backend": Arg("eager", "encoders' network parts on eager PyTorch, ONNX Runtime or TensorRT (--backend)",
+                   ("eager", "onnxruntime", "tensorrt")),
     "use_sim_time": Arg("false", "follow /clock instead of the system clock (ROS parameter, via --ros-args)"),
 }
 
@@ -90,7 +92,8 @@ def replay_command(values: Mapping[str, str]) -> list[str]:
 
 
 def runtime_command(values: Mapping[str, str]) -> list[str]:
-    cmd = edge_command("node", "--policy", values["policy"], "--budget-ms", values["budget_ms"])
+    cmd = edge_command("node", "--policy", values["policy"], "--budget-ms", values["budget_ms"],
+                       "--backend", values["backend"])
     if values["rig"].strip():
         cmd += ["--rig", os.path.expanduser(values["rig"].strip())]
     if values["aligners"].strip():

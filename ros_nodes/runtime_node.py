@@ -60,7 +60,8 @@ def run_node(args: argparse.Namespace) -> int:
         from edge.runtime.answerer import make_answerer
 
         answerer = make_answerer(args.aligners, None, 8)
-    runtime = Runtime(policy=args.policy, budget=Budget(latency_ms=args.budget_ms), answerer=answerer, rig=rig)
+    runtime = Runtime(policy=args.policy, budget=Budget(latency_ms=args.budget_ms), answerer=answerer, rig=rig,
+                      backend=args.backend)
     topics = sensor_topics(rig)
     assembler = SampleAssembler(topics, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce, ground_truth=False),
                                 source="ros")
@@ -178,6 +179,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-ms", type=float, default=100.0)
     p.add_argument("--aligners", default=str(DEFAULT_ALIGNERS), help="aligner checkpoints [models/aligners]")
     p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
+    p.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "tensorrt"),
+                   help="encoders' network parts on this backend (engines built and cached at start) [eager]")
     p.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], dest="ros_args", metavar="ARG",
                    help="ROS 2 arguments for rclpy, last on the line, as any ROS 2 executable takes them "
                         "(e.g. -p use_sim_time:=true, -r /audio/raw:=/mic/raw)")

@@ -157,7 +157,8 @@ def test_runtime_launch_defaults_are_the_cli_defaults(monkeypatch: pytest.Monkey
      dict(bag="/d", rate="2.5", loop="True", start_offset="1.5", topics="/odom, /audio/raw", clock_hz="10",
           delay="0.25", wait_for_subscribers="4", linger="0.1")),
     ("node", L.RUNTIME_ARGUMENTS, L.runtime_command,
-     dict(rig="/r.yaml", policy="all", budget_ms="50", aligners="/al", llm="false", use_sim_time="1")),
+     dict(rig="/r.yaml", policy="all", budget_ms="50", aligners="/al", llm="false", backend="onnxruntime",
+          use_sim_time="1")),
 ])
 def test_every_launch_argument_reaches_one_cli_option_and_every_option_has_one(command, table, builder, given):
     """Every launch argument set away from its default changes the parsed CLI namespace, and every option of the

@@ -176,3 +176,8 @@ def test_cost_estimate_ignores_one_preempted_frame_but_follows_a_sustained_slowd
     for _ in range(3):
         c.observe("fisheye", 40.0)
     assert c.latency_ms["fisheye"] == 40.0
+
+
+def test_plans_name_the_backend_the_encoders_run_on() -> None:
+    assert scheduler(backend="onnxruntime").step(ctx("day")).plan.backend == "onnxruntime"
+    assert scheduler(policy="all", backend="onnxruntime").step(ctx("day")).plan.describe().endswith("onnxruntime")

@@ -31,6 +31,7 @@ class RunConfig(StrictModel):
     dwell_frames: int = Field(5, ge=1, le=1000)
     quality_per_ms: float = Field(1e-3, ge=0)  # what a millisecond of compute is worth (0: quality only)
     questions_every_s: float = Field(5.0, gt=0)
+    ask_all_questions: bool = False  # every recorded QA item (evaluation) instead of one every questions_every_s
     max_new_tokens: int = Field(8, ge=1, le=256)
     max_frames: int | None = Field(None, ge=1)
 
@@ -99,7 +100,10 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
         gt = sample.ground_truth
         if answerer is not None and gt is not None and gt.qa:
             t = sample.stamp_ns / 1e9
-            if next_question is None or t >= next_question:
+            if cfg.ask_all_questions:
+                for qa in gt.qa:
+                    runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
+            elif next_question is None or t >= next_question:
                 qa = gt.qa[asked % len(gt.qa)]  # rotate through the templates rather than always the first
                 asked += 1
                 runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))

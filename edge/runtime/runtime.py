@@ -81,7 +81,9 @@ class Runtime:
         self.answerer = answerer
         self.scheduler = Scheduler(QualityTable.from_perception_eval(eval_path), self.costs, budget or Budget(),
                                    MODALITIES, answerer.n_blocks if answerer is not None else 0, policy, dwell,
-                                   quality_per_ms=quality_per_ms)
+                                   quality_per_ms=quality_per_ms,
+                                   aligner_sets=answerer.aligner_sets() if answerer is not None else (),
+                                   backend=backend)
         self.queue: deque[Any] = deque(maxlen=queue_depth)
         self.dropped = 0
         self.questions: deque[dict[str, Any]] = deque()
@@ -111,7 +113,7 @@ class Runtime:
         The first pass warms up (lazy tables, allocator, first-call dispatch) and is not counted."""
         for rep in range(repeats + 1):
             if rep == 1:
-                self.costs.latency_ms.clear()
+                self.costs.reset_latency()
             self._perceive(sample, Plan(MODALITIES, 0, 1.0), {})
             for keep in (0.5, 0.25):
                 self._perceive(sample, Plan(("camera",), 0, keep), {})
@@ -129,7 +131,7 @@ class Runtime:
         answers = []
         if self.answerer is not None:
             t = time.perf_counter()
-            self.answerer.apply(decision.plan, out["tokens"], ctx.lighting)
+            self.answerer.apply(decision.plan, out["tokens"])
             timings["attach"] = (time.perf_counter() - t) * 1e3
             while self.questions:
                 q = self.questions.popleft()

@@ -149,7 +149,7 @@ class Scheduler:
     def __init__(self, quality: QualityTable, costs: CostModel, budget: Budget, available: tuple[str, ...],
                  n_blocks: int, policy: str = "adaptive", dwell: int = 5, margin: float = 0.01,
                  quality_per_ms: float = 1e-3, aligner_sets: tuple[AlignerSet, ...] = (),
-                 answer_weight: float = 1.0) -> None:
+                 answer_weight: float = 1.0, backend: str = "eager") -> None:
         if policy not in POLICIES:
             raise EdgeError(f"unknown scheduling policy '{policy}' ({', '.join(POLICIES)})")
         unknown = set(available) - set(MODALITIES)
@@ -160,6 +160,7 @@ class Scheduler:
         self.dwell, self.margin = dwell, margin
         self.quality_per_ms = quality_per_ms  # what a millisecond of compute is worth in quality (IoU) units
         self.aligner_sets = {a.name: a for a in aligner_sets}
+        self.backend = backend  # where the encoders' networks run (chosen at start-up; engines are built then)
         self.answer_weight = answer_weight  # answer exact match (0..1) against obstacle IoU (0..1): equal by default
         self.current: Plan | None = None
         self._pending: tuple[Plan, int] | None = None
@@ -206,7 +207,7 @@ class Scheduler:
             for mods in itertools.combinations(usable, r):
                 keeps = KEEP_RATIOS if "camera" in mods else (1.0,)
                 for keep in keeps:
-                    plans += [Plan(tuple(mods), self.n_blocks, keep, aligners=name) for name in self.sets_for(mods, keep)]
+                    plans += [Plan(tuple(mods), self.n_blocks, keep, self.backend, name) for name in self.sets_for(mods, keep)]
         return plans
 
     def sets_for(self, modalities: tuple[str, ...], camera_keep: float) -> list[str]:
@@ -224,7 +225,7 @@ class Scheduler:
         if self.policy != "adaptive":
             mods = tuple(m for m in self.available if m in STATIC[self.policy] and m in usable)
             # static encoders; the LLM uses the best aligner set they allow (as mPnP switches by hand)
-            plan = max((Plan(mods, self.n_blocks, 1.0, aligners=n) for n in self.sets_for(mods, 1.0)),
+            plan = max((Plan(mods, self.n_blocks, 1.0, self.backend, n) for n in self.sets_for(mods, 1.0)),
                        key=lambda p: self.score(p, ctx))
             if plan == self.current:
                 return Decision(plan, False, "", self.score(plan, ctx))
@@ -235,7 +236,7 @@ class Scheduler:
         if not fitting:
             # Keep serving what we can: the cheapest plan, and say that the budget cannot be met.
             plan = (min(options, key=lambda p: (self.costs.plan_latency(p), -self.score(p, ctx))) if options
-                    else Plan((), self.n_blocks, 1.0))
+                    else Plan((), self.n_blocks, 1.0, self.backend))
             if self.current in options and (self.costs.plan_latency(self.current)
                                             <= 1.2 * self.costs.plan_latency(plan)):
                 plan = self.current  # not worth a switch for noise in the cost estimates
