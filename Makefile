@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_kernels.py --quick
+	$(PY) benchmarks/bench_backends.py --threads 1 2
 
 clean:
 	rm -rf build $(VENV)
