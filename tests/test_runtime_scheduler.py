@@ -125,6 +125,7 @@ def test_llm_set_follows_measured_accuracy_and_its_switch_is_a_logged_plan_chang
     changed = [d for d in night if d.changed]
     assert len(changed) == 1 and changed[0].plan.aligners == "switch"
     assert {"ultrasonic", "audio"} <= set(changed[0].plan.modalities)
+    assert "camera" not in changed[0].plan.modalities  # no set reads it at night: its milliseconds buy nothing
     assert "LLM day -> switch" in changed[0].reason and "lighting night" in changed[0].reason
     # a set is only offered when all its encoders run, and its camera as pruned as in training
     assert s.sets_for(("fisheye", "camera", "audio"), 1.0) == ["", "day"]

@@ -176,7 +176,9 @@ class Scheduler:
         value = q.bev_quality(plan.modalities, lighting)
         if "audio" in plan.modalities:
             value += (0.6 if self._eventful else 0.05) * q.audio_event * q.audio_direction
-        if "camera" in plan.modalities:
+        if "camera" in plan.modalities and not self.aligner_sets:
+            # Without an LLM the camera's own output (its lighting head) is all it gives. With one, the camera is
+            # there for its tokens, and what they are worth is the measured accuracy of the sets that read them.
             sight = {"day": 1.0, "dusk": 0.5, "night": 0.05}[lighting]
             if "camera/front" in ctx.glare_cameras:
                 sight *= 0.2
