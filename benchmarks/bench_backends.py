@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from timing import timed_pair  # benchmarks/timing.py
 from edge.backends.trt import missing_requirements
 from edge.drives.sync import SyncConfig, Synchronizer
 from edge.encoders import PerceptionStack
@@ -36,18 +36,6 @@ from edge.encoders.base import image_tensor
 from edge.encoders.camera import keep_variant
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def timed_pair(a: Callable[[], Any], b: Callable[[], Any], repeat: int) -> tuple[float, float]:
-    """Median seconds of a and b, interleaved (one warm-up call each)."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(repeat):
-        for fn, out in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def cpu_model() -> str:

@@ -18,8 +18,6 @@ import json
 import os
 import platform
 import sys
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,22 +27,11 @@ import numpy as np
 import torch
 
 import edge.kernels.bev_ops as bev_ops
+from timing import timed_pair  # benchmarks/timing.py
 from edge.encoders import PerceptionConfig, PerceptionStack, audio_features
 from edge.kernels import prune as prune_mod
 from edge.kernels import ultrasonic as us_mod
 from edge.sensors.rig import load_rig
-
-
-def timed_pair(a: Callable[[], Any], b: Callable[[], Any], repeat: int) -> tuple[float, float]:
-    """Median seconds of a and b, interleaved."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(repeat):
-        for fn, out in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def peak_bytes(fn: Callable[[], Any], device: str) -> int:
