@@ -65,7 +65,7 @@ def run_node(args: argparse.Namespace) -> int:
     topics = sensor_topics(rig)
     assembler = SampleAssembler(topics, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce, ground_truth=False),
                                 source="ros")
-    inbox: queue.Queue[BagMessage | None] = queue.Queue(maxsize=2000)
+    inbox: queue.Queue[BagMessage] = queue.Queue(maxsize=2000)
 
     rclpy.init(args=["edge node", "--ros-args", *args.ros_args] if args.ros_args else ["edge node"])
     node = Node("mpnp_edge_runtime")
@@ -137,8 +137,6 @@ def run_node(args: argparse.Namespace) -> int:
                 msg = inbox.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if msg is None:
-                return
             yield msg
 
     def work() -> None:

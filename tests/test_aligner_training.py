@@ -152,3 +152,21 @@ def test_checkpoint_that_does_not_fit_is_refused(llm, tmp_path: Path):
         load_run(llm, run)
     with pytest.raises(LLMError, match="no run.json"):
         load_run(llm, tmp_path)
+
+
+def test_lora_warm_start_must_fit_the_run(llm, tmp_path: Path):
+    """A run's LoRA loads into a run of the same depth and rank; another depth, rank or file is refused by name."""
+    model = QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=2, lora_rank=2))
+    model.save(tmp_path / "run", {})
+    model.close()
+    again = QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=2, lora_rank=2), init_from=tmp_path / "run")
+    assert again.lora.layers == [28, 29]
+    again.close()
+    with pytest.raises(LLMError, match=r"LoRA for layers \[28, 29\], this run needs \[27, 28, 29\]"):
+        QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=3, lora_rank=2), init_from=tmp_path / "run")
+    with pytest.raises(LLMError, match="LoRA of rank 2, this run needs rank 4"):
+        QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=2, lora_rank=4), init_from=tmp_path / "run")
+    save_aligner(ModalityAligner.for_llm("camera", 128, llm.shape, 2), tmp_path / "run" / "lora.safetensors")
+    with pytest.raises(LLMError, match="not a LoRA checkpoint"):
+        QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=2, lora_rank=2), init_from=tmp_path / "run")
+    assert not any(getattr(m, "_forward_hooks", None) for m in llm.model.modules())  # nothing left on the LLM

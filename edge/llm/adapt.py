@@ -22,8 +22,9 @@ from edge.llm.cost import CostShape, ModalityCost, choose_n
 from edge.llm.errors import LLMError
 from edge.llm.qa_data import MODALITIES, TRAIN_DRIVES, QADataset, check_modalities
 from edge.llm.qa_model import RUN_FILE, QAConfig, QAModel
+from edge.llm.qa_text import QATokenizer
 from edge.llm.train_aligners import (
-    TOKENS_PER_MODALITY, add_data_args, add_train_args, load_data, mean_loss_tokens, mean_seq_len, train,
+    TOKENS_PER_MODALITY, add_data_args, add_train_args, load_data, sequence_stats, train,
 )
 
 
@@ -146,17 +147,17 @@ def _main(args: argparse.Namespace) -> int:
             raise LLMError("give --budget-flops, --budget-seconds or --n-blocks")
         n_max = cap or llm.shape.n_layers
         if args.budget_seconds is not None:
-            n, reason = seconds_budget_n(
-                args.budget_seconds, len(data.items), args.epochs,
-                lambda k: seconds_per_sample(lambda d: QAModel(llm, QAConfig(method, attached, trained, d, lora)), k, data, args.batch), n_max)
+            def at_depth(d: int) -> QAModel:
+                return QAModel(llm, QAConfig(method, attached, trained, d, lora))
+
+            n, reason = seconds_budget_n(args.budget_seconds, len(data.items), args.epochs,
+                                         lambda k: seconds_per_sample(at_depth, k, data, args.batch), n_max)
         else:
-            probe = QAModel(llm, QAConfig(method, attached, trained, 1, lora))
-            seq, answer = mean_seq_len(probe, data), mean_loss_tokens(probe, data)
-            distinct = len({probe.text.sequence(it.question, it.answer)[0] for it in data.items})
-            probe.close()
-            n = flops_budget_n(args.budget_flops, len(data.items), args.epochs, CostShape.of(llm.model), seq,
-                               attached, 128, bool(lora), cap, loss_tokens=answer, distinct_texts=distinct)
-            reason = f"{args.budget_flops:.3g} FLOPs as executed ({distinct} distinct texts)"
+            stats = sequence_stats(QATokenizer(llm.tokenizer), data)
+            n = flops_budget_n(args.budget_flops, len(data.items), args.epochs, CostShape.of(llm.model), stats.mean_len,
+                               attached, 128, bool(lora), cap, loss_tokens=stats.mean_loss_tokens,
+                               distinct_texts=stats.distinct)
+            reason = f"{args.budget_flops:.3g} FLOPs as executed ({stats.distinct} distinct texts)"
         reason = f"N={n} chosen from {reason}, over {len(data.items)} samples x {args.epochs} epochs" + (
             f" (capped at the starting run's N={cap})" if cap and n == cap else "")
     n = n or (base_cfg.get("n_blocks") or 8)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
@@ -32,7 +31,7 @@ from edge.llm.errors import LLMError
 from edge.llm.loading import LoadedLLM
 from edge.llm.qa_data import QADataset, QAItem, check_modalities
 from edge.llm.qa_text import QATokenizer
-from edge.llm.training import KVLoRA, freeze_llm
+from edge.llm.training import PART_FORMAT, KVLoRA, freeze_llm, load_kv_lora
 
 METHODS = ("mpnp", "full", "prefix", "text")
 RUN_FILE = "run.json"
@@ -148,9 +147,12 @@ class QAModel:
         if cfg.method == "text" and rank == 0:
             rank = 8
         if rank:
-            self.lora = KVLoRA(self.model, range(L - n, L), rank=rank, alpha=2.0 * rank)
-            if init is not None and (init / "lora.safetensors").exists():
-                self._load_lora(init / "lora.safetensors")
+            layers = list(range(L - n, L))
+            src = init / "lora.safetensors" if init is not None else None
+            if src is not None and src.exists():
+                self.lora = load_kv_lora(self.model, src, layers=layers, rank=rank)
+            else:
+                self.lora = KVLoRA(self.model, layers, rank=rank, alpha=2.0 * rank)
         self.lora_rank = rank
 
     # ---- parameters --------------------------------------------------------------------------------------
@@ -254,7 +256,7 @@ class QAModel:
         if self.conn is not None:
             for m, aligner in self.conn.aligners.items():
                 save_aligner(aligner, out / f"aligner_{m}.safetensors")
-        meta = {"format": "mpnp-edge-qa-part", "llm_d_model": str(self.shape.d_model), "n_layers": str(self.shape.n_layers)}
+        meta = {"format": PART_FORMAT, "llm_d_model": str(self.shape.d_model), "n_layers": str(self.shape.n_layers)}
         if self.lora is not None:
             sd = {k: v.detach().contiguous() for k, v in self.lora.state_dict().items()}
             save_file(sd, str(out / "lora.safetensors"), metadata={**meta, "layers": json.dumps(self.lora.layers),
@@ -265,13 +267,6 @@ class QAModel:
             save_file(sd, str(out / "prefix.safetensors"), metadata={**meta, "d_enc": str(self.cfg.d_enc)})
         cfg = asdict(self.cfg)
         (out / RUN_FILE).write_text(json.dumps({"config": cfg, **record}, indent=1))
-
-    def _load_lora(self, path: Path) -> None:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("format") != "mpnp-edge-qa-part" or json.loads(meta.get("layers", "[]")) != self.lora.layers:
-            raise LLMError(f"{path}: LoRA for layers {meta.get('layers')}, this run needs {self.lora.layers}")
-        self._load_state(self.lora, path)
 
     def _load_prefix(self, path: Path) -> None:
         self._load_state(self.proj, path, strict=False)

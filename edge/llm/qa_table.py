@@ -144,18 +144,15 @@ def targets(rows: list[dict], chosen_n: int) -> list[str]:
         if not a["trained"]:  # the day aligners at night, before any adaptation: why adaptation exists
             out.append(f"- {cond} (not adapted, for reference): EM {a['em']:.1f} vs {b['em']:.1f}")
             continue
-        line = f"- {cond}: EM {a['em']:.1f} vs {b['em']:.1f} ({a['em'] - b['em']:+.1f} points; target >= -2: " \
-               f"{'met' if a['em'] - b['em'] >= -2 else 'MISSED'})"
-        if a["trained"]:
-            fr, er, tr = b["flops"] / a["flops"], b["flops_paper"] / a["flops_paper"], b["seconds"] / a["seconds"]
-            mr = 1 - a["added_mb"] / b["added_mb"] if b["added_mb"] > 0 else float("nan")
-            pr = 1 - a["peak_mb"] / b["peak_mb"]
-            line += (f"; training FLOPs {fr:.2f}x lower as executed (target >= 3.7x: "
-                     f"{'met' if fr >= 3.7 else 'MISSED'}), {er:.2f}x by the paper's accounting, "
-                     f"measured time {tr:.2f}x lower; "
-                     f"memory added by training {100 * mr:.1f} % lower, total peak RSS {100 * pr:.1f} % lower "
-                     f"(target >= 30 %: {'met' if mr >= 0.3 else 'MISSED'} on added, {'met' if pr >= 0.3 else 'MISSED'} on total)")
-        out.append(line)
+        fr, er, tr = b["flops"] / a["flops"], b["flops_paper"] / a["flops_paper"], b["seconds"] / a["seconds"]
+        mr = 1 - a["added_mb"] / b["added_mb"] if b["added_mb"] > 0 else float("nan")
+        pr = 1 - a["peak_mb"] / b["peak_mb"]
+        out.append(f"- {cond}: EM {a['em']:.1f} vs {b['em']:.1f} ({a['em'] - b['em']:+.1f} points; target >= -2: "
+                   f"{'met' if a['em'] - b['em'] >= -2 else 'MISSED'}); training FLOPs {fr:.2f}x lower as executed "
+                   f"(target >= 3.7x: {'met' if fr >= 3.7 else 'MISSED'}), {er:.2f}x by the paper's accounting, "
+                   f"measured time {tr:.2f}x lower; "
+                   f"memory added by training {100 * mr:.1f} % lower, total peak RSS {100 * pr:.1f} % lower "
+                   f"(target >= 30 %: {'met' if mr >= 0.3 else 'MISSED'} on added, {'met' if pr >= 0.3 else 'MISSED'} on total)")
     day, sw = get.get(("Day", me)), get.get(("Night switch", me))
     if day and sw:
         out.append(f"- Night switch EM {sw['em']:.1f} vs Day EM {day['em']:.1f} of the camera setup (target >=: "

@@ -15,6 +15,7 @@ import os
 import resource
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from edge.llm.cost import CostShape, ModalityCost, training_flops
 from edge.llm.errors import LLMError
 from edge.llm.qa_data import DEFAULT_CACHE, DEFAULT_DRIVES_DIR, MODALITIES, TRAIN_DRIVES, QADataset, build_dataset
 from edge.llm.qa_model import METHODS, QAConfig, QAModel
+from edge.llm.qa_text import QATokenizer
 
 TOKENS_PER_MODALITY = {"fisheye": 16, "ultrasonic": 8, "audio": 8, "camera": 16}
 
@@ -80,13 +82,19 @@ def flops_per_sample(model: QAModel, seq_len: float, loss_tokens: float | None =
                           trunk_share=trunk_share)
 
 
-def mean_seq_len(model: QAModel, data: QADataset) -> float:
-    return float(np.mean([len(model.text.sequence(it.question, it.answer)[0]) for it in data.items]))
+@dataclass(frozen=True)
+class SequenceStats:
+    """What the FLOPs count needs from the training texts, from one tokenisation pass."""
+
+    mean_len: float  # prompt + answer + EOS tokens per sample
+    mean_loss_tokens: float  # tokens the loss (and so the output head) covers: the answer and EOS
+    distinct: int  # distinct token sequences: how often the frozen trunk runs per epoch at most
 
 
-def mean_loss_tokens(model: QAModel, data: QADataset) -> float:
-    """Tokens the loss (and so the output head) covers per sample: the answer and EOS."""
-    return float(np.mean([len(s) - a for s, a in (model.text.sequence(it.question, it.answer) for it in data.items)]))
+def sequence_stats(text: QATokenizer, data: QADataset) -> SequenceStats:
+    seqs = [text.sequence(it.question, it.answer) for it in data.items]
+    return SequenceStats(float(np.mean([len(s) for s, _ in seqs])), float(np.mean([len(s) - a for s, a in seqs])),
+                         len({s for s, _ in seqs}))
 
 
 def train(model: QAModel, data: QADataset, out: Path | None, *, epochs: int = 3, batch: int = 16, lr: float = 2e-3,
@@ -137,9 +145,11 @@ def train(model: QAModel, data: QADataset, out: Path | None, *, epochs: int = 3,
     seconds = time.perf_counter() - t0
     bar.close()
     model.train(False)
-    seq, answer = mean_seq_len(model, data), mean_loss_tokens(model, data)
+    stats = sequence_stats(model.text, data)
+    seq, answer = stats.mean_len, stats.mean_loss_tokens
     trunk_share = min(1.0, model.trunk.passes / max(1, seen))
     executed = flops_per_sample(model, seq, answer, trunk_share)
+    paper = flops_per_sample(model, seq)
     record = {
         "items": len(data.items), "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
         "samples_seen": seen,
@@ -148,7 +158,7 @@ def train(model: QAModel, data: QADataset, out: Path | None, *, epochs: int = 3,
         # executed: head on the answer tokens, frozen trunk once per distinct text (what QAModel.loss runs)
         "flops_per_sample": executed, "train_flops": executed * seen,
         # the paper's accounting: every block forward for every sample, head on every token
-        "flops_per_sample_paper": flops_per_sample(model, seq), "train_flops_paper": flops_per_sample(model, seq) * seen,
+        "flops_per_sample_paper": paper, "train_flops_paper": paper * seen,
         "train_seconds": seconds, "threads": torch.get_num_threads(),
         "peak_rss_mb": mem.peak / 2**20, "train_added_rss_mb": (mem.peak - mem.base) / 2**20,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -20,6 +20,8 @@ from edge.llm.arch import attention_modules
 from edge.llm.connector import MPnPConnector
 from edge.llm.errors import LLMError
 
+PART_FORMAT = "mpnp-edge-qa-part"  # metadata "format" of the LoRA / prefix files a training run writes
+
 
 def freeze_llm(model: nn.Module) -> None:
     """Make every LLM parameter a constant for autograd."""
@@ -95,10 +97,12 @@ def trainable_parameters(connector: MPnPConnector, lora: KVLoRA | None = None) -
     return params
 
 
-def load_kv_lora(model: nn.Module, path: str | Path) -> KVLoRA:
+def load_kv_lora(model: nn.Module, path: str | Path, layers: list[int] | None = None,
+                 rank: int | None = None) -> KVLoRA:
     """A LoRA saved by a training run (lora.safetensors: layers, rank, alpha in its metadata) on `model`'s k/v.
 
-    Hooks are installed enabled; a runtime that holds several sets turns each on only while its set is attached."""
+    `layers` / `rank`, when given, are what the caller needs (a warm start must fit the run it starts). Hooks are
+    installed enabled; a runtime that holds several sets turns each on only while its set is attached."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -106,12 +110,18 @@ def load_kv_lora(model: nn.Module, path: str | Path) -> KVLoRA:
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        layers, rank = json.loads(meta["layers"]), int(meta["rank"])
-        alpha = float(meta.get("alpha", 2.0 * rank))  # runs saved before alpha was recorded used 2 x rank
+        if meta.get("format") != PART_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {PART_FORMAT!r}")
+        saved_layers, saved_rank = json.loads(meta["layers"]), int(meta["rank"])
+        alpha = float(meta.get("alpha", 2.0 * saved_rank))  # runs saved before alpha was recorded used 2 x rank
         tensors = load_file(str(path))
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise LLMError(f"{path}: not a LoRA checkpoint of a training run ({exc.__class__.__name__}: {exc})") from None
-    lora = KVLoRA(model, layers, rank, alpha)
+    if layers is not None and list(layers) != saved_layers:
+        raise LLMError(f"{path}: LoRA for layers {saved_layers}, this run needs {list(layers)}")
+    if rank is not None and rank != saved_rank:
+        raise LLMError(f"{path}: LoRA of rank {saved_rank}, this run needs rank {rank}")
+    lora = KVLoRA(model, saved_layers, saved_rank, alpha)
     want = {k: tuple(v.shape) for k, v in lora.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if want != got:
