@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edge.llm import CostShape, LLMError, ModalityAligner, load_llm, save_aligner, training_flops
-from edge.llm.adapt import flops_budget_n, plan_modalities, seconds_budget_n
+from edge.llm.adapt import depth_limit, flops_budget_n, plan_modalities, seconds_budget_n
 from edge.llm.arch import LLMShape
 from edge.llm.qa_data import QADataset, QAItem
 from edge.llm.qa_model import QAConfig, QAModel, load_run
@@ -170,3 +170,12 @@ def test_lora_warm_start_must_fit_the_run(llm, tmp_path: Path):
     with pytest.raises(LLMError, match="not a LoRA checkpoint"):
         QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=2, lora_rank=2), init_from=tmp_path / "run")
     assert not any(getattr(m, "_forward_hooks", None) for m in llm.model.modules())  # nothing left on the LLM
+
+
+def test_adapt_depth_limits_from_the_starting_run():
+    day = {"n_blocks": 8, "lora_rank": 8}
+    assert depth_limit(day, adding=True, method="mpnp", lora=False) == (8, False)  # gates exist on 8 blocks only
+    assert depth_limit(day, adding=False, method="mpnp", lora=True) == (8, True)  # its LoRA: exactly those blocks
+    assert depth_limit(day, adding=False, method="mpnp", lora=False) == (None, False)
+    assert depth_limit({"n_blocks": 8, "lora_rank": 0}, adding=False, method="mpnp", lora=True) == (None, False)
+    assert depth_limit(day, adding=True, method="full", lora=True) == (None, False)

@@ -48,6 +48,17 @@ def plan_modalities(base: tuple[str, ...], add: list[str] | None, switch: list[s
     return kept + tuple(m for m in new if m not in kept), tuple(m for m in new if m not in kept)
 
 
+def depth_limit(base_cfg: dict, adding: bool, method: str, lora: bool) -> tuple[int | None, bool]:
+    """(deepest N a budget may choose, whether N must equal it) when starting from a run. With --add the kept
+    aligners have gates only for the starting run's N blocks; a LoRA carried over from it exists on exactly those
+    blocks, so then N is the starting run's."""
+    n = base_cfg.get("n_blocks")
+    if method != "mpnp" or not n:
+        return None, False
+    carried = bool(lora and base_cfg.get("lora_rank", 0))
+    return (n, carried) if adding or carried else (None, False)
+
+
 def flops_budget_n(budget_flops: float, samples: int, epochs: int, shape: CostShape, seq_len: float,
                    modalities: tuple[str, ...], d_enc: int, lora: bool, cap: int | None = None,
                    loss_tokens: float | None = None, distinct_texts: int | None = None) -> int:
@@ -139,8 +150,7 @@ def _main(args: argparse.Namespace) -> int:
     args.max_items = args.max_items or args.samples
     data = load_data(args)
     llm = load_llm(args.llm)
-    # with --add, the kept aligners were trained on base N blocks: do not connect them deeper
-    cap = base_cfg["n_blocks"] if args.add and base_cfg.get("n_blocks") and method == "mpnp" else None
+    cap, exact = depth_limit(base_cfg, bool(args.add), method, bool(lora))
     n, reason = args.n_blocks, "forced by --n-blocks"
     if n is None and method == "mpnp":
         if args.budget_flops is None and args.budget_seconds is None:
@@ -160,6 +170,9 @@ def _main(args: argparse.Namespace) -> int:
             reason = f"{args.budget_flops:.3g} FLOPs as executed ({stats.distinct} distinct texts)"
         reason = f"N={n} chosen from {reason}, over {len(data.items)} samples x {args.epochs} epochs" + (
             f" (capped at the starting run's N={cap})" if cap and n == cap else "")
+        if exact and n != cap:
+            raise LLMError(f"the budget allows N={n}, but the LoRA of {args.base} exists on its last {cap} blocks only: "
+                           f"give a budget for N={cap}, --n-blocks {cap}, or --lora-rank 0 to adapt without it")
     n = n or (base_cfg.get("n_blocks") or 8)
     print(f"adapt: attached {list(attached)}, training {list(trained)}, method {method}, {reason}")
     model = QAModel(llm, QAConfig(method, attached, trained, n, lora), init_from=args.base)
