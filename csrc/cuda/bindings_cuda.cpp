@@ -6,20 +6,12 @@
 
 #include <stdexcept>
 
-#include "kernels.h"
+#include "binding_args.h"
 
 namespace py = pybind11;
-using edge::DType;
+using edge::bind::ptr;
 
 namespace {
-
-template <typename T>
-T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
-
-DType dtype_of(int code) {
-  if (code != 0 && code != 1) throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float16)");
-  return static_cast<DType>(code);
-}
 
 void check(const edge::Status& s) {
   if (!s.ok) throw std::runtime_error(s.message);
@@ -38,23 +30,16 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("bev_pool", [](uintptr_t feat, uintptr_t depth, uintptr_t offsets, uintptr_t src_idx, uintptr_t depth_idx,
                        uintptr_t weight, uintptr_t out, int dtype, int64_t batch, int64_t n_rows, int64_t channels,
                        int64_t n_src, int64_t n_depth, int64_t nnz, uintptr_t error_flag, uintptr_t stream) {
-    edge::BevPoolArgs a;
-    a.feat = ptr<const void>(feat); a.depth = ptr<const void>(depth);
-    a.offsets = ptr<const int32_t>(offsets); a.src_idx = ptr<const int32_t>(src_idx);
-    a.depth_idx = ptr<const int32_t>(depth_idx); a.weight = ptr<const float>(weight);
-    a.out = ptr<void>(out); a.dtype = dtype_of(dtype);
-    a.batch = batch; a.n_rows = n_rows; a.channels = channels; a.n_src = n_src; a.n_depth = n_depth; a.nnz = nnz;
+    auto a = edge::bind::bev_pool_args(feat, depth, offsets, src_idx, depth_idx, weight, out, dtype, batch, n_rows,
+                                       channels, n_src, n_depth, nnz);
     check(edge::bev_pool_cuda(a, ptr<int>(error_flag), ptr<void>(stream)));
   });
 
   m.def("bev_depth_grad", [](uintptr_t feat, uintptr_t grad_out, uintptr_t offsets, uintptr_t src_idx,
                              uintptr_t weight, uintptr_t pair_grad, int dtype, int64_t batch, int64_t n_rows,
                              int64_t channels, int64_t n_src, int64_t nnz, uintptr_t error_flag, uintptr_t stream) {
-    edge::BevDepthGradArgs a;
-    a.feat = ptr<const void>(feat); a.grad_out = ptr<const void>(grad_out);
-    a.offsets = ptr<const int32_t>(offsets); a.src_idx = ptr<const int32_t>(src_idx);
-    a.weight = ptr<const float>(weight); a.pair_grad = ptr<float>(pair_grad); a.dtype = dtype_of(dtype);
-    a.batch = batch; a.n_rows = n_rows; a.channels = channels; a.n_src = n_src; a.nnz = nnz;
+    auto a = edge::bind::bev_depth_grad_args(feat, grad_out, offsets, src_idx, weight, pair_grad, dtype, batch, n_rows,
+                                             channels, n_src, nnz);
     check(edge::bev_depth_grad_cuda(a, ptr<int>(error_flag), ptr<void>(stream)));
   });
 
@@ -62,13 +47,8 @@ PYBIND11_MODULE(_C_cuda, m) {
                                 uintptr_t rmax, uintptr_t ranges, uintptr_t out, int64_t batch, int64_t n_sensors,
                                 int64_t nx, int64_t ny, double x_min, double y_min, double resolution,
                                 double arc_thickness, bool per_sensor, uintptr_t stream) {
-    edge::UltrasonicArgs a;
-    a.sensor_x = ptr<const float>(sx); a.sensor_y = ptr<const float>(sy); a.sensor_yaw = ptr<const float>(syaw);
-    a.beam_width = ptr<const float>(beam); a.min_range = ptr<const float>(rmin); a.max_range = ptr<const float>(rmax);
-    a.ranges = ptr<const float>(ranges); a.out = ptr<float>(out);
-    a.batch = batch; a.n_sensors = n_sensors; a.nx = nx; a.ny = ny;
-    a.x_min = x_min; a.y_min = y_min; a.resolution = resolution; a.arc_thickness = arc_thickness;
-    a.per_sensor = per_sensor;
+    auto a = edge::bind::ultrasonic_args(sx, sy, syaw, beam, rmin, rmax, ranges, out, batch, n_sensors, nx, ny, x_min,
+                                         y_min, resolution, arc_thickness, per_sensor);
     check(edge::ultrasonic_raster_cuda(a, ptr<void>(stream)));
   });
 
@@ -76,12 +56,9 @@ PYBIND11_MODULE(_C_cuda, m) {
                            uintptr_t kept_idx, uintptr_t scores_out, uintptr_t workspace, int dtype, int64_t batch,
                            int64_t n_tokens, int64_t channels, int64_t heads, int64_t head_dim, int64_t k,
                            bool has_cls, bool fuse, uintptr_t stream) {
-    edge::PruneArgs a;
-    a.x = ptr<const void>(x); a.scores = ptr<const float>(scores); a.q = ptr<const void>(q);
-    a.keys = ptr<const void>(keys); a.out = ptr<void>(out); a.kept_idx = ptr<int64_t>(kept_idx);
-    a.scores_out = ptr<float>(scores_out); a.workspace = ptr<float>(workspace); a.dtype = dtype_of(dtype);
-    a.batch = batch; a.n_tokens = n_tokens; a.channels = channels; a.heads = heads; a.head_dim = head_dim;
-    a.k = k; a.has_cls = has_cls; a.fuse = fuse;
+    auto a = edge::bind::prune_args(x, scores, q, keys, out, kept_idx, scores_out, dtype, batch, n_tokens, channels,
+                                    heads, head_dim, k, has_cls, fuse);
+    a.workspace = ptr<float>(workspace);
     check(edge::prune_tokens_cuda(a, ptr<void>(stream)));
   });
 }
