@@ -10,6 +10,7 @@
 
 #include "half.h"
 #include "kernels.h"
+#include "simd_rows.h"
 #include "thread_pool.h"
 
 namespace edge {
@@ -66,16 +67,6 @@ const bool kHasF16C = [] {
 }();
 #endif
 
-EDGE_SIMD_CLONES void axpy_f32(float* __restrict acc, const float* __restrict row, int64_t C, float w) {
-  for (int64_t c = 0; c < C; ++c) acc[c] += w * row[c];
-}
-
-EDGE_SIMD_CLONES float dot_f32(const float* __restrict a, const float* __restrict b, int64_t C) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t c = 0; c < C; ++c) s += a[c] * b[c];
-  return s;
-}
 
 // acc[0:C] += w * row[0:C]; the fp32 branch vectorises.
 inline void axpy(float* acc, const void* base, int64_t off, int64_t C, float w, bool is_half) {
@@ -90,7 +81,7 @@ inline void axpy(float* acc, const void* base, int64_t off, int64_t C, float w, 
     const uint16_t* row = static_cast<const uint16_t*>(base) + off;
     for (int64_t c = 0; c < C; ++c) acc[c] += w * half_to_float(row[c]);
   } else {
-    axpy_f32(acc, static_cast<const float*>(base) + off, C, w);
+    axpy_row(acc, static_cast<const float*>(base) + off, C, w);
   }
 }
 
@@ -165,7 +156,7 @@ Status bev_depth_grad_cpu(const BevDepthGradArgs& a, int n_threads) {
             const uint16_t* f = static_cast<const uint16_t*>(a.feat) + fo;
             for (int64_t c = 0; c < C; ++c) dot += g[c] * half_to_float(f[c]);
           } else {
-            dot = dot_f32(g.data(), static_cast<const float*>(a.feat) + fo, C);
+            dot = dot_row(g.data(), static_cast<const float*>(a.feat) + fo, C);
           }
         }
         a.pair_grad[b * a.nnz + k] = a.weight[k] * dot;

@@ -7,21 +7,11 @@
 
 #include "half.h"
 #include "kernels.h"
+#include "simd_rows.h"
 #include "thread_pool.h"
 
 namespace edge {
 namespace {
-
-EDGE_SIMD_CLONES void axpy_row(float* __restrict acc, const float* __restrict row, int64_t n, float w) {
-  for (int64_t c = 0; c < n; ++c) acc[c] += w * row[c];
-}
-
-EDGE_SIMD_CLONES float dot_row(const float* __restrict a, const float* __restrict b, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t c = 0; c < n; ++c) s += a[c] * b[c];
-  return s;
-}
 
 // Mean over heads of softmax(q . k / sqrt(Dh)) for one batch row.
 void cls_attention_row(const PruneArgs& a, int64_t b, float* s) {

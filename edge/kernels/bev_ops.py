@@ -35,6 +35,17 @@ def _check(feat: Tensor, depth: Optional[Tensor], offsets: Tensor, src_idx: Tens
         checks.same("depth_idx", depth_idx.numel(), src_idx.numel(), "length")
 
 
+def _launch(kernel: str, args: tuple, like: Tensor, op: str) -> None:
+    """Run a table kernel on `like`'s device: CUDA on its current stream with the index-error flag read back,
+    or the threaded CPU kernel (which raises on bad indices itself)."""
+    if like.device.type == "cuda":
+        flag = torch.zeros(1, dtype=torch.int32, device=like.device)
+        getattr(_ext.cuda(), kernel)(*args, _ext.addr(flag), _ext.stream_of(like))
+        _ext.raise_if_flagged(flag, op)
+    else:
+        getattr(_ext.cpu, kernel)(*args, _ext.n_threads())
+
+
 def _run(feat: Tensor, depth: Optional[Tensor], offsets: Tensor, src_idx: Tensor, depth_idx: Tensor,
          weight: Tensor) -> Tensor:
     feat, offsets, src_idx, weight = feat.contiguous(), offsets.contiguous(), src_idx.contiguous(), weight.contiguous()
@@ -47,12 +58,7 @@ def _run(feat: Tensor, depth: Optional[Tensor], offsets: Tensor, src_idx: Tensor
     args = (_ext.addr(feat), _ext.addr(depth), _ext.addr(offsets), _ext.addr(src_idx),
             _ext.addr(depth_idx) if depth is not None else 0, _ext.addr(weight), _ext.addr(out),
             _ext.dtype_code(feat), b, n_rows, c, n_src, n_depth, nnz)
-    if feat.device.type == "cuda":
-        flag = torch.zeros(1, dtype=torch.int32, device=feat.device)
-        _ext.cuda().bev_pool(*args, _ext.addr(flag), _ext.stream_of(feat))
-        _ext.raise_if_flagged(flag, "bev_pool")
-    else:
-        _ext.cpu.bev_pool(*args, _ext.n_threads())
+    _launch("bev_pool", args, feat, "bev_pool")
     return out
 
 
@@ -83,12 +89,7 @@ def bev_depth_pair_grad(feat: Tensor, grad_out: Tensor, offsets: Tensor, src_idx
     pair = torch.zeros((b, nnz), dtype=torch.float32, device=feat.device)
     args = (_ext.addr(feat), _ext.addr(grad_out), _ext.addr(offsets.contiguous()), _ext.addr(src_idx.contiguous()),
             _ext.addr(weight.contiguous()), _ext.addr(pair), _ext.dtype_code(feat), b, n_rows, c, n_src, nnz)
-    if feat.device.type == "cuda":
-        flag = torch.zeros(1, dtype=torch.int32, device=feat.device)
-        _ext.cuda().bev_depth_grad(*args, _ext.addr(flag), _ext.stream_of(feat))
-        _ext.raise_if_flagged(flag, "bev_depth_pair_grad")
-    else:
-        _ext.cpu.bev_depth_grad(*args, _ext.n_threads())
+    _launch("bev_depth_grad", args, feat, "bev_depth_pair_grad")
     return pair
 
 
