@@ -31,9 +31,9 @@ class Answerer:
     def __init__(self, aligner_dir: str | Path | None, llm_source: str | None = None, max_new_tokens: int = 8) -> None:
         self.llm = load_llm(llm_source)
         self.sets: dict[str, dict[str, Any]] = {}
-        self.set_lighting: dict[str, tuple[str, ...]] = {}  # the conditions each set was trained on (run.json)
-        self.set_accuracy: dict[str, dict[str, float]] = {}  # measured exact match (0..1) per lighting (eval.json)
         self.set_lora: dict[str, KVLoRA] = {}  # LoRA on k/v trained with a set, active only while it is attached
+        trained_for: dict[str, tuple[str, ...]] = {}  # the conditions each set was trained on (run.json)
+        accuracy: dict[str, dict[str, float]] = {}  # measured exact match (0..1) per lighting (eval.json)
         root = Path(aligner_dir) if aligner_dir is not None else None
         if root is not None and root.is_dir():
             for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
@@ -43,11 +43,13 @@ class Answerer:
                     found[al.modality] = al
                 if found:
                     self.sets[folder.name] = found
-                    self.set_lighting[folder.name] = _run_lighting(folder)
+                    trained_for[folder.name] = _run_lighting(folder)
                     if (folder / "lora.safetensors").exists():
                         self.set_lora[folder.name] = load_kv_lora(self.llm.model, folder / "lora.safetensors")
                         self.set_lora[folder.name].enabled = False
-            self.set_accuracy = _measured_accuracy(root / EVAL_FILE, set(self.sets))
+            accuracy = _measured_accuracy(root / EVAL_FILE, set(self.sets))
+        self._aligner_sets = tuple(AlignerSet(name, tuple(group), accuracy.get(name, {}), trained_for[name])
+                                   for name, group in self.sets.items())
         every = [al for group in self.sets.values() for al in group.values()]
         depth = min((al.spec.n_blocks for al in every), default=min(8, self.llm.shape.n_layers))
         self.connector = MPnPConnector(self.llm.model, depth)
@@ -64,8 +66,7 @@ class Answerer:
 
     def aligner_sets(self) -> tuple[AlignerSet, ...]:
         """What the scheduler needs to choose a set: modalities, measured accuracy, trained conditions."""
-        return tuple(AlignerSet(name, tuple(group), self.set_accuracy.get(name, {}), self.set_lighting.get(name, ()))
-                     for name, group in self.sets.items())
+        return self._aligner_sets
 
     @property
     def n_blocks(self) -> int:
