@@ -22,6 +22,7 @@ COMMAND_MODULES: dict[str, str] = {
     "train": "edge.train_cli",
     "eval": "edge.eval_cli",
     "adapt": "edge.llm.adapt",
+    "calibrate": "edge.calibration.cli",
 }
 
 
