@@ -97,11 +97,13 @@ def test_adapt_chooses_n_within_budget(llm):
     per = training_flops(shape, 17, 6, mods)
     samples, epochs = 200, 2
     n = flops_budget_n(per * samples * epochs * 1.0001, samples, epochs, shape, 17.0,
-                       ("fisheye", "camera", "ultrasonic", "audio"), 128, lora=False)
+                       ("fisheye", "camera", "ultrasonic", "audio"), 128, lora=False,
+                       n_tokens={"fisheye": 16, "camera": 16, "ultrasonic": 8, "audio": 8})
     assert n == 6
     assert training_flops(shape, 17, n, mods) * samples * epochs <= per * samples * epochs * 1.0001
     assert flops_budget_n(per * samples * epochs, samples, epochs, shape, 17.0,
-                          ("fisheye", "camera", "ultrasonic", "audio"), 128, lora=False, cap=4) == 4
+                          ("fisheye", "camera", "ultrasonic", "audio"), 128, lora=False, cap=4,
+                          n_tokens={"fisheye": 16, "camera": 16, "ultrasonic": 8, "audio": 8}) == 4
     with pytest.raises(LLMError, match="below the cheapest"):
         flops_budget_n(1e6, samples, epochs, shape, 17.0, ("camera",), 128, lora=False)
 

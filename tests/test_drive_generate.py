@@ -18,7 +18,8 @@ from edge.drives.audio_sim import AudioSimulator
 from edge.drives.bag import Bag
 from edge.drives.generate import DriveGenerator, ego_parts, generate_drive
 from edge.drives.groundtruth import GT_GRID, UNKNOWN, VEHICLE_VALUE, BevRasterizer, actor_states
-from edge.drives.qa import make_qa
+from edge.drives.qa import TEMPLATES, make_qa
+from edge.drives.qa_stats import balance, world_answers
 from edge.drives.render import CameraRenderer, GroundTexture, Lighting, SceneFaces
 from edge.drives.scenarios import SCENARIOS, Scenario
 from edge.drives.ultrasonic_sim import Footprints, UltrasonicSimulator
@@ -155,13 +156,35 @@ def test_bev_ground_truth_marks_object_cells_and_hides_what_is_behind() -> None:
 
 
 def test_qa_answers_follow_the_scene() -> None:
-    ahead = box_actor(0, RIG.footprint()[1] + 3.0 + 0.5, 0.0)
-    behind = box_actor(1, RIG.footprint()[0] - 1.0 - 0.5, 0.2)
-    states = actor_states([ahead, behind], 0.0, (0.0, 0.0, 0.0), 30.0)
-    pairs = {p.kind: p.answer for p in make_qa(states, RIG.footprint(), [("siren", -30.0, 1.0)], 2)}
-    assert pairs["distance_ahead"] == "3.0 meters"
+    x0, x1, _, y1 = RIG.footprint()
+    ahead = box_actor(0, x1 + 3.0 + 0.5, 0.0)  # 1 m box: its near face 3.0 m from the bumper
+    behind = box_actor(1, x0 - 1.0 - 0.5, 0.2)
+    left = box_actor(2, 1.0, y1 + 0.8 + 0.5)
+    states = actor_states([ahead, behind, left], 0.0, (0.0, 0.0, 0.0), 30.0)
+    pairs = {p.kind: p.answer for p in make_qa(states, RIG.footprint(), [("siren", -30.0, 1.0)])}
+    assert pairs["distance_front"] == "3.0 meters"
+    assert pairs["distance_left"] == "1.0 meters"
+    assert pairs["distance_right"] == "none"
+    assert pairs["clear_front"] == "no" and pairs["clear_right"] == "yes"
     assert pairs["reverse_safe"] == "no"
-    assert pairs["siren_direction"] == "rear"
+    assert pairs["siren"] == "yes" and pairs["siren_direction"] == "rear"
+    assert pairs["horn"] == "no" and "horn_direction" not in pairs  # asked only while a horn sounds
+    for p in make_qa(states, RIG.footprint(), []):
+        assert p.answer in TEMPLATES[p.kind].answers
+
+
+def test_yard_spreads_every_templates_answers() -> None:
+    """The balance rule of the QA benchmark over a few yard worlds (no rendering): the most frequent answer of a
+    template holds at most 1.5 / answers (60 % for yes/no), with a margin for this small sample."""
+    pairs = []
+    for i, sc in enumerate(("yard-day", "yard-night", "yard-dusk", "yard-glare", "yard-day-to-night")):
+        for seed in (1, 2):
+            pairs += world_answers(sc, 10 * seed + i, 30.0, RIG)
+    rows = {r.kind: r for r in balance(pairs)}
+    assert set(rows) == set(TEMPLATES)
+    for r in rows.values():
+        assert r.top_share <= r.limit + 0.1, (r.kind, r.top_answer, r.top_share)
+        assert len(r.answers) >= 0.75 * len(TEMPLATES[r.kind].answers), (r.kind, r.answers)
 
 
 def test_siren_reaches_the_nearer_microphone_first() -> None:

@@ -64,9 +64,10 @@ def test_dataset_batches_and_filters(tiny_qa):
     present["audio"][0] = False
     data = QADataset([QAItem(q["question"], q["answer"], q["kind"], q["lighting"], "d", q["row"]) for q in qa],
                      {"d": tokens}, {"d": present})
-    toks, ok = data.batch_tokens(data.items[:4], "audio")
-    assert toks.shape == (4, 8, 128) and ok.shape == (4, 8)
-    assert not bool(ok[0].any()) and bool(ok[3].all())  # a missing sensor masks all its tokens
+    later = next(it for it in data.items if it.sample != 0)  # every template is asked at each instant: many per row
+    toks, ok = data.batch_tokens([data.items[0], data.items[1], later], "audio")
+    assert toks.shape == (3, 8, 128) and ok.shape == (3, 8)
+    assert not bool(ok[0].any()) and not bool(ok[1].any()) and bool(ok[2].all())  # a missing sensor masks its tokens
     assert data.filter(lighting=["day"]).items == []
     assert len(data.subset(3, seed=0).items) == 3
     with pytest.raises(LLMError, match="unknown modality 'lidar'"):

@@ -1,7 +1,8 @@
-"""The runtime's LLM side: the shipped aligner sets, chosen per lighting and plan, attached without reloading."""
+"""The runtime's LLM side: the shipped composable aligners, any measured subset attached without reloading."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,23 +18,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ALIGNERS = Path(__file__).resolve().parents[1] / "models" / "aligners"
 
 
-def test_sets_follow_lighting_and_plan_and_answers_come_back() -> None:
+def test_composable_subsets_follow_the_plan_and_answers_come_back() -> None:
+    """The shipped composable aligners: every measured subset is a set the scheduler can pick, sharing one run."""
     torch.set_num_threads(1)
     a = Answerer(ALIGNERS, max_new_tokens=4)
-    assert set(a.sets) == {"day", "switch"} and a.n_blocks == 8
+    run = "composable"
+    assert set(a.sets[run]) == {"fisheye", "ultrasonic", "audio", "camera"} and a.n_blocks == 8
     sets = {s.name: s for s in a.aligner_sets()}
-    # the measured accuracy of the shipped sets (models/aligners/eval.json) says which set serves which lighting
-    assert sets["day"].expected("day") > sets["day"].expected("night")
-    assert sets["switch"].expected("night") > sets["day"].expected("night")
-    assert set(sets["switch"].modalities) == {"ultrasonic", "audio"}
-    tokens = {m: torch.zeros(1, n, 128) for m, n in (("fisheye", 16), ("camera", 16), ("ultrasonic", 8), ("audio", 8))}
+    assert {f"{run}:ultrasonic+audio", f"{run}:fisheye+ultrasonic+audio+camera", f"{run}:fisheye+camera"} <= set(sets)
+    assert set(sets[f"{run}:ultrasonic+audio"].modalities) == {"ultrasonic", "audio"}
+    # measured accuracy (models/aligners/eval.json) per subset and lighting
+    assert all(0.0 <= s.expected("day") <= 1.0 for s in sets.values())
+    assert a.prior and all(isinstance(v, str) for v in a.prior.values())  # the blind prior from run.json
+    tokens = {m: torch.zeros(1, n, 128) for m, n in (("fisheye", 5), ("camera", 16), ("ultrasonic", 5), ("audio", 1))}
     model_before = a.llm.model
     everything = ("fisheye", "ultrasonic", "audio", "camera")
-    a.apply(Plan(everything, 8, 1.0, aligners="day"), tokens)
-    assert set(a.attached) == {"fisheye", "camera"}
-    a.apply(Plan(everything, 8, 1.0, aligners="switch"), tokens)
+    a.apply(Plan(everything, 8, 1.0, aligners=f"{run}:fisheye+ultrasonic+audio+camera"), tokens)
+    assert set(a.attached) == set(everything)
+    a.apply(Plan(everything, 8, 1.0, aligners=f"{run}:ultrasonic+audio"), tokens)
     assert set(a.attached) == {"ultrasonic", "audio"}
-    a.apply(Plan(("ultrasonic",), 8, 1.0, aligners="switch"), tokens)  # audio not running: not attached
+    a.apply(Plan(("ultrasonic",), 8, 1.0, aligners=f"{run}:ultrasonic+audio"), tokens)  # audio not running
     assert a.attached == ("ultrasonic",)
     a.apply(Plan(everything, 8, 1.0), tokens)  # no set: text only
     assert a.attached == ()
@@ -41,6 +45,20 @@ def test_sets_follow_lighting_and_plan_and_answers_come_back() -> None:
         a.apply(Plan(everything, 8, 1.0, aligners="dusk"), tokens)
     assert isinstance(a.answer("Is it safe to reverse?"), str)
     assert a.llm.model is model_before  # switching never reloads the LLM
+
+
+def test_eval_subset_naming_a_missing_aligner_is_a_clear_error(tmp_path: Path) -> None:
+    from edge.llm import load_llm
+    from edge.llm.qa_model import QAConfig, QAModel
+
+    torch.set_num_threads(1)
+    model = QAModel(load_llm(), QAConfig("mpnp", ("audio",), n_blocks=2))
+    model.save(tmp_path / "run", {"lighting": ["night"]})
+    model.close()
+    res = {"lighting": {"night": {"em": 50.0}}}
+    (tmp_path / "eval.json").write_text(json.dumps({"x/run": {"subsets": {"audio": res, "audio+lidar": res}}}))
+    with pytest.raises(EdgeError, match=r"audio\+lidar.*lidar"):
+        Answerer(tmp_path, max_new_tokens=2)
 
 
 def test_a_set_with_lora_is_active_only_while_attached(tmp_path: Path) -> None:

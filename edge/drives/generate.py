@@ -34,6 +34,7 @@ from edge.sensors.rig import Rig, load_rig
 START_NS = 1_700_000_000 * 10**9  # drives start at a fixed epoch so that bags are reproducible
 FRAME_PERIOD = 0.1
 ODOM_RATE = 50.0
+QA_RATE = 2.0  # instants per second carrying conditions and every QA template (docs/drives.md)
 JPEG_QUALITY = 85
 HIGH_SUN = (math.radians(35.0), math.radians(50.0))
 
@@ -93,7 +94,6 @@ class DriveGenerator:
         self.bev = BevRasterizer(self.grid, rig.footprint(), [c.position[:2] for c in rig.fisheye.values()])
         self.footprint = rig.footprint()
         self.pool = ThreadPoolExecutor(max_workers=2)
-        self._qa_index = 0
 
     def light_at(self, t: float) -> tuple[Lighting, float]:
         daylight = daylight_at(self.world.scenario, t / self.world.duration)
@@ -181,15 +181,14 @@ class DriveGenerator:
                 dx, dy = ax - ex, ay - ey
                 audio.append({"class": kind, "id": actor_id, "x": c * dx + s * dy, "y": -s * dx + c * dy, "z": 1.0})
         out.append((st, T.GT_AUDIO_EVENTS, T.MARKER_ARRAY, M.marker_array_events(st, "base_link", audio)))
-        if k % int(round(1.0 / FRAME_PERIOD)) == 0:
+        if k % int(round(1.0 / (QA_RATE * FRAME_PERIOD))) == 0:
             light, _ = self.light_at(t)
             v, _ = self.world.ego.twist(t)
             conditions = {"scenario": self.world.scenario.name, "seed": self.world.seed, "daylight": round(light.daylight, 3),
                           "lighting": lighting_label(light.daylight), "glare_cameras": self.glare_cameras(light),
                           "speed": round(v, 3), "reversing": v < -0.1, "audio_events": [a["class"] for a in audio]}
             out.append((st, T.GT_CONDITIONS, T.STRING, M.string_json(conditions, st)))
-            pairs = make_qa(states, self.footprint, [(a["class"], a["x"], a["y"]) for a in audio], self._qa_index)
-            self._qa_index += 1
+            pairs = make_qa(states, self.footprint, [(a["class"], a["x"], a["y"]) for a in audio])
             for n, pair in enumerate(pairs):
                 out.append((st + n, T.GT_QA, T.STRING, M.string_json(pair.as_dict(), st)))
 

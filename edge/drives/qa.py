@@ -1,8 +1,12 @@
-"""Templated question-answer pairs about the near field, answered from exact ground truth.
+"""Templated questions about the near field that only the sensors can answer, answered from exact ground truth.
 
-Answers are short canonical strings (a number of metres rounded to 0.5, a side, a count, yes/no) so that exact
-match and token F1 are meaningful. Each pair records the modalities that can answer it, which the scheduler and
-the evaluations use.
+Every template has a closed answer set (`TEMPLATES`), so exact match is meaningful and a blind prior (the most
+frequent answer of a template) is well defined; the scenarios are built so that those answers are spread (docs/
+drives.md lists the measured shares). Each pair records the modalities that can answer it, which the scheduler
+and the evaluations use. Sides are seen from the body centre: front within +-45 degrees of x, left, rear, right.
+
+Distances are from the vehicle body to the closest point of an object's footprint, in 0.5 m bins up to the
+ultrasonic range (5.5 m), "none" beyond.
 """
 
 from __future__ import annotations
@@ -10,9 +14,56 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edge.drives.groundtruth import ActorState, object_distance
+from edge.drives.groundtruth import ActorState, distance_to_ego, footprint_samples, object_distance
 
 SIDES = ("front", "left", "rear", "right")
+DISTANCE_BINS = tuple(f"{0.5 * k:.1f} meters" for k in range(1, 12))  # 0.5 .. 5.5 m
+MAX_DISTANCE = 5.5
+CLEAR_RADIUS = 3.0    # "is the <side> clear" looks this far
+COUNT_RADIUS = 5.0    # counts look this far
+CLASS_RADIUS = 5.0    # "what is closest on the <side>" looks this far
+CLASSES = ("vehicle", "pedestrian or cyclist", "static obstacle", "nothing")
+COUNTS = ("0", "1", "2", "3 or more")
+BEV_MODALITIES = ("fisheye", "ultrasonic")
+
+
+@dataclass(frozen=True)
+class Template:
+    """One question template: its closed answer set and the modalities that can answer it."""
+
+    kind: str
+    question: str
+    answers: tuple[str, ...]
+    modalities: tuple[str, ...]
+    near_field: bool  # answerable within the ultrasonic range (the night-switch target's templates)
+
+
+def _side_templates() -> list[Template]:
+    out = []
+    for side in SIDES:
+        cams = ("fisheye", "camera") if side == "front" else ("fisheye",)
+        out.append(Template(f"distance_{side}", f"How far is the nearest obstacle on the {side}?",
+                            DISTANCE_BINS + ("none",), BEV_MODALITIES + cams[1:], True))
+        out.append(Template(f"clear_{side}", f"Is the {side} clear within {CLEAR_RADIUS:g} meters?", ("yes", "no"),
+                            BEV_MODALITIES + cams[1:], True))
+        out.append(Template(f"closest_{side}", f"What is the closest object on the {side}?", CLASSES, cams, False))
+    return out
+
+
+TEMPLATES: dict[str, Template] = {t.kind: t for t in [
+    *_side_templates(),
+    Template("reverse_safe", "Is it safe to reverse?", ("yes", "no"), BEV_MODALITIES, True),
+    Template("count_vehicles", f"How many vehicles are within {COUNT_RADIUS:g} meters?", COUNTS,
+             ("fisheye", "ultrasonic"), True),
+    Template("count_people", f"How many pedestrians or cyclists are within {COUNT_RADIUS:g} meters?", COUNTS,
+             ("fisheye", "camera"), False),
+    Template("siren", "Is a siren sounding?", ("yes", "no"), ("audio",), False),
+    Template("siren_direction", "Where is the siren coming from?", SIDES, ("audio",), False),
+    Template("horn", "Is a car horn sounding?", ("yes", "no"), ("audio",), False),
+    Template("horn_direction", "Where is the horn coming from?", SIDES, ("audio",), False),
+]}
+# Direction templates are asked only while that sound is audible (a question about a siren presupposes one).
+CONDITIONAL = {"siren_direction": "siren", "horn_direction": "horn"}
 
 
 @dataclass(frozen=True)
@@ -39,56 +90,61 @@ def side_of(x: float, y: float, footprint: tuple[float, float, float, float]) ->
     return "rear"
 
 
-def _metres(d: float) -> str:
-    return f"{round(d * 2) / 2:.1f} meters"
+def distance_answer(d: float | None) -> str:
+    """A distance in metres as its 0.5 m bin ("0.5 meters" .. "5.5 meters"), "none" beyond the ultrasonic range."""
+    if d is None or d > MAX_DISTANCE + 0.25:
+        return "none"
+    return DISTANCE_BINS[min(max(int(round(d * 2)), 1), len(DISTANCE_BINS)) - 1]
+
+
+def count_answer(n: int) -> str:
+    return COUNTS[min(n, len(COUNTS) - 1)]
+
+
+def class_name(state: ActorState) -> str:
+    return {"vehicle": "vehicle", "vru": "pedestrian or cyclist"}.get(state.cls, "static obstacle")
+
+
+def _pair(kind: str, answer: str) -> QAPair:
+    t = TEMPLATES[kind]
+    if answer not in t.answers:
+        raise ValueError(f"template {kind}: answer {answer!r} is not in its answer set {t.answers}")
+    return QAPair(kind, t.question, answer, t.modalities)
 
 
 def make_qa(states: list[ActorState], footprint: tuple[float, float, float, float],
-            audio: list[tuple[str, float, float]], index: int) -> list[QAPair]:
-    """Three questions for this instant, rotating through the templates with `index`."""
-    x0, x1, y0, y1 = footprint
-    dist = {id(s): object_distance(s, footprint) for s in states}
+            audio: list[tuple[str, float, float]]) -> list[QAPair]:
+    """Every template for this instant (direction templates only while their sound is audible)."""
+    obstacles = [s for s in states if s.kind != "curb"]  # curbs are 15 cm high: no obstacle to a car body
+    dist = {id(s): object_distance(s, footprint) for s in obstacles}
     out: list[QAPair] = []
-
-    ahead = [dist[id(s)] for s in states if s.corners[:, 0].max() > x1 and abs(s.y) < 1.6 and s.kind != "curb"
-             and dist[id(s)] <= 10.0]
-    out.append(QAPair("distance_ahead", "How far is the nearest obstacle ahead?",
-                      _metres(min(ahead)) if ahead else "none", ("fisheye", "ultrasonic", "camera")))
-
-    behind = [s for s in states if s.corners[:, 0].min() < x0 and s.corners[:, 1].max() > y0 - 0.3
-              and s.corners[:, 1].min() < y1 + 0.3 and s.kind != "curb"]
-    blocked = any(dist[id(s)] < 2.0 for s in behind) or any(s.cls == "vru" and dist[id(s)] < 4.0 for s in behind)
-    out.append(QAPair("reverse_safe", "Is it safe to reverse?", "no" if blocked else "yes", ("fisheye", "ultrasonic")))
-
-    rotating = [
-        lambda: QAPair("count_pedestrians", "How many pedestrians are within 10 meters?",
-                       str(sum(1 for s in states if s.kind == "pedestrian" and dist[id(s)] <= 10.0)), ("fisheye", "camera")),
-        lambda: _closest_vru(states, dist, footprint),
-        lambda: _siren(audio, footprint),
-        lambda: QAPair("count_vehicles", "How many vehicles are within 5 meters?",
-                       str(sum(1 for s in states if s.cls == "vehicle" and dist[id(s)] <= 5.0)), ("fisheye", "ultrasonic")),
-        lambda: _closest_left(states, dist, footprint),
-        lambda: QAPair("horn", "Is a car horn sounding?", "yes" if any(k == "horn" for k, _, _ in audio) else "no", ("audio",)),
-    ]
-    out.append(rotating[index % len(rotating)]())
+    for side in SIDES:
+        here = [s for s in obstacles if _touches_side(s, side, footprint)]
+        nearest = min(here, key=lambda s: dist[id(s)]) if here else None
+        d = dist[id(nearest)] if nearest is not None else None
+        out.append(_pair(f"distance_{side}", distance_answer(d)))
+        out.append(_pair(f"clear_{side}", "no" if d is not None and d <= CLEAR_RADIUS else "yes"))
+        out.append(_pair(f"closest_{side}", class_name(nearest) if d is not None and d <= CLASS_RADIUS else "nothing"))
+    x0, _, y0, y1 = footprint
+    behind = [s for s in obstacles if s.corners[:, 0].min() < x0 and s.corners[:, 1].max() > y0 - 0.3
+              and s.corners[:, 1].min() < y1 + 0.3]
+    blocked = any(dist[id(s)] < 2.5 for s in behind) or any(s.cls == "vru" and dist[id(s)] < 4.0 for s in behind)
+    out.append(_pair("reverse_safe", "no" if blocked else "yes"))
+    out.append(_pair("count_vehicles", count_answer(sum(1 for s in obstacles if s.cls == "vehicle"
+                                                        and dist[id(s)] <= COUNT_RADIUS))))
+    out.append(_pair("count_people", count_answer(sum(1 for s in obstacles if s.cls == "vru"
+                                                      and dist[id(s)] <= COUNT_RADIUS))))
+    for sound in ("siren", "horn"):
+        sources = [(x, y) for k, x, y in audio if k == sound]
+        out.append(_pair(sound, "yes" if sources else "no"))
+        if sources:
+            nearest_src = min(sources, key=lambda p: math.hypot(*p))
+            out.append(_pair(f"{sound}_direction", side_of(*nearest_src, footprint)))
     return out
 
 
-def _closest_vru(states: list[ActorState], dist: dict, footprint: tuple[float, float, float, float]) -> QAPair:
-    vrus = [s for s in states if s.cls == "vru" and dist[id(s)] <= 10.0]
-    nearest = min(vrus, key=lambda s: dist[id(s)]) if vrus else None
-    answer = side_of(nearest.x, nearest.y, footprint) if nearest else "none"
-    return QAPair("closest_vru_side", "On which side is the closest pedestrian or cyclist?", answer, ("fisheye", "camera"))
-
-
-def _closest_left(states: list[ActorState], dist: dict, footprint: tuple[float, float, float, float]) -> QAPair:
-    left = [s for s in states if side_of(s.x, s.y, footprint) == "left" and dist[id(s)] <= 3.0]
-    names = {"car": "vehicle", "pedestrian": "pedestrian", "cyclist": "cyclist"}
-    answer = names.get(min(left, key=lambda s: dist[id(s)]).kind, "static obstacle") if left else "nothing"
-    return QAPair("closest_left", "What is the closest object on the left within 3 meters?", answer, ("fisheye", "ultrasonic"))
-
-
-def _siren(audio: list[tuple[str, float, float]], footprint: tuple[float, float, float, float]) -> QAPair:
-    sirens = [(x, y) for k, x, y in audio if k == "siren"]
-    answer = side_of(*sirens[0], footprint) if sirens else "no siren"
-    return QAPair("siren_direction", "Where is the siren coming from?", answer, ("audio",))
+def _touches_side(state: ActorState, side: str, footprint: tuple[float, float, float, float]) -> bool:
+    """Whether the point of the object's footprint closest to the body lies on `side` (what a driver would say)."""
+    pts = footprint_samples(state.corners)
+    p = pts[int(distance_to_ego(pts, footprint).argmin())]
+    return side_of(float(p[0]), float(p[1]), footprint) == side

@@ -14,7 +14,7 @@ from edge.errors import EdgeError
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    layout: str  # "parking" or "street"
+    layout: str  # "parking", "street" or "yard"
     description: str
     # Daylight level keyframes (fraction of the drive, level): 1 = day, ~0.35 = dusk, 0 = night.
     daylight: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 1.0))
@@ -47,6 +47,15 @@ SCENARIOS: dict[str, Scenario] = {
                  glare_sun=(math.radians(20.0), math.radians(6.0)), cruise_speed=5.0),
         Scenario("siren", "street", "Daytime street with an emergency vehicle siren and horn bursts.",
                  sirens=((0.2, 12.0),), horns=(0.55, 0.8), cruise_speed=5.0),
+        # The QA benchmark's yard (edge/drives/world.py): every side busy, sirens and horns from every side.
+        Scenario("yard-day", "yard", "Manoeuvring yard by day: road users ahead, behind and alongside at "
+                 "varied gaps, sirens and horns from every side.", cruise_speed=2.2),
+        Scenario("yard-dusk", "yard", "The yard at dusk.", daylight=((0.0, 0.35), (1.0, 0.35)), cruise_speed=2.2),
+        Scenario("yard-night", "yard", "The yard at night.", daylight=((0.0, 0.0), (1.0, 0.0)), cruise_speed=2.2),
+        Scenario("yard-glare", "yard", "The yard with a low sun ahead-left: glare on the front cameras.",
+                 glare_sun=(math.radians(20.0), math.radians(6.0)), cruise_speed=2.2),
+        Scenario("yard-day-to-night", "yard", "The yard from day through dusk into night.",
+                 daylight=((0.0, 1.0), (0.3, 1.0), (0.5, 0.35), (0.7, 0.0), (1.0, 0.0)), cruise_speed=2.2),
     )
 }
 

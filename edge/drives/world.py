@@ -329,12 +329,163 @@ def _simulate_ego(b: _Builder, body_front: float, body_rear: float, half_width: 
     return EgoTrajectory(times, x, y, yaw, v)
 
 
+# ---------------------------------------------------------------------------------------------------- yard
+# The yard is built for questions only the sensors can answer: the ego shuttles forward, stops and reverses, and
+# what surrounds it is drawn so that each question's answers are spread (docs/drives.md gives the measured shares):
+# a lead and a following road user at gaps that wander over the whole ultrasonic range, roadside objects of every
+# class at random lateral gaps, sirens and horns from every side for about half of the drive each.
+FAR = 80.0  # where an actor waits before and after its episode: beyond the 30 m ground-truth range
+
+
+def _scripted_ego(b: _Builder) -> EgoTrajectory:
+    """Forward, stop and reverse segments with limited acceleration along a straight aisle."""
+    rng, dt = b.rng, 0.02
+    n = int(round(b.duration / dt)) + 1
+    times = np.arange(n) * dt
+    target = np.zeros(n)
+    t = 0.0
+    while t < b.duration:
+        mode = rng.choice(3, p=[0.5, 0.2, 0.3])
+        length = rng.uniform(2.0, 5.0)
+        speed = (rng.uniform(1.0, b.scenario.cruise_speed), 0.0, -rng.uniform(0.6, 1.3))[int(mode)]
+        target[(times >= t) & (times < t + length)] = speed
+        t += length
+    v = np.zeros(n)
+    for i in range(1, n):
+        v[i] = v[i - 1] + np.clip((target[i] - v[i - 1]) / dt, -2.5, 1.5) * dt
+    x = np.concatenate([[0.0], np.cumsum(v[1:] * dt)])
+    return EgoTrajectory(times, x, np.zeros(n), np.zeros(n), v)
+
+
+def _knots(rng: np.random.Generator, t0: float, t1: float, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """A value that holds uniform random levels in [lo, hi] for 1-2.5 s each and moves between them in 0.5 s
+    (holding, not drifting, so the time spent at each level stays uniform: a linear drift between random
+    knots would pile up in the middle of the range)."""
+    ts, vs = [t0], [rng.uniform(lo, hi)]
+    while ts[-1] < t1:
+        ts.append(ts[-1] + rng.uniform(1.0, 2.5))
+        vs.append(vs[-1])
+        ts.append(ts[-1] + 0.5)
+        vs.append(rng.uniform(lo, hi))
+    return np.array(ts), np.array(vs)
+
+
+def _road_user(rng: np.random.Generator) -> tuple[str, str, list[Part]]:
+    """A car, a pedestrian, a cyclist or a mobile barrier (a static-class obstacle, as a pushed trolley or a
+    placed barrier would be seen)."""
+    kind = str(rng.choice(["car", "pedestrian", "cyclist", "barrier"], p=[0.3, 0.27, 0.23, 0.2]))
+    if kind == "car":
+        return kind, VEHICLE, car_parts(rng)[0]
+    if kind == "barrier":
+        return kind, STATIC, [Part(0.0, 0.0, 0.0, rng.uniform(0.4, 1.0), rng.uniform(0.8, 1.6), 1.1, (40, 120, 220))]
+    return kind, VRU, pedestrian_parts(rng) if kind == "pedestrian" else cyclist_parts(rng)
+
+
+def _escorts(b: _Builder, ego: EgoTrajectory, body: tuple[float, float, float, float]) -> None:
+    """Road users ahead, behind, left and right of the body, one episode after another, at wandering gaps."""
+    rng = b.rng
+    x_min, x_max, y_min, y_max = body
+    for axis, sign in ((0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0)):
+        t = rng.uniform(-1.0, 1.0)
+        while t < b.duration:
+            length = rng.uniform(3.0, 8.0)
+            t0, t1 = max(t, 0.0), min(t + length, b.duration + 1.0)
+            t = t + length + rng.uniform(0.0, 0.6)
+            if t1 - t0 < 1.0 or rng.random() < (0.05 if axis == 0 else 0.2):  # now and then nobody there
+                continue
+            kind, cls, parts = _road_user(rng)
+            hl = max(abs(p.cx) + p.length / 2 for p in parts)
+            hw = max(abs(p.cy) + p.width / 2 for p in parts)
+            ts = np.arange(t0, t1 + 1e-9, 0.1)
+            gap = np.interp(ts, *_knots(rng, t0, t1, 0.3, 6.1 if axis == 0 else 6.0))
+            ex = np.interp(ts, ego.times, ego.x)
+            if axis == 0:  # ahead or behind, in the lane
+                xs = ex + (x_max if sign > 0 else x_min) + sign * (gap + hl)
+                ys = np.full_like(ts, rng.uniform(-0.4, 0.4) if kind != "car" else rng.normal(0, 0.1))
+            else:  # alongside, drifting along the body
+                xs = ex + (x_min + x_max) / 2 + np.interp(ts, *_knots(rng, t0, t1, -2.0, 2.0))
+                ys = sign * ((y_max - y_min) / 2 + gap + hw)
+            yaw = rng.uniform(-math.pi, math.pi) if kind == "pedestrian" else 0.0
+            poses = np.stack([xs, ys, np.full_like(ts, yaw)], 1)
+            away = [[xs[0], FAR, yaw]], [[xs[-1], FAR, yaw]]
+            b.add(kind, cls, parts, np.concatenate([[t0 - 0.01], ts, [ts[-1] + 0.01]]),
+                  np.concatenate([away[0], poses, away[1]]))
+
+
+def _roadside(b: _Builder, ego: EgoTrajectory, body: tuple[float, float, float, float]) -> None:
+    """Parked cars and static obstacles along both sides at random lateral gaps from the body."""
+    rng = b.rng
+    half_w = body[3]
+    x_lo, x_hi = float(ego.x.min()) - 15.0, float(ego.x.max()) + 15.0
+    for side in (-1.0, 1.0):
+        x = x_lo
+        while x < x_hi:
+            kind = str(rng.choice(["car", "pillar", "wall", "pole", "gap"], p=[0.2, 0.14, 0.1, 0.08, 0.48]))
+            gap = rng.uniform(0.3, 8.0)
+            if kind == "gap":
+                x += rng.uniform(2.0, 5.0)
+                continue
+            if kind == "car":
+                parts, length, width = car_parts(rng)
+                yaw, hl, hw, cls = rng.normal(0, 0.03), length / 2, width / 2, VEHICLE
+            else:
+                size = {"pillar": (0.6, 0.6, 2.6), "wall": (rng.uniform(1.5, 4.0), 0.25, 2.2), "pole": (0.2, 0.2, 4.0)}[kind]
+                parts = [Part(0.0, 0.0, 0.0, size[0], size[1], size[2], (165, 165, 160))]
+                yaw, hl, hw, cls = 0.0, size[0] / 2, size[1] / 2, STATIC
+            b.add(kind, cls, parts, [0.0], [[x + hl, side * (half_w + gap + hw), yaw]])
+            x += 2 * hl + rng.uniform(0.5, 3.5)
+    for k in range(int(x_lo), int(x_hi), 3):  # painted bays give the cameras texture
+        b.line((float(k), 2.6), (float(k), 7.5))
+        b.line((float(k), -2.6), (float(k), -7.5))
+
+
+def _yard_audio(b: _Builder, ego: EgoTrajectory) -> list[tuple[str, float, float, int]]:
+    """Back-to-back segments of siren, horn or quiet; each source keeps a bearing from one of the four sides."""
+    rng, events = b.rng, []
+    sides: dict[str, list[int]] = {"siren": [], "horn": []}  # each sound visits the four sides in a shuffled cycle
+    kinds: list[str] = []  # shuffled cycles of three sirens, three horns and one quiet spell
+    t = 0.0
+    while t < b.duration:
+        length = rng.uniform(2.5, 6.0)
+        if not kinds:
+            kinds = [str(k) for k in rng.permutation(["siren", "horn"] * 3 + ["quiet"])]
+        kind = kinds.pop()
+        t0, t1 = t, min(t + length, b.duration)
+        t += length
+        if kind == "quiet" or t1 - t0 < 1.0:
+            continue
+        if not sides[kind]:
+            sides[kind] = [int(k) for k in rng.permutation(4)]
+        bearing = sides[kind].pop() * math.pi / 2 + rng.uniform(-0.45, 0.45)
+        dist = rng.uniform(15.0, 28.0) if kind == "siren" else rng.uniform(7.0, 12.0)
+        parts, _, _ = car_parts(rng)
+        if kind == "siren":
+            parts = parts + [Part(0.0, 0.0, 1.45, 0.4, 1.2, 0.15, (200, 60, 20))]
+        ts = np.arange(t0 - 0.5, t1 + 0.5 + 1e-9, 0.1)
+        cx = 1.35  # body centre: bearings are as the questions measure them
+        xs = np.interp(ts, ego.times, ego.x) + cx + dist * math.cos(bearing)
+        ys = np.full_like(ts, dist * math.sin(bearing))
+        poses = np.stack([xs, ys, np.full_like(ts, bearing + math.pi / 2)], 1)
+        away = [[xs[0], FAR, 0.0]], [[xs[-1], FAR, 0.0]]
+        actor = b.add("car", VEHICLE, parts, np.concatenate([[ts[0] - 0.01], ts, [ts[-1] + 0.01]]),
+                      np.concatenate([away[0], poses, away[1]]), siren=kind == "siren")
+        events.append((kind, t0, t1, actor.id))
+    return events
+
+
 def build_world(scenario: Scenario, seed: int, duration: float, body: tuple[float, float, float, float]) -> World:
     """Make the scene for (scenario, seed): same inputs, same world."""
     b = _Builder(scenario, seed, duration)
+    x_min, x_max, y_min, y_max = body
+    if scenario.layout == "yard":
+        ego = _scripted_ego(b)
+        _roadside(b, ego, body)
+        _escorts(b, ego, body)
+        events = _yard_audio(b, ego)
+        return World(scenario, seed, duration, b.actors, ego, b.markings, (84, 88, 92),
+                     (float(ego.x.min()) - 45.0, float(ego.x.max()) + 80.0), events)
     (_parking if scenario.layout == "parking" else _street)(b)
     events = _audio_sources(b)
-    x_min, x_max, y_min, y_max = body
     ego = _simulate_ego(b, x_max, -x_min, (y_max - y_min) / 2)
     ground = (88, 92, 96) if scenario.layout == "parking" else (70, 72, 75)
     return World(scenario, seed, duration, b.actors, ego, b.markings, ground, (-45.0, b.length), events)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from edge.encoders.base import Cost, Diagnostics, InputError, NetworkPart, count_macs, n_params
 from edge.encoders.config import AUDIO_EVENTS, DIRECTIONS, PerceptionConfig
+from edge.encoders.scene_tokens import AUDIO_TOKENS, audio_tokens
 
 N_FFT, HOP, N_MELS, MAX_LAG, SEGMENTS = 512, 320, 32, 20, 12
 GCC_BAND_HZ = (300.0, 3000.0)
@@ -161,7 +162,8 @@ class AudioEncoder(nn.Module, NetworkPart):
 
     @property
     def n_tokens(self) -> int:
-        return int(self.pos.shape[1])
+        """LLM tokens per window (edge/encoders/scene_tokens.py: the event and direction posteriors)."""
+        return AUDIO_TOKENS
 
     def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> dict[str, np.ndarray] | None:
         if sample.audio is None:
@@ -183,7 +185,7 @@ class AudioEncoder(nn.Module, NetworkPart):
         srp = torch.cat([(att @ srp_seg), srp_avg[:, None]], 1)                 # (B, 2, A)
         srp_feat = self.srp_out(self.srp_head(srp).flatten(1))
         direction = self.dir_head(torch.cat([pooled, self.gcc_avg(gcc_avg.flatten(1)), srp_feat], 1))
-        tok = nn.functional.adaptive_avg_pool1d(h, self.n_tokens).transpose(1, 2)
+        tok = nn.functional.adaptive_avg_pool1d(h, self.pos.shape[1]).transpose(1, 2)
         return event, direction, self.token_proj(tok) + self.pos
 
     def encode(self, sample: Any, diag: Diagnostics | None = None) -> dict[str, Any] | None:
@@ -196,7 +198,8 @@ class AudioEncoder(nn.Module, NetworkPart):
             ev, dr, tok = self.run_network("", self, t["logmel"], t["gcc"], t["gcc_avg"])
         pe, pd = torch.softmax(ev, -1)[0], torch.softmax(dr, -1)[0]
         return {"event": AUDIO_EVENTS[int(pe.argmax())], "event_prob": float(pe.max()),
-                "direction": DIRECTIONS[int(pd.argmax())], "direction_prob": float(pd.max()), "tokens": tok}
+                "direction": DIRECTIONS[int(pd.argmax())], "direction_prob": float(pd.max()),
+                "tokens": audio_tokens(pe.numpy(), pd.numpy(), self.cfg.d_enc)[None]}
 
     def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Features of a seeded noise window of the configured length (real feature statistics, not random ones)."""

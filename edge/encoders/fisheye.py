@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from edge.encoders.base import (Cost, Diagnostics, NetworkPart, TokenPool, count_macs, image_tensor, n_params,
                                 to_bgr)
+from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.encoders.config import FISHEYE_CAMERAS, PerceptionConfig
 from edge.kernels import BevProjector, TableSpec, load_or_build_table
 
@@ -84,7 +85,8 @@ class FisheyeEncoder(nn.Module, NetworkPart):
 
     @property
     def n_tokens(self) -> int:
-        return int(np.prod(self.tokens.layout))
+        """LLM tokens (edge/encoders/scene_tokens.py: per-side posteriors of the BEV this modality alone sees)."""
+        return BEV_TOKENS
 
     def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Sample -> (4, H, W, 3) uint8 images in camera order FISHEYE_CAMERAS and a (4,) present mask."""

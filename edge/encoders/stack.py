@@ -4,7 +4,8 @@ safetensors (one file per module, the shared config in each file's metadata).
     stack = PerceptionStack.load("models/perception")        # rig from calibration/default_rig.yaml
     out = stack.run(sample)                                     # a edge.drives.sync.Sample
     out.bev_classes   # (nx, ny) uint8 class ids at 0.2 m (BEV_CLASSES), out.occupancy_grid() -> OccupancyGrid values
-    out.tokens        # {'fisheye': (1, 16, 128), 'ultrasonic': (1, 8, 128), 'audio': (1, 8, 128), 'camera': (1, 16, 128)}
+    out.tokens        # {'fisheye': (1, 5, 128), 'ultrasonic': (1, 5, 128), 'audio': (1, 1, 128), 'camera': (1, 16, 128)}
+                      # (edge/encoders/scene_tokens.py: per-side BEV posteriors, the sound's what and where)
     stack.set_backend("onnxruntime")                            # network parts on verified, cached engines
 """
 
@@ -29,6 +30,7 @@ from edge.encoders.camera import CameraEncoder
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
 from edge.encoders.fisheye import FisheyeEncoder
 from edge.encoders.fusion import BevFusionHead
+from edge.encoders.scene_tokens import SectorPooling
 from edge.encoders.ultrasonic import UltrasonicEncoder
 from edge.errors import EdgeError
 
@@ -57,6 +59,16 @@ class PerceptionOutput:
         return None if self.bev_classes is None else OCCUPANCY_VALUES[self.bev_classes].T.copy()
 
 
+@dataclass
+class _BevModality:
+    """What one BEV-producing modality gives: features for fusion, the posterior it alone sees, its LLM tokens."""
+
+    bev: Tensor
+    probs: np.ndarray
+    tokens: Tensor
+    raster: Tensor | None
+
+
 class PerceptionStack(nn.Module):
     """All encoders and the fusion head; `run` takes a Sample, any modality may be missing."""
 
@@ -71,6 +83,7 @@ class PerceptionStack(nn.Module):
         front = rig.cameras.get("front")
         self.camera = CameraEncoder(cfg, (front.height, front.width) if front is not None else None)
         self.fusion = BevFusionHead(cfg)
+        self.sectors = SectorPooling(cfg.bev_grid, self.footprint, cfg.d_enc)
         self.backends: dict[str, str] = {name: "eager" for name in MODULES}
         self.engines: Any = None  # the edge.backends.EngineSet in use, if any
 
@@ -128,21 +141,21 @@ class PerceptionStack(nn.Module):
         timed = timer or _untimed
         diag = Diagnostics()
         tokens: dict[str, Tensor] = {}
-        fe = timed("fisheye", lambda: self.fisheye.encode(sample, diag)) if "fisheye" in use else None
-        us = timed("ultrasonic", lambda: self.ultrasonic.encode(sample, diag)) if "ultrasonic" in use else None
+        fe = timed("fisheye", lambda: self._fisheye(sample, diag)) if "fisheye" in use else None
+        us = timed("ultrasonic", lambda: self._ultrasonic(sample, diag)) if "ultrasonic" in use else None
         bev_classes = probs = None
         mods = []
-        if fe is not None:
-            tokens["fisheye"] = fe[1]
-            mods.append("fisheye")
-        if us is not None:
-            tokens["ultrasonic"] = us[1]
-            mods.append("ultrasonic")
-        if fe is not None or us is not None:
-            _, fine = timed("fusion", lambda: self.fusion(fe[0] if fe else None, us[0] if us else None,
-                                                          us[2] if us else None))
-            p = torch.softmax(fine, 1)[0]
-            probs, bev_classes = p.numpy(), p.argmax(0).to(torch.uint8).numpy()
+        for name, out in (("fisheye", fe), ("ultrasonic", us)):
+            if out is not None:
+                tokens[name] = out.tokens
+                mods.append(name)
+        if fe is not None and us is not None:
+            _, fine = timed("fusion", lambda: self.fusion(fe.bev, us.bev, us.raster))
+            probs = torch.softmax(fine, 1)[0].numpy()
+        elif fe is not None or us is not None:  # one BEV modality: its own posterior is the map
+            probs = (fe or us).probs  # type: ignore[union-attr]
+        if probs is not None:
+            bev_classes = probs.argmax(0).astype(np.uint8)
         audio = timed("audio", lambda: self.audio.encode(sample, diag)) if "audio" in use else None
         if audio is not None:
             tokens["audio"] = audio.pop("tokens")
@@ -153,6 +166,23 @@ class PerceptionStack(nn.Module):
         if camera is not None:
             tokens["camera"] = camera.pop("tokens")
         return PerceptionOutput(sample.stamp_ns, bev_classes, probs, mods, audio, camera, tokens, diag.messages)
+
+    def _fisheye(self, sample: Any, diag: Diagnostics) -> _BevModality | None:
+        """Fisheye BEV features, the BEV it alone sees (fusion head with ultrasonic absent) and its sector tokens."""
+        out = self.fisheye.encode(sample, diag)
+        if out is None:
+            return None
+        return self._bev_modality(out[0], self.fusion(out[0], None)[1], None)
+
+    def _ultrasonic(self, sample: Any, diag: Diagnostics) -> _BevModality | None:
+        out = self.ultrasonic.encode(sample, diag)
+        if out is None:
+            return None
+        return self._bev_modality(out[0], self.fusion(None, out[0], out[2])[1], out[2])
+
+    def _bev_modality(self, bev: Tensor, fine: Tensor, raster: Tensor | None) -> _BevModality:
+        probs = torch.softmax(fine, 1)[0].numpy()
+        return _BevModality(bev, probs, self.sectors(probs)[None], raster)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str | Path, extra: dict[str, str] | None = None) -> list[Path]:

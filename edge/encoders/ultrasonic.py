@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from edge.encoders.base import BoundMethod, Cost, Diagnostics, NetworkPart, TokenPool, count_macs, n_params
+from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.encoders.config import PerceptionConfig
 from edge.kernels import sensor_table, ultrasonic_raster
 
@@ -61,7 +62,8 @@ class UltrasonicEncoder(nn.Module, NetworkPart):
 
     @property
     def n_tokens(self) -> int:
-        return int(np.prod(self.tokens.layout))
+        """LLM tokens (edge/encoders/scene_tokens.py: per-side posteriors of the BEV this modality alone sees)."""
+        return BEV_TOKENS
 
     def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> np.ndarray:
         """Sample -> (S,) float32 ranges; +inf no echo, -inf too close, NaN = say nothing (missing or invalid).

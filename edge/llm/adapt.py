@@ -24,7 +24,7 @@ from edge.llm.qa_data import MODALITIES, TRAIN_DRIVES, QADataset, check_modaliti
 from edge.llm.qa_model import RUN_FILE, QAConfig, QAModel
 from edge.llm.qa_text import QATokenizer
 from edge.llm.train_aligners import (
-    TOKENS_PER_MODALITY, add_data_args, add_train_args, load_data, sequence_stats, train,
+    add_data_args, add_train_args, load_data, sequence_stats, train,
 )
 
 
@@ -61,7 +61,8 @@ def depth_limit(base_cfg: dict, adding: bool, method: str, lora: bool) -> tuple[
 
 def flops_budget_n(budget_flops: float, samples: int, epochs: int, shape: CostShape, seq_len: float,
                    modalities: tuple[str, ...], d_enc: int, lora: bool, cap: int | None = None,
-                   loss_tokens: float | None = None, distinct_texts: int | None = None) -> int:
+                   loss_tokens: float | None = None, distinct_texts: int | None = None,
+                   n_tokens: dict[str, int] | None = None) -> int:
     """Deepest N whose (samples x epochs) training FLOPs fit the budget (choose_n on the per-sample share).
 
     With `loss_tokens` and `distinct_texts` the FLOPs are counted as training executes them (head on the answer
@@ -69,7 +70,7 @@ def flops_budget_n(budget_flops: float, samples: int, epochs: int, shape: CostSh
     seen = max(1, samples * epochs)
     per_sample = budget_flops / seen
     share = 1.0 if distinct_texts is None else min(1.0, distinct_texts / seen)
-    mods = [ModalityCost(TOKENS_PER_MODALITY.get(m, 16), d_enc) for m in modalities]
+    mods = [ModalityCost((n_tokens or {}).get(m, 16), d_enc) for m in modalities]
     n = choose_n(per_sample, shape, max(1, round(seq_len)), mods, train_kv=lora, loss_tokens=loss_tokens,
                  trunk_share=share)
     return min(n, cap) if cap else n
@@ -166,7 +167,7 @@ def _main(args: argparse.Namespace) -> int:
             stats = sequence_stats(QATokenizer(llm.tokenizer), data)
             n = flops_budget_n(args.budget_flops, len(data.items), args.epochs, CostShape.of(llm.model), stats.mean_len,
                                attached, 128, bool(lora), cap, loss_tokens=stats.mean_loss_tokens,
-                               distinct_texts=stats.distinct)
+                               distinct_texts=stats.distinct, n_tokens=data.token_counts())
             reason = f"{args.budget_flops:.3g} FLOPs as executed ({stats.distinct} distinct texts)"
         reason = f"N={n} chosen from {reason}, over {len(data.items)} samples x {args.epochs} epochs" + (
             f" (capped at the starting run's N={cap})" if cap and n == cap else "")

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import combinations
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from edge.llm.qa_data import DEFAULT_CACHE, DEFAULT_DRIVES_DIR, EVAL_DRIVES, QADataset, build_dataset
+from edge.llm.prior import BlindPrior
+from edge.llm.probe import probe_report
+from edge.llm.qa_data import (DEFAULT_CACHE, DEFAULT_DRIVES_DIR, EVAL_DRIVES, TRAIN_DRIVES, QADataset,
+                              build_dataset)
 from edge.llm.qa_model import QAModel, load_run
 from edge.llm.qa_text import exact_match, token_f1
 
@@ -40,6 +44,47 @@ def evaluate(model: QAModel, data: QADataset, batch: int = 32, progress: bool = 
     return res
 
 
+def subsets_of(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every non-empty subset, in the run's modality order, smallest first."""
+    return [c for k in range(1, len(modalities) + 1) for c in combinations(modalities, k)]
+
+
+def subset_name(modalities: tuple[str, ...]) -> str:
+    return "+".join(modalities)
+
+
+def evaluate_subsets(model: QAModel, data: QADataset, progress: bool = True,
+                     only: list[tuple[str, ...]] | None = None) -> dict[str, dict]:
+    """The run evaluated with each non-empty subset of its modalities fed (the others masked, as detached)."""
+    out = {}
+    for sub in only or subsets_of(model.cfg.modalities):
+        model.use_only(sub)
+        out[subset_name(sub)] = evaluate(model, data, progress=progress)
+    model.use_only(None)
+    return out
+
+
+def baselines(train: QADataset, test: QADataset, probe_modalities: list[tuple[str, ...]]) -> dict:
+    """The blind prior (majority per template of the training items) and token probes, on the test items."""
+    out = {"prior": BlindPrior.fit(train).report(test), "probe": {}}
+    for mods in probe_modalities:
+        out["probe"][subset_name(mods)] = probe_report(train, test, mods)
+    return out
+
+
+def print_report(name: str, res: dict, prior: dict | None = None) -> None:
+    """One line overall and per lighting, with the blind prior on the same items beside each figure."""
+    def fig(r: dict, p: dict | None) -> str:
+        return f"EM {r['em']:.1f}" + (f" (prior {p['em']:.1f}, {r['em'] - p['em']:+.1f})" if p else "") + f" n={r['n']}"
+
+    parts = [f"all {fig(res['all'], prior['all'] if prior else None)}"]
+    parts += [f"{k} {fig(v, prior['lighting'].get(k) if prior else None)}" for k, v in res["lighting"].items()]
+    print(f"{name}: " + "; ".join(parts))
+    print("  per template: " + ", ".join(
+        f"{k} {v['em']:.0f}" + (f"/{prior['kind'][k]['em']:.0f}" if prior and k in prior["kind"] else "")
+        for k, v in res["kind"].items()))
+
+
 def eval_data(args: argparse.Namespace) -> QADataset:
     return build_dataset(args.drives, perception_dir=args.perception, drives_dir=args.drives_dir,
                          cache_dir=args.cache_dir, progress=not args.quiet)
@@ -62,6 +107,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--table: LoRA rank on k/v of the connected blocks in the mPnP rows (0 = aligners and gates only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drives", nargs="+", default=list(EVAL_DRIVES), help="held-out drives (specs or bag dirs)")
+    p.add_argument("--train-drives", nargs="+", default=list(TRAIN_DRIVES),
+                   help="drives the blind prior (majority answer per template) and the probes are fitted on")
+    p.add_argument("--prior", action="store_true", help="print the blind prior per template and overall (no LLM)")
+    p.add_argument("--probe", nargs="*", default=None, metavar="MODS",
+                   help="also fit token probes, one per item (e.g. fisheye ultrasonic fisheye+ultrasonic); "
+                        "no item: each modality alone and all together")
+    p.add_argument("--subsets", nargs="*", default=None, metavar="SUBSET",
+                   help="evaluate each run with subsets of its modalities fed (composable aligners): the named ones "
+                        "(e.g. ultrasonic+audio), or every non-empty subset when none is named")
     p.add_argument("--drives-dir", type=Path, default=DEFAULT_DRIVES_DIR)
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--perception", type=Path, default=Path("models/perception"))
@@ -84,22 +138,41 @@ def _main(args: argparse.Namespace) -> int:
         if args.report_only:
             return report(args.table, args.chosen_n)
         return run_table(args)
-    if not args.runs:
-        raise LLMError("give run directories to evaluate, or --table DIR")
+    if not args.runs and not args.prior and args.probe is None:
+        raise LLMError("give run directories to evaluate, --prior, --probe, or --table DIR")
     data = eval_data(args)
     if "all" not in args.lighting:
         data = data.filter(lighting=args.lighting)
-    llm = load_llm(args.llm)
-    results = {}
+    if args.eval_items < len(data.items):
+        data = data.subset(args.eval_items, args.seed)
+    results: dict = {}
+    prior = None
+    if args.prior or args.probe is not None or args.runs:
+        train = build_dataset(args.train_drives, perception_dir=args.perception, drives_dir=args.drives_dir,
+                              cache_dir=args.cache_dir, progress=not args.quiet)
+        probes = [tuple(m.split("+")) for m in args.probe] if args.probe else \
+            ([(m,) for m in ("fisheye", "ultrasonic", "audio", "camera")] + [("fisheye", "ultrasonic", "audio", "camera")]
+             if args.probe is not None else [])
+        base = baselines(train, data, probes)
+        prior = base["prior"]
+        results["baselines"] = base
+        print_report("blind prior", prior)
+        for name, res in base["probe"].items():
+            print_report(f"probe {name}", res, prior)
+    llm = load_llm(args.llm) if args.runs else None
     for run in args.runs:
         model = load_run(llm, run)
-        res = evaluate(model, data, progress=not args.quiet)
+        if args.subsets is not None:
+            named = [tuple(x.split("+")) for x in args.subsets] or None
+            subs = evaluate_subsets(model, data, progress=not args.quiet, only=named)
+            results[str(run)] = {"subsets": subs}
+            for name, res in subs.items():
+                print_report(f"{run} [{name}]", res, prior)
+        else:
+            res = evaluate(model, data, progress=not args.quiet)
+            results[str(run)] = res
+            print_report(str(run), res, prior)
         model.close()
-        results[str(run)] = res
-        parts = [f"all EM {res['all']['em']:.1f} F1 {res['all']['f1']:.1f} (n={res['all']['n']})"]
-        parts += [f"{k} EM {v['em']:.1f} F1 {v['f1']:.1f} (n={v['n']})" for k, v in res["lighting"].items()]
-        print(f"{run}: " + "; ".join(parts))
-        print("  per kind: " + ", ".join(f"{k} {v['em']:.0f}" for k, v in res["kind"].items()))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

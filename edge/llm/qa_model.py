@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -47,6 +48,9 @@ class QAConfig:
     n_blocks: int = 8
     lora_rank: int = 0
     d_enc: int = 128
+    # Composable aligners: each training item sees a random non-empty subset of the attached modalities, so any
+    # subset the scheduler attaches at runtime is one the aligners were trained in (docs/qa.md).
+    random_subsets: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,6 +126,15 @@ class QAModel:
             raise
         self.start = 0 if cfg.method == "prefix" else L - n
         self.trunk = TrunkCache(self.model, self.start)
+        self.subset_rng = np.random.default_rng(0)
+        self.only: tuple[str, ...] | None = None  # evaluate with only these of the attached modalities fed
+
+    def use_only(self, modalities: tuple[str, ...] | None) -> None:
+        """Feed only `modalities` (the others attached but masked out, as if detached); None = all attached."""
+        stray = [m for m in (modalities or ()) if m not in self.cfg.modalities]
+        if stray:
+            raise LLMError(f"modalities {stray} are not attached to this run ({list(self.cfg.modalities)})")
+        self.only = modalities
 
     def _build(self, init: Path | None) -> None:
         cfg, L, n = self.cfg, self.shape.n_layers, self.n_blocks
@@ -182,12 +195,20 @@ class QAModel:
             self.conn.train(mode)
 
     # ---- training ----------------------------------------------------------------------------------------
-    def _feed(self, data: QADataset, items: list[QAItem]) -> torch.Tensor | None:
+    def _feed(self, data: QADataset, items: list[QAItem], training: bool = False) -> torch.Tensor | None:
         """Feed the connector (mPnP) or return the projected input prefix (prefix baseline)."""
         if self.conn is not None:
-            for m in self.cfg.modalities:
+            mods = self.cfg.modalities
+            keep = torch.ones(len(items), len(mods), dtype=torch.bool)
+            if training and self.cfg.random_subsets and len(mods) > 1:
+                keep = torch.from_numpy(self.subset_rng.random((len(items), len(mods))) < 0.5)
+                empty = ~keep.any(1)
+                keep[empty, torch.from_numpy(self.subset_rng.integers(0, len(mods), int(empty.sum())))] = True
+            elif self.only is not None:
+                keep[:, [i for i, m in enumerate(mods) if m not in self.only]] = False
+            for i, m in enumerate(mods):
                 toks, ok = data.batch_tokens(items, m)
-                self.conn.feed(m, toks, ok)
+                self.conn.feed(m, toks, ok & keep[:, i : i + 1])
             return None
         if self.proj:
             return torch.cat([self.proj[m](data.batch_tokens(items, m)[0]) for m in self.cfg.modalities], 1)
@@ -196,7 +217,7 @@ class QAModel:
     def loss(self, data: QADataset, items: list[QAItem]) -> torch.Tensor:
         """Mean cross-entropy over answer + EOS tokens, running only the trainable tail of the LLM."""
         seqs, starts = zip(*(self.text.sequence(it.question, it.answer) for it in items))
-        prefix = self._feed(data, items)
+        prefix = self._feed(data, items, training=True)
         if prefix is None:
             hidden = self.trunk.get(list(seqs))
         else:

@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from edge.llm.cost import CostShape, ModalityCost, training_flops
 from edge.llm.errors import LLMError
+from edge.llm.prior import BlindPrior
 from edge.llm.qa_data import DEFAULT_CACHE, DEFAULT_DRIVES_DIR, MODALITIES, TRAIN_DRIVES, QADataset, build_dataset
 from edge.llm.qa_model import METHODS, QAConfig, QAModel
 from edge.llm.qa_text import QATokenizer
 
-TOKENS_PER_MODALITY = {"fisheye": 16, "ultrasonic": 8, "audio": 8, "camera": 16}
 
 
 class PeakRSS:
@@ -66,14 +66,14 @@ class PeakRSS:
 
 
 def flops_per_sample(model: QAModel, seq_len: float, loss_tokens: float | None = None,
-                     trunk_share: float = 1.0) -> float:
+                     trunk_share: float = 1.0, n_tokens: dict[str, int] | None = None) -> float:
     """Analytic training FLOPs of one sample for this method (edge.llm.cost; the prefix baseline by the same rules).
 
     With the defaults this is the paper's accounting (every block forward per sample, head on every token); with
     `loss_tokens` and `trunk_share` it counts what `QAModel.loss` executes."""
     cs = CostShape.of(model.model)
     seq = max(1, round(seq_len))
-    mods = [ModalityCost(TOKENS_PER_MODALITY.get(m, 16), model.cfg.d_enc) for m in model.cfg.modalities]
+    mods = [ModalityCost((n_tokens or {}).get(m, 16), model.cfg.d_enc) for m in model.cfg.modalities]
     if model.cfg.method == "prefix":
         p = sum(m.tokens for m in mods)
         proj = sum(2.0 * m.tokens * (m.d_enc * 4 * m.d_enc + 4 * m.d_enc * cs.llm.d_model) for m in mods)
@@ -148,8 +148,9 @@ def train(model: QAModel, data: QADataset, out: Path | None, *, epochs: int = 3,
     stats = sequence_stats(model.text, data)
     seq, answer = stats.mean_len, stats.mean_loss_tokens
     trunk_share = min(1.0, model.trunk.passes / max(1, seen))
-    executed = flops_per_sample(model, seq, answer, trunk_share)
-    paper = flops_per_sample(model, seq)
+    n_tok = data.token_counts()
+    executed = flops_per_sample(model, seq, answer, trunk_share, n_tok)
+    paper = flops_per_sample(model, seq, n_tokens=n_tok)
     record = {
         "items": len(data.items), "epochs": epochs, "batch": batch, "lr": lr, "seed": seed,
         "samples_seen": seen,
@@ -163,7 +164,9 @@ def train(model: QAModel, data: QADataset, out: Path | None, *, epochs: int = 3,
         "peak_rss_mb": mem.peak / 2**20, "train_added_rss_mb": (mem.peak - mem.base) / 2**20,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "loss_per_epoch": losses, "stopped": stopped,
-        "trainable_params": sum(p.numel() for p in params), **(extra or {}),
+        "trainable_params": sum(p.numel() for p in params),
+        # majority answer per template of the training items: the blind prior every figure stands beside
+        "blind_prior": BlindPrior.fit(data).answers, **(extra or {}),
     }
     if out is not None:
         model.save(Path(out), record)
@@ -207,6 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-blocks", type=int, default=8, help="connect into the last N blocks (mpnp, text)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA on k/v of the connected blocks (0 = aligners only)")
     p.add_argument("--init", type=Path, default=None, help="warm start from a run directory")
+    p.add_argument("--random-subsets", action="store_true",
+                   help="composable aligners: every item sees a random non-empty subset of --modalities")
     add_data_args(p, TRAIN_DRIVES, "day")
     add_train_args(p)
     p.set_defaults(func=_main)
@@ -218,7 +223,7 @@ def _main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = QAConfig(method=args.method, modalities=tuple(args.modalities), n_blocks=args.n_blocks,
-                   lora_rank=args.lora_rank)
+                   lora_rank=args.lora_rank, random_subsets=args.random_subsets)
     data = load_data(args)
     llm = load_llm(args.llm)
     model = QAModel(llm, cfg, init_from=args.init)

@@ -32,6 +32,7 @@ class Answerer:
         self.llm = load_llm(llm_source)
         self.sets: dict[str, dict[str, Any]] = {}
         self.set_lora: dict[str, KVLoRA] = {}  # LoRA on k/v trained with a set, active only while it is attached
+        self.prior: dict[str, str] = {}  # majority answer per template of the training drives (run.json)
         trained_for: dict[str, tuple[str, ...]] = {}  # the conditions each set was trained on (run.json)
         accuracy: dict[str, dict[str, float]] = {}  # measured exact match (0..1) per lighting (eval.json)
         root = Path(aligner_dir) if aligner_dir is not None else None
@@ -44,10 +45,25 @@ class Answerer:
                 if found:
                     self.sets[folder.name] = found
                     trained_for[folder.name] = _run_lighting(folder)
+                    self.prior.update(_run_record(folder).get("blind_prior") or {})
                     if (folder / "lora.safetensors").exists():
                         self.set_lora[folder.name] = load_kv_lora(self.llm.model, folder / "lora.safetensors")
                         self.set_lora[folder.name].enabled = False
-            accuracy = _measured_accuracy(root / EVAL_FILE, set(self.sets))
+            accuracy, subsets = _measured_accuracy(root / EVAL_FILE, set(self.sets))
+            # Composable aligners (trained with random modality subsets): each measured subset is a set of its own,
+            # named "<run>:<modality>+<modality>", sharing the run's aligners and LoRA.
+            for run, names in subsets.items():
+                for sub in names:
+                    mods = tuple(sub.split("+"))
+                    missing = [m for m in mods if m not in self.sets[run]]
+                    if missing:
+                        raise EdgeError(f"{root / EVAL_FILE}: subset '{sub}' of '{run}' names modalities {missing} "
+                                        f"that {root / run} has no aligner for")
+                    name = f"{run}:{sub}"
+                    self.sets[name] = {m: self.sets[run][m] for m in mods}
+                    trained_for[name] = trained_for[run]
+                    if run in self.set_lora:
+                        self.set_lora[name] = self.set_lora[run]
         self._aligner_sets = tuple(AlignerSet(name, tuple(group), accuracy.get(name, {}), trained_for[name])
                                    for name, group in self.sets.items())
         every = [al for group in self.sets.values() for al in group.values()]
@@ -81,8 +97,9 @@ class Answerer:
         if plan.aligners and plan.aligners not in self.sets:
             raise EdgeError(f"plan names aligner set '{plan.aligners}', loaded sets: {sorted(self.sets)}")
         group = self.sets.get(plan.aligners, {})
-        for name, lora in self.set_lora.items():
-            lora.enabled = name == plan.aligners
+        active = self.set_lora.get(plan.aligners)
+        for lora in self.set_lora.values():
+            lora.enabled = lora is active
         wanted = {m for m in group if m in plan.modalities and m in tokens}
         for m in set(self.connector.attached):
             if m not in wanted or self.connector_aligner(m) is not group[m]:
@@ -108,27 +125,45 @@ class Answerer:
         return text.strip().split("\n")[0]
 
 
+def _run_record(folder: Path) -> dict:
+    """A set's run.json ({} when absent or unreadable: the set still loads, unranked)."""
+    try:
+        doc = json.loads((folder / "run.json").read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _run_lighting(folder: Path) -> tuple[str, ...]:
     """Lighting conditions a set was trained on, from its run.json (empty when unknown)."""
-    try:
-        return tuple(json.loads((folder / "run.json").read_text()).get("lighting") or ())
-    except (OSError, ValueError, AttributeError):
-        return ()
+    lighting = _run_record(folder).get("lighting") or ()
+    return tuple(lighting) if isinstance(lighting, (list, tuple)) else ()
 
 
-def _measured_accuracy(path: Path, names: set[str]) -> dict[str, dict[str, float]]:
-    """{set name: {lighting: exact match 0..1}} from `edge eval qa ... --json` output keyed by run directory."""
+def _measured_accuracy(path: Path, names: set[str]) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
+    """From `edge eval qa ... --json` output keyed by run directory: ({set name: {lighting: exact match 0..1}},
+    {run: [measured subsets]}); a run evaluated with --subsets gives one entry per subset, "<run>:<subset>"."""
     if not path.exists():
         if names:
             log.warning("%s: missing; aligner sets are ranked by the conditions they were trained for only", path)
-        return {}
+        return {}, {}
+    acc: dict[str, dict[str, float]] = {}
+    subsets: dict[str, list[str]] = {}
     try:
         doc = json.loads(path.read_text())
-        out = {Path(run).name: {lt: float(v["em"]) / 100.0 for lt, v in res["lighting"].items()}
-               for run, res in doc.items()}
+        for run, res in doc.items():
+            name = Path(run).name
+            if name not in names:
+                continue
+            if "subsets" in res:
+                subsets[name] = list(res["subsets"])
+                for sub, r in res["subsets"].items():
+                    acc[f"{name}:{sub}"] = {lt: float(v["em"]) / 100.0 for lt, v in r["lighting"].items()}
+            else:
+                acc[name] = {lt: float(v["em"]) / 100.0 for lt, v in res["lighting"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise EdgeError(f"{path}: not an `edge eval qa --json` result ({exc.__class__.__name__}: {exc})") from None
-    return {k: v for k, v in out.items() if k in names}
+    return acc, subsets
 
 
 def make_answerer(aligner_dir: str | Path | None, llm_source: str | None, max_new_tokens: int) -> Answerer:

@@ -140,7 +140,8 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"obstacle IoU within 5 m (mean over frames): {fmt(s['obstacle_iou_near5m_mean'], 3)}; "
           f"modality duty: " + ", ".join(f"{m} {100 * v:.0f}%" for m, v in s["modality_duty"].items()))
     if s["questions"]:
-        print(f"questions answered: {s['questions']}, exact match {fmt(s['exact_match'], 2)}")
+        print(f"questions answered: {s['questions']}, exact match {fmt(s['exact_match'], 2)} "
+              f"(blind prior on the same questions {fmt(s.get('blind_prior_exact_match'), 2)})")
     print(f"report: {s['report']}/report.html")
 
 

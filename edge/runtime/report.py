@@ -70,6 +70,8 @@ class ReportBuilder:
                 from edge.llm.qa_text import exact_match  # only runs that answer need the LLM package
 
                 a["correct"] = bool(exact_match(a["response"], str(a["answer"])))
+                if a.get("blind_prior"):  # what always answering the template's majority answer would score
+                    a["prior_correct"] = bool(exact_match(a["blind_prior"], str(a["answer"])))
         if r.bev_classes is not None:
             near = r.bev_classes[self.near]
             frame["occupancy_near5m"] = {name: int((near == i).sum()) for i, name in enumerate(BEV_CLASSES)}
@@ -100,6 +102,7 @@ class ReportBuilder:
         ious = [x["obstacle_iou_near5m"] for x in f if x.get("obstacle_iou_near5m") is not None]
         answers = [a for x in f for a in x["answers"]]
         exact = [a["correct"] for a in answers if "correct" in a]
+        prior = [a["prior_correct"] for a in answers if "prior_correct" in a]
         busy = {m: float(np.mean([m in x["plan"]["modalities"] for x in f])) if f else 0.0 for m in MODALITIES}
         return {
             "frames": len(f), "switches": len(self.switches),
@@ -112,6 +115,7 @@ class ReportBuilder:
             "mean_compute_ms": float(np.mean([sum(v for k, v in x["timings_ms"].items() if k not in ("total",))
                                               for x in f])) if f else None,
             "questions": len(answers), "exact_match": float(np.mean(exact)) if exact else None,
+            "blind_prior_exact_match": float(np.mean(prior)) if prior else None,
         }
 
     def write(self, directory: str | Path) -> Path:

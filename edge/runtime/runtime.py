@@ -138,7 +138,8 @@ class Runtime:
                 t = time.perf_counter()
                 text = self.answerer.answer(q["question"])
                 answers.append({**q, "response": text, "latency_ms": (time.perf_counter() - t) * 1e3,
-                                "modalities": sorted(self.answerer.attached)})
+                                "modalities": sorted(self.answerer.attached),
+                                "blind_prior": self.answerer.prior.get(str(q.get("kind")), "")})
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return FrameResult(sample.stamp_ns, dict(sample.source_stamps), decision.plan, decision, ctx, timings,
                            rss_mb(), out["bev_classes"], self.stack.cfg.bev_grid.resolution, out["bev_modalities"], out["audio"],
