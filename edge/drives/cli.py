@@ -1,4 +1,4 @@
-"""`edge drive generate` and `edge drive info`."""
+"""`edge drive generate`, `edge drive info` and `edge drive qa-stats`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
 
+    qa = cmds.add_parser("qa-stats", help="how spread each QA template's answers are over worlds (no rendering)")
+    qa.add_argument("specs", nargs="+", help="scenario:seed:duration worlds, e.g. yard-day:1:30")
+    qa.add_argument("--rig", default=None, help="rig calibration YAML [calibration/default_rig.yaml]")
+    qa.set_defaults(func=_qa_stats)
+
 
 def _generate(args: argparse.Namespace) -> int:
     from edge.drives.generate import generate_drive
@@ -43,3 +48,19 @@ def _info(args: argparse.Namespace) -> int:
     info = bag_info(args.bag)
     print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
     return 0
+
+
+def _qa_stats(args: argparse.Namespace) -> int:
+    """The balance table; exit 1 when a template's most frequent answer holds more than its limit."""
+    from edge.drives.qa_stats import balance, format_balance, world_answers
+    from edge.perception.data import DriveSpec
+    from edge.sensors.rig import load_rig
+
+    rig = load_rig(args.rig)
+    pairs = []
+    for item in args.specs:
+        spec = DriveSpec.parse(item)
+        pairs += world_answers(spec.scenario, spec.seed, spec.duration, rig)
+    rows = balance(pairs)
+    print(format_balance(rows))
+    return 0 if all(r.ok for r in rows) else 1

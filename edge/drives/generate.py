@@ -21,7 +21,7 @@ from edge.drives import messages as M
 from edge.drives import topics as T
 from edge.drives.audio_sim import AudioSimulator
 from edge.drives.bag import BagWriter
-from edge.drives.groundtruth import GT_GRID, BevRasterizer, actor_states, object_list
+from edge.drives.groundtruth import GT_GRID, BevRasterizer, actor_states, audio_sources, object_list
 from edge.drives.qa import make_qa
 from edge.drives.render import CameraRenderer, GroundTexture, Lighting, SceneFaces
 from edge.drives.scenarios import Scenario, daylight_at, get_scenario, lighting_label
@@ -172,14 +172,7 @@ class DriveGenerator:
         out.append((st, T.GT_BEV, T.OCCUPANCY_GRID,
                     M.occupancy_grid(st, "base_link", grid, self.grid.resolution, (self.grid.x_min, self.grid.y_min))))
         out.append((st, T.GT_OBJECTS, T.MARKER_ARRAY, M.marker_array_boxes(st, "base_link", object_list(states, self.grid))))
-        ex, ey, eyaw = pose
-        c, s = math.cos(eyaw), math.sin(eyaw)
-        audio = []
-        for kind, start, end, actor_id in self.world.audio_events:
-            if start <= t <= end:
-                ax, ay, _ = self.world.actor(actor_id).pose(t)
-                dx, dy = ax - ex, ay - ey
-                audio.append({"class": kind, "id": actor_id, "x": c * dx + s * dy, "y": -s * dx + c * dy, "z": 1.0})
+        audio = audio_sources(self.world, t, pose)
         out.append((st, T.GT_AUDIO_EVENTS, T.MARKER_ARRAY, M.marker_array_events(st, "base_link", audio)))
         if k % int(round(1.0 / (QA_RATE * FRAME_PERIOD))) == 0:
             light, _ = self.light_at(t)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.drives.world import STATIC, VEHICLE, VRU, Actor
+from edge.drives.world import STATIC, VEHICLE, VRU, Actor, World
 from edge.kernels.grid import BevGrid
 
 FREE, STATIC_VALUE, VEHICLE_VALUE, VRU_VALUE, UNKNOWN = 0, 100, 90, 80, -1
@@ -156,4 +156,17 @@ def object_list(states: list[ActorState], grid: BevGrid) -> list[dict]:
         hl, hw = s.actor.footprint_half
         out.append({"class": s.kind, "id": s.actor.id, "x": s.x, "y": s.y, "z": top / 2, "yaw": s.yaw,
                     "length": 2 * hl, "width": 2 * hw, "height": top})
+    return out
+
+
+def audio_sources(world: World, t: float, ego_pose: tuple[float, float, float]) -> list[dict]:
+    """Sound events active at `t`: class, source actor id and the source position in base_link."""
+    ex, ey, eyaw = ego_pose
+    c, s = math.cos(eyaw), math.sin(eyaw)
+    out = []
+    for kind, start, end, actor_id in world.audio_events:
+        if start <= t <= end:
+            ax, ay, _ = world.actor(actor_id).pose(t)
+            dx, dy = ax - ex, ay - ey
+            out.append({"class": kind, "id": actor_id, "x": c * dx + s * dy, "y": -s * dx + c * dy, "z": 1.0})
     return out

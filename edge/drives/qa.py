@@ -35,7 +35,6 @@ class Template:
     question: str
     answers: tuple[str, ...]
     modalities: tuple[str, ...]
-    near_field: bool  # answerable within the ultrasonic range (the night-switch target's templates)
 
 
 def _side_templates() -> list[Template]:
@@ -43,27 +42,26 @@ def _side_templates() -> list[Template]:
     for side in SIDES:
         cams = ("fisheye", "camera") if side == "front" else ("fisheye",)
         out.append(Template(f"distance_{side}", f"How far is the nearest obstacle on the {side}?",
-                            DISTANCE_BINS + ("none",), BEV_MODALITIES + cams[1:], True))
+                            DISTANCE_BINS + ("none",), BEV_MODALITIES + cams[1:]))
         out.append(Template(f"clear_{side}", f"Is the {side} clear within {CLEAR_RADIUS:g} meters?", ("yes", "no"),
-                            BEV_MODALITIES + cams[1:], True))
-        out.append(Template(f"closest_{side}", f"What is the closest object on the {side}?", CLASSES, cams, False))
+                            BEV_MODALITIES + cams[1:]))
+        out.append(Template(f"closest_{side}", f"What is the closest object on the {side}?", CLASSES, cams))
     return out
 
 
 TEMPLATES: dict[str, Template] = {t.kind: t for t in [
     *_side_templates(),
-    Template("reverse_safe", "Is it safe to reverse?", ("yes", "no"), BEV_MODALITIES, True),
+    Template("reverse_safe", "Is it safe to reverse?", ("yes", "no"), BEV_MODALITIES),
     Template("count_vehicles", f"How many vehicles are within {COUNT_RADIUS:g} meters?", COUNTS,
-             ("fisheye", "ultrasonic"), True),
+             ("fisheye", "ultrasonic")),
     Template("count_people", f"How many pedestrians or cyclists are within {COUNT_RADIUS:g} meters?", COUNTS,
-             ("fisheye", "camera"), False),
-    Template("siren", "Is a siren sounding?", ("yes", "no"), ("audio",), False),
-    Template("siren_direction", "Where is the siren coming from?", SIDES, ("audio",), False),
-    Template("horn", "Is a car horn sounding?", ("yes", "no"), ("audio",), False),
-    Template("horn_direction", "Where is the horn coming from?", SIDES, ("audio",), False),
+             ("fisheye", "camera")),
+    Template("siren", "Is a siren sounding?", ("yes", "no"), ("audio",)),
+    # direction templates are asked only while that sound is audible (a question about a siren presupposes one)
+    Template("siren_direction", "Where is the siren coming from?", SIDES, ("audio",)),
+    Template("horn", "Is a car horn sounding?", ("yes", "no"), ("audio",)),
+    Template("horn_direction", "Where is the horn coming from?", SIDES, ("audio",)),
 ]}
-# Direction templates are asked only while that sound is audible (a question about a siren presupposes one).
-CONDITIONAL = {"siren_direction": "siren", "horn_direction": "horn"}
 
 
 @dataclass(frozen=True)

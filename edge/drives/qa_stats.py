@@ -8,12 +8,11 @@ prints the table.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 
 from edge.drives.generate import FRAME_PERIOD, QA_RATE
-from edge.drives.groundtruth import actor_states
+from edge.drives.groundtruth import actor_states, audio_sources
 from edge.drives.qa import TEMPLATES, QAPair, make_qa
 from edge.drives.scenarios import get_scenario
 from edge.drives.world import build_world
@@ -36,15 +35,8 @@ def world_answers(scenario: str, seed: int, duration: float, rig: Rig | None = N
     for k in range(0, int(round(duration / FRAME_PERIOD)), step):
         t = k * FRAME_PERIOD
         pose = world.ego.pose(t)
-        states = actor_states(world.actors, t, pose, 30.0)
-        ex, ey, eyaw = pose
-        c, s = math.cos(eyaw), math.sin(eyaw)
-        audio = []
-        for kind, start, end, actor_id in world.audio_events:
-            if start <= t <= end:
-                ax, ay, _ = world.actor(actor_id).pose(t)
-                audio.append((kind, c * (ax - ex) + s * (ay - ey), -s * (ax - ex) + c * (ay - ey)))
-        out += make_qa(states, footprint, audio)
+        audio = [(a["class"], a["x"], a["y"]) for a in audio_sources(world, t, pose)]
+        out += make_qa(actor_states(world.actors, t, pose, 30.0), footprint, audio)
     return out
 
 

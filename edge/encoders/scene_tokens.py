@@ -14,8 +14,6 @@ bins (ring k covers [0.5 k - 0.25, 0.5 k + 0.25) m), the last ring reaches 6.5 m
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 import torch
@@ -51,38 +49,45 @@ class SectorPooling:
         side[(bearing > 45) & (bearing < 135)] = 1
         side[(bearing < -45) & (bearing > -135)] = 3
         ring = np.floor((self.dist + RING_WIDTH / 2) / RING_WIDTH).astype(np.int64)
-        outside_body = self.dist > 0
         self.side = side
         self.d_enc = d_enc
-        # (side, ring) -> flat cell indices
-        self.cells = [[np.flatnonzero((side == s) & (ring == r) & outside_body) for r in range(N_RINGS)]
-                      for s in range(len(SIDES))]
-        need = 7 * N_RINGS + 2
-        if d_enc < max(need, 2 * 4 + 2):
+        # Cells grouped by (side, ring) once, so pooling is one reduceat per measure over all 4 x N_RINGS groups.
+        group = np.where((self.dist > 0) & (ring < N_RINGS), side * N_RINGS + ring, -1).ravel()
+        self.order = np.argsort(group, kind="stable")
+        self.order = self.order[group[self.order] >= 0]
+        sizes = np.bincount(group[self.order], minlength=len(SIDES) * N_RINGS)
+        self.groups = np.flatnonzero(sizes)  # (side, ring) groups with cells; a grid too small leaves some empty
+        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[self.groups]
+        self.sizes = sizes[self.groups]
+        need = max(7 * N_RINGS + 2, 10)
+        if d_enc < need:
             raise ValueError(f"SectorPooling needs d_enc >= {need}, got {d_enc}")
 
+    def _pool(self, values: np.ndarray, how: str) -> np.ndarray:
+        """(cells,) -> (sides, N_RINGS): max or mean per (side, ring); 0 where a group has no cell."""
+        v = values[self.order]
+        out = np.zeros(len(SIDES) * N_RINGS, np.float32)
+        if how == "max":
+            out[self.groups] = np.maximum.reduceat(v, self.starts)
+        else:
+            out[self.groups] = np.add.reduceat(v, self.starts) / self.sizes
+        return out.reshape(len(SIDES), N_RINGS)
+
     def __call__(self, probs: np.ndarray) -> Tensor:
-        k = probs.shape[0]
-        flat = probs.reshape(k, -1)
-        obstacle = flat[_STATIC] + flat[_VEHICLE] + flat[_VRU]
+        flat = probs.reshape(probs.shape[0], -1)
+        obstacle = self._pool(flat[_STATIC] + flat[_VEHICLE] + flat[_VRU], "max")
+        rows = [obstacle, np.maximum.accumulate(obstacle, axis=1)]  # obstacle in ring k, and within ring k or nearer
+        rows += [self._pool(flat[c], "max") for c in (_VEHICLE, _VRU, _STATIC)]
+        rows += [self._pool(flat[c], "mean") for c in (_FREE, _UNKNOWN)]
+        per_side = np.concatenate(rows, axis=1)  # (sides, 7 * N_RINGS)
         out = np.zeros((BEV_TOKENS, self.d_enc), np.float32)
+        out[: len(SIDES), : per_side.shape[1]] = per_side
         labels = probs.argmax(0)
         blobs = {c: self._blobs(labels == c) for c in (_VEHICLE, _VRU)}
-        for s in range(len(SIDES)):
-            rows = []
-            for name, values, how in (("obstacle", obstacle, "max"), ("vehicle", flat[_VEHICLE], "max"),
-                                      ("vru", flat[_VRU], "max"), ("static", flat[_STATIC], "max"),
-                                      ("free", flat[_FREE], "mean"), ("unknown", flat[_UNKNOWN], "mean")):
-                ring = np.array([(values[c].max() if how == "max" else values[c].mean()) if c.size else 0.0
-                                 for c in self.cells[s]], np.float32)
-                rows.append(ring)
-            rows.insert(1, np.maximum.accumulate(rows[0]))  # obstacle within ring k or nearer
-            v = np.concatenate(rows)
-            out[s, : v.size] = v
-            out[s, v.size] = sum(1 for side, _ in blobs[_VEHICLE] if side == s) / 3.0
-            out[s, v.size + 1] = sum(1 for side, _ in blobs[_VRU] if side == s) / 3.0
-        for j, c in enumerate((_VEHICLE, _VRU)):  # whole surround: counts within the radius, one-hot 0/1/2/3+
-            n = len(blobs[c])
+        for j, c in enumerate((_VEHICLE, _VRU)):
+            for s in range(len(SIDES)):  # per side: blobs whose nearest cell is on that side
+                out[s, per_side.shape[1] + j] = sum(1 for side, _ in blobs[c] if side == s) / 3.0
+            n = len(blobs[c])  # whole surround: counts within the radius, one-hot 0/1/2/3+
             out[len(SIDES), 4 * j + min(n, 3)] = 1.0
             out[len(SIDES), 8 + j] = n / 3.0
         return torch.from_numpy(out)
@@ -109,8 +114,3 @@ def audio_tokens(event_probs: np.ndarray, direction_probs: np.ndarray, d_enc: in
     out = np.zeros((AUDIO_TOKENS, d_enc), np.float32)
     out[0, : v.size] = v
     return torch.from_numpy(out)
-
-
-def ring_of(distance: float) -> int:
-    """The ring index a body distance falls in (for tests and probes)."""
-    return int(math.floor((distance + RING_WIDTH / 2) / RING_WIDTH))

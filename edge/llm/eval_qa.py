@@ -20,14 +20,7 @@ from edge.llm.probe import probe_report
 from edge.llm.qa_data import (DEFAULT_CACHE, DEFAULT_DRIVES_DIR, EVAL_DRIVES, TRAIN_DRIVES, QADataset,
                               build_dataset)
 from edge.llm.qa_model import QAModel, load_run
-from edge.llm.qa_text import exact_match, token_f1
-
-
-def score(predictions: list[str], answers: list[str]) -> dict[str, float]:
-    """Mean exact match and token F1, in percent."""
-    n = max(1, len(answers))
-    return {"em": 100.0 * sum(exact_match(p, a) for p, a in zip(predictions, answers)) / n,
-            "f1": 100.0 * sum(token_f1(p, a) for p, a in zip(predictions, answers)) / n, "n": len(answers)}
+from edge.llm.qa_text import score_report
 
 
 def evaluate(model: QAModel, data: QADataset, batch: int = 32, progress: bool = True) -> dict:
@@ -35,11 +28,7 @@ def evaluate(model: QAModel, data: QADataset, batch: int = 32, progress: bool = 
     preds: list[str] = []
     for i in tqdm(range(0, len(data.items), batch), desc="eval", unit="batch", disable=not progress, leave=False):
         preds += model.answer(data, data.items[i : i + batch])
-    res = {"all": score(preds, [it.answer for it in data.items]), "lighting": {}, "kind": {}}
-    for key, attr in (("lighting", "lighting"), ("kind", "kind")):
-        for value in sorted({getattr(it, attr) for it in data.items}):
-            idx = [j for j, it in enumerate(data.items) if getattr(it, attr) == value]
-            res[key][value] = score([preds[j] for j in idx], [data.items[j].answer for j in idx])
+    res = score_report(data.items, preds)
     res["examples"] = [{"q": it.question, "gold": it.answer, "pred": p} for it, p in list(zip(data.items, preds))[:12]]
     return res
 

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from edge.llm.qa_data import QADataset, QAItem
-from edge.llm.qa_text import exact_match
+from edge.llm.qa_text import score_report
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,5 @@ class BlindPrior:
         return [self.answers.get(it.kind, "") for it in items]
 
     def report(self, data: QADataset) -> dict:
-        """EM (percent) overall, per lighting and per template, in the shape `eval_qa.evaluate` returns."""
-        return em_report(data.items, self.predict(data.items))
-
-
-def em_report(items: list[QAItem], preds: list[str]) -> dict:
-    """EM in percent overall, per lighting and per template (kind)."""
-    def em(idx: list[int]) -> dict[str, float]:
-        n = max(1, len(idx))
-        return {"em": 100.0 * sum(exact_match(preds[j], items[j].answer) for j in idx) / n, "n": len(idx)}
-
-    out: dict = {"all": em(list(range(len(items)))), "lighting": {}, "kind": {}}
-    for key in ("lighting", "kind"):
-        for value in sorted({getattr(it, key) for it in items}):
-            out[key][value] = em([j for j, it in enumerate(items) if getattr(it, key) == value])
-    return out
+        """EM / F1 (percent) overall, per lighting and per template, in the shape `eval_qa.evaluate` returns."""
+        return score_report(data.items, self.predict(data.items))

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.llm.prior import em_report
 from edge.llm.qa_data import QADataset, QAItem
+from edge.llm.qa_text import score_report
 
 
 class TokenProbe:
@@ -70,4 +70,4 @@ def probe_report(train: QADataset, test: QADataset, modalities: tuple[str, ...],
     kinds = sorted(answers)
     probe = TokenProbe(modalities, kinds, {k: sorted(v) for k, v in answers.items()}, seed=seed).fit(train)
     items = [it for it in test.items if it.kind in answers]
-    return em_report(items, probe.predict(test, items))
+    return score_report(items, probe.predict(test, items))

@@ -19,7 +19,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -126,7 +125,6 @@ class QAModel:
             raise
         self.start = 0 if cfg.method == "prefix" else L - n
         self.trunk = TrunkCache(self.model, self.start)
-        self.subset_rng = np.random.default_rng(0)
         self.only: tuple[str, ...] | None = None  # evaluate with only these of the attached modalities fed
 
     def use_only(self, modalities: tuple[str, ...] | None) -> None:
@@ -200,10 +198,10 @@ class QAModel:
         if self.conn is not None:
             mods = self.cfg.modalities
             keep = torch.ones(len(items), len(mods), dtype=torch.bool)
-            if training and self.cfg.random_subsets and len(mods) > 1:
-                keep = torch.from_numpy(self.subset_rng.random((len(items), len(mods))) < 0.5)
+            if training and self.cfg.random_subsets and len(mods) > 1:  # torch's RNG: seeded by --seed
+                keep = torch.rand(len(items), len(mods)) < 0.5
                 empty = ~keep.any(1)
-                keep[empty, torch.from_numpy(self.subset_rng.integers(0, len(mods), int(empty.sum())))] = True
+                keep[empty, torch.randint(0, len(mods), (int(empty.sum()),))] = True
             elif self.only is not None:
                 keep[:, [i for i, m in enumerate(mods) if m not in self.only]] = False
             for i, m in enumerate(mods):

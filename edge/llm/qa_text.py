@@ -69,3 +69,21 @@ def token_f1(prediction: str, answer: str) -> float:
         return 0.0
     precision, recall = common / len(pred), common / len(gold)
     return 2 * precision * recall / (precision + recall)
+
+
+def score(predictions: list[str], answers: list[str]) -> dict[str, float]:
+    """Mean exact match and token F1, in percent."""
+    n = max(1, len(answers))
+    return {"em": 100.0 * sum(exact_match(p, a) for p, a in zip(predictions, answers)) / n,
+            "f1": 100.0 * sum(token_f1(p, a) for p, a in zip(predictions, answers)) / n, "n": len(answers)}
+
+
+def score_report(items: list[Any], predictions: list[str]) -> dict:
+    """`score` overall, per lighting and per template (`kind`) of QA items (anything with answer, lighting, kind):
+    the one shape every QA figure is reported in (runs, the blind prior, probes)."""
+    res: dict = {"all": score(predictions, [it.answer for it in items]), "lighting": {}, "kind": {}}
+    for key in ("lighting", "kind"):
+        for value in sorted({getattr(it, key) for it in items}):
+            idx = [j for j, it in enumerate(items) if getattr(it, key) == value]
+            res[key][value] = score([predictions[j] for j in idx], [items[j].answer for j in idx])
+    return res

@@ -44,8 +44,9 @@ class Answerer:
                     found[al.modality] = al
                 if found:
                     self.sets[folder.name] = found
-                    trained_for[folder.name] = _run_lighting(folder)
-                    self.prior.update(_run_record(folder).get("blind_prior") or {})
+                    record = _run_record(folder)
+                    trained_for[folder.name] = _run_lighting(record)
+                    self.prior.update(record.get("blind_prior") or {})
                     if (folder / "lora.safetensors").exists():
                         self.set_lora[folder.name] = load_kv_lora(self.llm.model, folder / "lora.safetensors")
                         self.set_lora[folder.name].enabled = False
@@ -134,9 +135,9 @@ def _run_record(folder: Path) -> dict:
         return {}
 
 
-def _run_lighting(folder: Path) -> tuple[str, ...]:
-    """Lighting conditions a set was trained on, from its run.json (empty when unknown)."""
-    lighting = _run_record(folder).get("lighting") or ()
+def _run_lighting(record: dict) -> tuple[str, ...]:
+    """Lighting conditions a set was trained on, from its run.json record (empty when unknown)."""
+    lighting = record.get("lighting") or ()
     return tuple(lighting) if isinstance(lighting, (list, tuple)) else ()
 
 
