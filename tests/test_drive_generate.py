@@ -227,3 +227,15 @@ def test_generator_streams_have_real_car_rates() -> None:
     assert count(T.ODOM) == 50
     stamps = [s for _, s in got]
     assert stamps == sorted(stamps)
+
+
+def test_qa_stats_command_prints_every_template_and_names_a_bad_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    rc = main(["drive", "qa-stats", "yard-night:3:5"])
+    out = capsys.readouterr().out
+    assert rc in (0, 1)  # 1 = some template over its limit (5 s is a small sample)
+    rows = [line.split("|")[1].strip() for line in out.splitlines()[2:]]
+    assert set(rows) <= set(TEMPLATES) and {"distance_front", "siren", "count_people"} <= set(rows)
+    assert main(["drive", "qa-stats", "yard-night:3"]) == 2
+    assert "yard-night:3" in capsys.readouterr().err
