@@ -90,3 +90,17 @@ def test_a_set_with_lora_is_active_only_while_attached(tmp_path: Path) -> None:
     a.apply(Plan(("audio",), 2, 1.0), tokens)  # nothing attached: LoRA off, prefix gone
     assert not torch.allclose(attached, plain)
     assert torch.equal(logits(), plain)
+
+
+def test_aligner_file_named_for_another_modality_is_refused(tmp_path: Path) -> None:
+    """An audio aligner saved as aligner_camera.safetensors must not silently attach as audio."""
+    from edge.llm import load_llm
+    from edge.llm.qa_model import QAConfig, QAModel
+
+    torch.set_num_threads(1)
+    model = QAModel(load_llm(), QAConfig("mpnp", ("audio",), n_blocks=2))
+    model.save(tmp_path / "run", {"lighting": ["night"]})
+    model.close()
+    (tmp_path / "run" / "aligner_audio.safetensors").rename(tmp_path / "run" / "aligner_camera.safetensors")
+    with pytest.raises(EdgeError, match="aligner_camera.safetensors.*audio"):
+        Answerer(tmp_path, max_new_tokens=2)

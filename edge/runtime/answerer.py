@@ -40,7 +40,8 @@ class Answerer:
             for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
                 found = {}
                 for path in sorted(folder.glob("aligner_*.safetensors")):
-                    al = load_aligner(path, shape=self.llm.shape)
+                    # the file name says which modality it serves: a file holding another's is refused, not re-routed
+                    al = load_aligner(path, modality=path.stem.removeprefix("aligner_"), shape=self.llm.shape)
                     found[al.modality] = al
                 if found:
                     self.sets[folder.name] = found
