@@ -142,6 +142,10 @@ def _main(args: argparse.Namespace) -> int:
         probes = [tuple(m.split("+")) for m in args.probe] if args.probe else \
             ([(m,) for m in ("fisheye", "ultrasonic", "audio", "camera")] + [("fisheye", "ultrasonic", "audio", "camera")]
              if args.probe is not None else [])
+        unseen = sorted({it.kind for it in data.items} - {it.kind for it in train.items})
+        if unseen:  # scored as wrong for every method, and said so: no silent change of what is measured
+            print(f"note: templates absent from the training drives (no prior, probe or aligner learnt them): "
+                  f"{', '.join(unseen)}")
         base = baselines(train, data, probes)
         prior = base["prior"]
         results["baselines"] = base
