@@ -54,6 +54,19 @@ def test_aligner_for_other_llm_or_modality_is_refused(tmp_path):
         conn.attach(load_aligner(path))
 
 
+def test_aligner_trained_on_another_token_layout_is_refused(tmp_path):
+    """Same shapes, other slot meanings (the ultrasonic tokens before the echo features): refused, naming both."""
+    al = ModalityAligner.for_llm("ultrasonic", 8, LLMShape.of(tiny_llama()), 2)
+    assert al.spec.token_layout == "sector-posteriors-echoes-v3"
+    path = save_aligner(al, tmp_path / "aligner_ultrasonic.safetensors")
+    meta_old = {k: v for k, v in al.spec.to_metadata().items() if k != "token_layout"}  # a file from before layouts
+    save_file({k: v.contiguous() for k, v in al.state_dict().items()}, str(tmp_path / "old.safetensors"), metadata=meta_old)
+    assert load_aligner(path, modality="ultrasonic").spec == al.spec
+    with pytest.raises(LLMError, match=r"old.safetensors: aligner was trained on 'ultrasonic' tokens of layout "
+                                       r"'unversioned', the encoders now give layout 'sector-posteriors-echoes-v3'"):
+        load_aligner(tmp_path / "old.safetensors", modality="ultrasonic")
+
+
 def test_damaged_or_foreign_checkpoints_are_named(tmp_path):
     good = save_aligner(ModalityAligner.for_llm("camera", 8, LLMShape.of(tiny_llama()), 2), tmp_path / "a.safetensors")
     tensors = load_file(str(good))

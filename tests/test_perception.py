@@ -112,6 +112,23 @@ def test_few_steps_loss_decreases(fresh_data: dict[str, np.ndarray], tmp_path: P
     assert np.isfinite(again.train_step()["loss"])
 
 
+def test_init_fine_tunes_from_shipped_weights(fresh_drive: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`edge train perception --init DIR`: starts from DIR's weights and audio normalisation, not from scratch."""
+    from edge.cli import main
+
+    args = ["train", "perception", "--drives", str(fresh_drive), "--cache-dir", str(tmp_path / "cache"),
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--steps", "1", "--batch", "2",
+            "--audio-batch", "8", "--lr", "1e-6", "--threads", "1", "--quiet"]
+    assert main(args + ["--init", str(MODEL), "--resume"]) == 2
+    assert "--resume and --init exclude each other" in capsys.readouterr().err
+    assert main(args + ["--init", str(MODEL)]) == 0
+    shipped, tuned = PerceptionStack.load(MODEL), PerceptionStack.load(tmp_path / "out")
+    assert torch.equal(tuned.audio.mean, shipped.audio.mean) and torch.equal(tuned.audio.std, shipped.audio.std)
+    w0, w1 = dict(shipped.named_parameters()), dict(tuned.named_parameters())  # (BatchNorm statistics move more)
+    assert max(float((w0[k] - w1[k]).abs().max()) for k in w0) < 1e-3  # one step at lr 1e-6 from the shipped
+
+
 @pytest.fixture(scope="module")
 def shipped_results(fresh_data: dict[str, np.ndarray]) -> tuple[dict, dict]:
     card = json.loads((MODEL / "eval.json").read_text())

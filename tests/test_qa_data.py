@@ -98,3 +98,17 @@ def test_exact_match_and_token_f1(pred, gold, em, f1):
 def test_normalize_keeps_decimals_drops_punctuation():
     assert normalize(" 12.5  Meters! ") == "12.5 meters"
     assert normalize("yes.") == "yes"
+
+
+def test_question_rotation_walks_every_template_and_skips_absent_ones():
+    from edge.drives.qa import ROTATION, TEMPLATES, pick_rotating
+
+    assert sorted(ROTATION) == sorted(TEMPLATES)  # every template once
+
+    items = [{"kind": k, "question": k} for k in TEMPLATES if not k.endswith("_direction")]  # no sound audible
+    asked, seen = 0, []
+    for _ in range(len(items)):
+        q, asked = pick_rotating(items, asked)
+        seen.append(q["kind"])
+    assert sorted(seen) == sorted(q["kind"] for q in items)  # each present template once before any repeats
+    assert {"siren", "horn"} <= set(seen[:12])  # the sounds come up within a 60 s demo's 12 questions

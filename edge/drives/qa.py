@@ -146,3 +146,22 @@ def _touches_side(state: ActorState, side: str, footprint: tuple[float, float, f
     pts = footprint_samples(state.corners)
     p = pts[int(distance_to_ego(pts, footprint).argmin())]
     return side_of(float(p[0]), float(p[1]), footprint) == side
+
+
+# The order the demo and `edge run` ask one question at a time in: families interleaved (distances, sounds,
+# classes, clear, counts), so a 60 s demo's 12 questions cover all of them instead of the first dozen templates in
+# list order, which never reached the sound questions.
+ROTATION = ("distance_front", "siren", "closest_left", "clear_rear", "count_vehicles", "horn", "distance_right",
+            "closest_front", "siren_direction", "clear_left", "count_people", "horn_direction", "reverse_safe",
+            "distance_rear", "closest_right", "clear_front", "distance_left", "closest_rear", "clear_right")
+
+
+def pick_rotating(items: list[dict], asked: int) -> tuple[dict, int]:
+    """The QA item of this instant to ask next and the rotation index after it: the rotation's next kind present
+    now (direction questions exist only while a sound is audible, so absent kinds are skipped)."""
+    by_kind = {q.get("kind"): q for q in items}
+    for k in range(len(ROTATION)):
+        kind = ROTATION[(asked + k) % len(ROTATION)]
+        if kind in by_kind:
+            return by_kind[kind], asked + k + 1
+    return items[asked % len(items)], asked + 1

@@ -7,6 +7,11 @@ tokens pooled over time without the direction. The questions ask per side how fa
 a sound comes from; these tokens lay exactly that out, in fixed slots of a d_enc vector, from the posteriors the
 perception heads were trained to produce (docs/qa.md shows with a probe that the answers can be read from them).
 
+The ultrasonic side tokens also carry the echoes themselves (`EchoFeatures`): each range puts a point on its
+sensor's beam axis, and the nearest such point per side, binned in the same rings, answers "how far" directly.
+Why: the ultrasonic-alone posterior smears an arc over the cells it may lie on, so a probe read the distance bins
+from it only 20-31 % of the time; the echo is the measurement the distance questions ask for.
+
 Sides and distances follow the QA templates (edge/drives/qa.py): a side is the bearing from the body centre
 (front within +-45 degrees), a distance is from the vehicle body, rings are 0.5 m wide and centred on the answer
 bins (ring k covers [0.5 k - 0.25, 0.5 k + 0.25) m), the last ring reaches 6.5 m.
@@ -28,9 +33,26 @@ RING_WIDTH = 0.5
 COUNT_RADIUS = 5.0
 MIN_BLOB_CELLS = 3
 BEV_TOKENS = len(SIDES) + 1  # one token per side, one for the whole surround
+ECHO_OFFSET = 7 * N_RINGS + 2  # side-token slots after the pooled posteriors and the two blob counts
+ECHO_WIDTH = 2 * N_RINGS + 3
 AUDIO_TOKENS = 1
+# What each modality's tokens mean, slot by slot. An aligner records the layout it was trained on and is refused
+# under another one (edge/llm/aligner.py): the shapes may match while the slots mean something else.
+TOKEN_LAYOUTS = {"fisheye": "sector-posteriors-v2", "ultrasonic": "sector-posteriors-echoes-v3",
+                 "audio": "event-direction-v2", "camera": "vit-pruned-v1"}
 _FREE, _STATIC, _VEHICLE, _VRU, _UNKNOWN = (BEV_CLASSES.index(c) for c in
                                             ("free", "static", "vehicle", "pedestrian_cyclist", "unknown"))
+
+
+def side_of_points(x: np.ndarray, y: np.ndarray, footprint: tuple[float, float, float, float]) -> np.ndarray:
+    """Side index (SIDES order) of base_link points by their bearing from the body centre, as edge/drives/qa.py."""
+    x0, x1, _, _ = footprint
+    bearing = np.degrees(np.arctan2(y, x - (x0 + x1) / 2))
+    side = np.full(np.shape(x), 2)  # rear
+    side[(bearing >= -45) & (bearing <= 45)] = 0
+    side[(bearing > 45) & (bearing < 135)] = 1
+    side[(bearing < -45) & (bearing > -135)] = 3
+    return side
 
 
 class SectorPooling:
@@ -43,11 +65,7 @@ class SectorPooling:
         dx = np.maximum.reduce([x0 - cx, np.zeros_like(cx), cx - x1])
         dy = np.maximum.reduce([y0 - cy, np.zeros_like(cy), cy - y1])
         self.dist = np.hypot(dx, dy)
-        bearing = np.degrees(np.arctan2(cy, cx - (x0 + x1) / 2))
-        side = np.full(cx.shape, 2)  # rear
-        side[(bearing >= -45) & (bearing <= 45)] = 0
-        side[(bearing > 45) & (bearing < 135)] = 1
-        side[(bearing < -45) & (bearing > -135)] = 3
+        side = side_of_points(cx, cy, footprint)
         ring = np.floor((self.dist + RING_WIDTH / 2) / RING_WIDTH).astype(np.int64)
         self.side = side
         self.d_enc = d_enc
@@ -59,7 +77,7 @@ class SectorPooling:
         self.groups = np.flatnonzero(sizes)  # (side, ring) groups with cells; a grid too small leaves some empty
         self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[self.groups]
         self.sizes = sizes[self.groups]
-        need = max(7 * N_RINGS + 2, 10)
+        need = max(ECHO_OFFSET + ECHO_WIDTH, 10)
         if d_enc < need:
             raise ValueError(f"SectorPooling needs d_enc >= {need}, got {d_enc}")
 
@@ -103,6 +121,47 @@ class SectorPooling:
             idx = np.flatnonzero(lab.ravel() == i)
             j = idx[self.dist.ravel()[idx].argmin()]
             out.append((int(self.side.ravel()[j]), float(self.dist.ravel()[j])))
+        return out
+
+
+class EchoFeatures:
+    """(S,) ultrasonic ranges -> (sides, ECHO_WIDTH) per-side echo features for the ultrasonic side tokens.
+
+    Per side: the ring of the nearest echo point (one-hot), "an echo within ring k or nearer" (cumulative), whether
+    any echo lies on the side, whether every sensor facing the side heard nothing (+inf: clear up to its reach),
+    and whether a sensor facing it said nothing at all (NaN: missing or invalid, so silence there is not evidence).
+    A sensor faces the side its beam axis points into 2 m out (1 m out, the side sensors' axes are still in
+    the front and rear sectors); ranges below min_range (-inf) count as ring 0."""
+
+    def __init__(self, positions: np.ndarray, yaws: np.ndarray, footprint: tuple[float, float, float, float]) -> None:
+        self.positions = np.asarray(positions, np.float64).reshape(-1, 2)
+        self.axes = np.stack([np.cos(yaws), np.sin(yaws)], axis=1)
+        self.footprint = footprint
+        ahead = self.positions + 2.0 * self.axes
+        self.facing = side_of_points(ahead[:, 0], ahead[:, 1], footprint)
+
+    def __call__(self, ranges: np.ndarray) -> np.ndarray:
+        r = np.asarray(ranges, np.float64).reshape(-1)
+        out = np.zeros((len(SIDES), ECHO_WIDTH), np.float32)
+        echo = np.isfinite(r) | (r == -np.inf)
+        near = np.where(r == -np.inf, 0.0, np.where(echo, r, 0.0))
+        points = self.positions + self.axes * near[:, None]
+        x0, x1, y0, y1 = self.footprint
+        dx = np.maximum.reduce([x0 - points[:, 0], np.zeros(len(r)), points[:, 0] - x1])
+        dy = np.maximum.reduce([y0 - points[:, 1], np.zeros(len(r)), points[:, 1] - y1])
+        dist = np.hypot(dx, dy)
+        side = side_of_points(points[:, 0], points[:, 1], self.footprint)
+        for s in range(len(SIDES)):
+            here = echo & (side == s)
+            if here.any():
+                ring = min(int(np.floor((dist[here].min() + RING_WIDTH / 2) / RING_WIDTH)), N_RINGS - 1)
+                out[s, ring] = 1.0
+                out[s, N_RINGS + ring:2 * N_RINGS] = 1.0
+                out[s, 2 * N_RINGS] = 1.0
+            facing = self.facing == s
+            if facing.any():
+                out[s, 2 * N_RINGS + 1] = float(np.all(r[facing] == np.inf))
+                out[s, 2 * N_RINGS + 2] = float(np.isnan(r[facing]).any())
         return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from edge.encoders.audio import AudioEncoder
@@ -30,7 +30,7 @@ from edge.encoders.camera import CameraEncoder
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
 from edge.encoders.fisheye import FisheyeEncoder
 from edge.encoders.fusion import BevFusionHead
-from edge.encoders.scene_tokens import SectorPooling
+from edge.encoders.scene_tokens import ECHO_OFFSET, EchoFeatures, SectorPooling
 from edge.encoders.ultrasonic import UltrasonicEncoder
 from edge.errors import EdgeError
 
@@ -84,6 +84,8 @@ class PerceptionStack(nn.Module):
         self.camera = CameraEncoder(cfg, (front.height, front.width) if front is not None else None)
         self.fusion = BevFusionHead(cfg)
         self.sectors = SectorPooling(cfg.bev_grid, self.footprint, cfg.d_enc)
+        self.echoes = EchoFeatures(np.array([s.position[:2] for s in rig.ultrasonic]),
+                                   np.array([s.yaw for s in rig.ultrasonic]), self.footprint)
         self.backends: dict[str, str] = {name: "eager" for name in MODULES}
         self.engines: Any = None  # the edge.backends.EngineSet in use, if any
 
@@ -178,7 +180,10 @@ class PerceptionStack(nn.Module):
         out = self.ultrasonic.encode(sample, diag)
         if out is None:
             return None
-        return self._bev_modality(out[0], self.fusion(None, out[0], out[2])[1], out[2])
+        bev = self._bev_modality(out[0], self.fusion(None, out[0], out[2])[1], out[2])
+        echoes = torch.from_numpy(self.echoes(self.ultrasonic.preprocess(sample)))
+        bev.tokens[0, : echoes.shape[0], ECHO_OFFSET: ECHO_OFFSET + echoes.shape[1]] = echoes
+        return bev
 
     def _bev_modality(self, bev: Tensor, fine: Tensor, raster: Tensor | None) -> _BevModality:
         probs = torch.softmax(fine, 1)[0].numpy()
@@ -208,8 +213,11 @@ class PerceptionStack(nn.Module):
         first = d / f"{modules[0]}.safetensors"
         if not first.exists():
             raise CheckpointError(f"{d}: no {first.name} (expected {', '.join(m + '.safetensors' for m in modules)})")
-        with safe_open(str(first), "pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(first), "pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as exc:  # truncated or corrupt: name the file, not the parser's state
+            raise CheckpointError(f"{first}: not a readable safetensors file (truncated or corrupt? {exc})") from None
         if "config" not in meta:
             raise CheckpointError(f"{first}: no 'config' in the safetensors metadata")
         stack = cls(PerceptionConfig.from_json(meta["config"]), rig if rig is not None else load_rig(), table_cache)
@@ -219,6 +227,8 @@ class PerceptionStack(nn.Module):
                 raise CheckpointError(f"{path}: missing")
             try:
                 getattr(stack, name).load_state_dict(load_file(str(path)), strict=True)
+            except SafetensorError as exc:
+                raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt? {exc})") from None
             except (RuntimeError, OSError) as exc:
                 raise CheckpointError(f"{path}: does not match the {name} module ({exc})") from exc
         stack.eval()

@@ -42,6 +42,7 @@ class AlignerSpec:
     head_dim: int
     n_blocks: int
     hidden: int
+    token_layout: str = "unversioned"  # edge.encoders.scene_tokens.TOKEN_LAYOUTS; absent in files before it existed
 
     @property
     def kv_dim(self) -> int:
@@ -59,6 +60,8 @@ class AlignerSpec:
         values: dict[str, object] = {}
         for name, kind in cls.__annotations__.items():
             if name not in meta:
+                if name == "token_layout":
+                    continue
                 raise LLMError(f"{source}: aligner metadata lacks key '{name}'")
             if kind == "str":
                 values[name] = meta[name]
@@ -112,7 +115,8 @@ class ModalityAligner(nn.Module):
         """A freshly initialised aligner shaped for `shape` (hidden width 4 d_enc, as in mPnP)."""
         if not 1 <= n_blocks <= shape.n_layers:
             raise LLMError(f"aligner '{modality}': n_blocks={n_blocks} must be within 1..{shape.n_layers} (the LLM's layers)")
-        spec = AlignerSpec(modality, d_enc, shape.d_model, shape.n_kv_heads, shape.head_dim, n_blocks, 4 * d_enc)
+        spec = AlignerSpec(modality, d_enc, shape.d_model, shape.n_kv_heads, shape.head_dim, n_blocks, 4 * d_enc,
+                           current_token_layout(modality))
         return cls(spec, gate_init)
 
     @property
@@ -143,6 +147,13 @@ class ModalityAligner(nn.Module):
                            device=self.gate_logits.device)
         self.gate_logits = nn.Parameter(torch.cat([self.gate_logits.detach(), extra]))
         self.spec = AlignerSpec(**{**asdict(self.spec), "n_blocks": n_blocks})
+
+
+def current_token_layout(modality: str) -> str:
+    """The layout the encoders give `modality`'s tokens in now ("unversioned" for a modality without one)."""
+    from edge.encoders.scene_tokens import TOKEN_LAYOUTS  # here: the connector core stays light to import
+
+    return TOKEN_LAYOUTS.get(modality, "unversioned")
 
 
 def save_aligner(aligner: ModalityAligner, path: str | Path) -> Path:
@@ -180,6 +191,9 @@ def load_aligner(
     spec = AlignerSpec.from_metadata(meta, source)
     if modality is not None and spec.modality != modality:
         raise LLMError(f"{source}: aligner is for modality '{spec.modality}', expected '{modality}'")
+    if modality is not None and spec.token_layout != current_token_layout(modality):
+        raise LLMError(f"{source}: aligner was trained on '{modality}' tokens of layout '{spec.token_layout}', the "
+                       f"encoders now give layout '{current_token_layout(modality)}'; retrain it (edge train aligners)")
     if shape is not None:
         spec.check_fits(shape, source)
     aligner = ModalityAligner(spec)

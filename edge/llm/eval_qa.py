@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from edge.llm.prior import BlindPrior
-from edge.llm.probe import probe_report
+from edge.llm.probe import echo_distance_rule, probe_report
 from edge.llm.qa_data import (DEFAULT_CACHE, DEFAULT_DRIVES_DIR, EVAL_DRIVES, TRAIN_DRIVES, QADataset,
                               build_dataset)
 from edge.llm.qa_model import QAModel, load_run
@@ -55,9 +55,14 @@ def evaluate_subsets(model: QAModel, data: QADataset, progress: bool = True,
 
 def baselines(train: QADataset, test: QADataset, probe_modalities: list[tuple[str, ...]]) -> dict:
     """The blind prior (majority per template of the training items) and token probes, on the test items."""
-    out = {"prior": BlindPrior.fit(train).report(test), "probe": {}}
+    prior = BlindPrior.fit(train)
+    out = {"prior": prior.report(test), "probe": {}}
     for mods in probe_modalities:
         out["probe"][subset_name(mods)] = probe_report(train, test, mods)
+    if any("ultrasonic" in mods for mods in probe_modalities):
+        items = [it for it in test.items if it.kind.startswith("distance_")]
+        out["echo_rule"] = score_report(items, echo_distance_rule(test, items))
+        out["echo_rule_prior"] = prior.report(QADataset(items, test.tokens, test.present))
     return out
 
 
@@ -152,6 +157,9 @@ def _main(args: argparse.Namespace) -> int:
         print_report("blind prior", prior)
         for name, res in base["probe"].items():
             print_report(f"probe {name}", res, prior)
+        if "echo_rule" in base:
+            print_report("echo rule (distance questions read off the ultrasonic echo slots, no training)",
+                         base["echo_rule"], base["echo_rule_prior"])
     llm = load_llm(args.llm) if args.runs else None
     for run in args.runs:
         model = load_run(llm, run)

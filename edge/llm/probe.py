@@ -71,3 +71,22 @@ def probe_report(train: QADataset, test: QADataset, modalities: tuple[str, ...],
     probe = TokenProbe(modalities, kinds, {k: sorted(v) for k, v in answers.items()}, seed=seed).fit(train)
     items = [it for it in test.items if it.kind in answers]
     return score_report(items, probe.predict(test, items))
+
+
+def echo_distance_rule(data: QADataset, items: list[QAItem]) -> list[str]:
+    """The distance questions answered by reading the ultrasonic echo slots with a fixed rule (no training): the
+    ring of the side's nearest echo as its bin, "none" without an echo. A yardstick for what the tokens carry when
+    the probe, trained on the same few hundred scenes, reads less than that."""
+    from edge.drives.qa import DISTANCE_BINS
+    from edge.encoders.scene_tokens import ECHO_OFFSET, N_RINGS, SIDES
+
+    out = []
+    for it in items:
+        toks, ok = data.batch_tokens([it], "ultrasonic")
+        echo = toks[0, SIDES.index(it.kind.removeprefix("distance_")), ECHO_OFFSET:ECHO_OFFSET + N_RINGS]
+        if not bool(ok.all()) or not bool(echo.any()):
+            out.append("none")
+            continue
+        ring = int(echo.argmax())
+        out.append(DISTANCE_BINS[min(max(ring, 1), len(DISTANCE_BINS)) - 1] if ring <= len(DISTANCE_BINS) else "none")
+    return out

@@ -40,6 +40,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and batch sampling [0]")
     p.add_argument("--save-every", type=int, default=50, help="steps between resumable saves [50]")
     p.add_argument("--resume", action="store_true", help="continue from the state in --work")
+    p.add_argument("--init", type=Path, default=None, metavar="DIR",
+                   help="fine-tune: start from the checkpoints in DIR (weights and audio normalisation), fresh optimizer")
     p.set_defaults(func=_train)
 
 
@@ -78,6 +80,9 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch=args.batch, audio_batch=args.audio_batch, lr=args.lr, seed=args.seed, save_every=args.save_every)
     trainer = Trainer(stack, data.arrays, cfg)
     work = args.work or args.cache_dir / f"run-seed{args.seed}"
+    if args.resume and args.init is not None:
+        from edge.errors import EdgeError
+        raise EdgeError("--resume and --init exclude each other: --resume continues a run, --init starts one from weights")
     if args.resume:
         if not (work / "train_state.json").exists():
             from edge.errors import EdgeError
@@ -86,6 +91,9 @@ def _train(args: argparse.Namespace) -> int:
         stack.load_state_dict(loaded.state_dict())
         trainer.load_state(work)
         print(f"resumed from {work} at step {trainer.step}", file=sys.stderr)
+    elif args.init is not None:
+        stack.load_state_dict(PerceptionStack.load(args.init, rig).state_dict())
+        print(f"fine-tuning from {args.init}", file=sys.stderr)
     else:
         trainer.init_normalisation()
     command = "edge train perception " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
