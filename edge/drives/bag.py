@@ -5,10 +5,14 @@ Writing goes through `rosbags.rosbag2.Writer` with the MCAP storage plugin and z
 bag is a plain rosbag2 directory that rosbags' AnyReader, the `mcap` library / CLI and `ros2 bag` all open; the
 offered QoS of each topic is recorded as rosbag2 does (sensor topics best effort, keep last 5; others reliable).
 
-Reading goes through `rosbags.highlevel.AnyReader` (MCAP or sqlite3, any writer, type definitions taken from the
-bag, the Jazzy typestore for bags that carry none). A recording cut short (no metadata.yaml, MCAP without summary
-or footer, damaged chunk) is read record by record with the `mcap` library's stream reader: every message before
-the damage is still yielded and the damage is reported in `Bag.diagnostics`, naming the file.
+Reading goes through `rosbags.highlevel.AnyReader` (MCAP or sqlite3, any writer). Messages are decoded by the
+bag's own definitions (MCAP schema records, the sqlite3 `message_definitions` table): a bag written with ROS 2
+Humble's sensor_msgs/Range (no `variance`) decodes as such. Types the bag carries no definition for use the
+typestore of the bag's `ros_distro` where rosbags has one, else ROS 2 Jazzy's; `Bag.definitions` says which.
+A recording cut short (no metadata.yaml, MCAP without summary or footer, damaged chunk) is read record by record with
+the `mcap` library's stream reader: every message outside the damage is still yielded, and the damage (a chunk whose
+CRC fails: its bag-time span and topics) is reported in `Bag.diagnostics` and `Bag.damaged`, naming the file. A
+damaged sqlite3 file is read up to the damage (edge.drives.sqlite_salvage).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_
 from rosbags.typesys.store import Typestore
 
 from edge.drives import topics as T
+from edge.drives.mcap_chunks import chunk_topics, write_chunk_crcs
 from edge.drives.messages import typestore as jazzy_typestore
+from edge.drives.sqlite_salvage import SqliteSalvage
 from edge.errors import BagError
 
 # libyaml's safe loader where PyYAML has it: metadata.yaml of a long bag is tens of kB.
@@ -68,11 +74,13 @@ class BagWriter:
 
     `compression`: "zstd" (MCAP chunk compression, default) or "none"; with storage="sqlite3", "zstd" means
     rosbag2's per-message zstd (`--compression-mode message`), the only compression sqlite3 bags have.
+    `typestore`: the definitions written into the bag and used to serialise (default ROS 2 Jazzy; another
+    distro's to write a bag as that distro would, see edge.drives.faults).
     """
 
     def __init__(
         self, out_dir: str | Path, compression: str = "zstd", *, storage: str = "mcap",
-        custom_data: dict[str, str] | None = None,
+        custom_data: dict[str, str] | None = None, typestore: Typestore | None = None,
     ) -> None:
         self.path = Path(out_dir)
         if compression not in ("zstd", "none"):
@@ -93,6 +101,7 @@ class BagWriter:
         for k, v in (custom_data or {}).items():
             self._writer.set_custom_data(k, v)
         self.compression, self.storage = compression, storage
+        self._ts = typestore or jazzy_typestore()
         self._connections: dict[str, Any] = {}
         self._types: dict[str, str] = {}
         self._open = False
@@ -115,9 +124,9 @@ class BagWriter:
         spec = T.known_topics(()).get(topic)
         if spec is not None and msgtype not in spec.types:
             raise BagError(f"{self.path}: topic '{topic}' must carry {' or '.join(spec.types)}, not {msgtype}")
-        ts = jazzy_typestore()
+        ts = self._ts
         if msgtype not in ts.types:
-            raise BagError(f"{self.path}: topic '{topic}': unknown message type '{msgtype}' (not in ROS 2 Jazzy)")
+            raise BagError(f"{self.path}: topic '{topic}': unknown message type '{msgtype}' (not in the typestore)")
         qos = offered_qos(is_sensor_topic(topic) if sensor is None else sensor)
         self._connections[topic] = self._writer.add_connection(
             topic, msgtype, typestore=ts, offered_qos_profiles=[qos]
@@ -127,7 +136,7 @@ class BagWriter:
     def write(self, topic: str, msgtype: str, stamp_ns: int, msg: Any) -> None:
         """Serialize `msg` (a rosbags message object) to CDR and store it with bag time `stamp_ns`."""
         try:
-            data = jazzy_typestore().serialize_cdr(msg, msgtype)
+            data = self._ts.serialize_cdr(msg, msgtype)
         except Exception as exc:
             raise BagError(f"{self.path}: topic '{topic}': cannot serialize message as {msgtype}: {exc}") from exc
         self.write_raw(topic, msgtype, stamp_ns, data)
@@ -142,10 +151,13 @@ class BagWriter:
         self.count += 1
 
     def close(self) -> None:
-        """Finish the MCAP summary and write metadata.yaml."""
+        """Finish the MCAP summary (with chunk CRCs, which rosbags leaves 0) and write metadata.yaml."""
         if self._open:
             self._open = False
             self._writer.close()
+            if self.storage == "mcap":
+                for f in sorted(self.path.glob("*.mcap")):
+                    write_chunk_crcs(f)
 
     def __enter__(self) -> "BagWriter":
         return self.open()
@@ -176,8 +188,28 @@ class TopicInfo:
     qos: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _typestore_from_defs(defs: dict[str, tuple[str, str]]) -> Typestore:
-    """Jazzy types plus / overridden by the definitions a bag carries (e.g. Humble's Range without variance)."""
+_DISTRO_STORES = {s.name.split("_", 1)[1].lower(): s for s in Stores if s.name.startswith("ROS2_")}
+
+
+def default_typestore(ros_distro: str | None) -> Typestore:
+    """Types for a bag that carries no definitions: its recorded `ros_distro` if rosbags knows it, else Jazzy."""
+    store = _DISTRO_STORES.get(str(ros_distro or "").lower())
+    return get_typestore(store) if store is not None and store != Stores.ROS2_JAZZY else jazzy_typestore()
+
+
+def _merged_typestore(from_bag: dict[str, Any], default: Typestore) -> Typestore:
+    """`default`'s types, overridden by the definitions a bag carries (e.g. Humble's Range without variance).
+    `default` itself when the bag defines nothing differently (registering a store costs ~0.25 s)."""
+    if all(default.fielddefs.get(k) == v for k, v in from_bag.items()):
+        return default
+    ts = get_typestore(Stores.EMPTY)
+    ts.register({k: v for k, v in default.fielddefs.items() if k not in from_bag})
+    ts.register(from_bag)
+    return ts
+
+
+def _parse_defs(defs: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Field definitions from (encoding, text) message definitions as MCAP schemas / rosbag2 store them."""
     from_bag: dict[str, Any] = {}
     for msgtype, (fmt, text) in defs.items():
         if not text:
@@ -192,11 +224,21 @@ def _typestore_from_defs(defs: dict[str, tuple[str, str]]) -> Typestore:
                 from_bag.update(get_types_from_msg(text, msgtype))
         except Exception as exc:  # a broken definition only costs that type
             log.warning("cannot parse message definition of %s: %s", msgtype, exc)
-    ts = get_typestore(Stores.EMPTY)
-    base = {k: v for k, v in jazzy_typestore().fielddefs.items() if k not in from_bag}
-    ts.register(base)
-    ts.register(from_bag)
-    return ts
+    return from_bag
+
+
+def _summary_channels(f: Path) -> tuple[dict[int, Any], dict[int, Any]]:
+    """(schemas, channels) by id from an MCAP file's summary section; empty where it has none or it is damaged."""
+    from mcap.reader import make_reader
+
+    try:
+        with f.open("rb") as fh:
+            summary = make_reader(fh).get_summary()
+    except Exception:
+        return {}, {}
+    if summary is None:
+        return {}, {}
+    return dict(summary.schemas), dict(summary.channels)
 
 
 class Bag:
@@ -213,16 +255,29 @@ class Bag:
         self.start_ns: int | None = None
         self.end_ns: int | None = None
         self._reader: AnyReader | None = None
+        self._salvage: SqliteSalvage | None = None
+        self._stream_defs: tuple[Any, ...] | None = None
         self._reported: set[str] = set()
+        self.undecoded: dict[str, int] = {}  # topic -> messages skipped because they did not decode
+        # (first, last bag time or None: to the end, topics or [] if unknown) of data lost to damage
+        self.damaged: list[tuple[int | None, int | None, list[str]]] = []
         self._load_metadata()
+        self._default_ts = default_typestore(self.metadata.get("ros_distro"))
+        # Decoding types: the bag's definitions over the default ones; `definitions` says per type where from.
+        self.typestore: Typestore = self._default_ts
+        self.definitions: dict[str, str] = {}
         try:
-            self._reader = AnyReader([self.path], default_typestore=jazzy_typestore())
+            self._reader = AnyReader([self.path], default_typestore=self._default_ts)
             self._reader.open()
         except Exception as exc:  # damaged or incomplete recording: fall back where the storage allows
             self._reader = None
             self._mcap_files = self._find_mcap_files()
             if not self._mcap_files:
-                raise BagError(f"{self.path}: cannot open bag: {exc}") from None
+                dbs = sorted(self.path.glob("*.db3")) if self.path.is_dir() else []
+                if not dbs:
+                    raise BagError(f"{self.path}: cannot open bag: {exc}") from None
+                self._open_salvage(dbs[0], exc)
+                return
             self.diagnostics.append(
                 f"{self.path}: bag index unreadable ({exc}); reading {', '.join(f.name for f in self._mcap_files)} "
                 "record by record"
@@ -242,6 +297,53 @@ class Bag:
                 self.storage = str(self.metadata.get("storage_identifier", "unknown"))
             except Exception as exc:
                 self.diagnostics.append(f"{meta}: unreadable metadata ({exc})")
+
+    def _open_salvage(self, db: Path, exc: BaseException) -> None:
+        """A damaged sqlite3 bag: topics and definitions from what is readable, messages up to the damage."""
+        zstd = str(self.metadata.get("compression_mode", "")).lower() == "message"
+        self._salvage = SqliteSalvage(db, message_zstd=zstd)
+        self.storage = "sqlite3"
+        self.diagnostics.append(f"{self.path}: bag unreadable as a whole ({exc}); reading {db.name} up to the damage")
+        log.warning("%s", self.diagnostics[-1])
+        for name, msgtype, qos in self._salvage.topics.values():
+            try:
+                q = yaml.load(qos, Loader=_YAML_LOADER) if qos else []
+            except yaml.YAMLError:
+                q = []
+            self.topics[name] = TopicInfo(name, msgtype, None, q if isinstance(q, list) else [])
+        from_bag = _parse_defs(self._salvage.definitions)
+        if from_bag:
+            self.typestore = _merged_typestore(from_bag, self._default_ts)
+        self._note_definitions(set(from_bag))
+
+    def _salvage_messages(
+        self, wanted: set[str] | None, start_ns: int | None, stop_ns: int | None, raw: bool,
+        after: tuple[int, int] | None,
+    ) -> Iterator[BagMessage]:
+        sal = self._salvage
+        skip = after[1] if after else 0
+        counts: dict[str, int] = {}
+        last_t: int | None = None
+        for topic_id, t, data in sal.messages():
+            last_t = t
+            topic, msgtype, _ = sal.topics.get(topic_id, ("", "", ""))
+            counts[topic] = counts.get(topic, 0) + 1
+            if after is not None and (t < after[0] or (t == after[0] and skip > 0)):
+                skip -= t == after[0]
+                continue
+            if (wanted is not None and topic not in wanted) or (start_ns is not None and t < start_ns) \
+                    or (stop_ns is not None and t >= stop_ns):
+                continue
+            out = self._decode(topic, msgtype, t, data, raw, self.typestore)
+            if out is not None:
+                yield out
+        for topic, n in counts.items():
+            if topic in self.topics and self.topics[topic].count is None:
+                self.topics[topic].count = n
+        if sal.error:
+            self.damaged.append((last_t, None, []))
+            self.diagnostics.append(sal.error)
+            log.warning("%s", sal.error)
 
     def _find_mcap_files(self) -> list[Path]:
         if self.path.is_file():
@@ -266,10 +368,24 @@ class Bag:
             if isinstance(qos, str):  # older metadata stores QoS as a YAML string
                 qos = yaml.load(qos, Loader=_YAML_LOADER) if qos else []
             self.topics[name] = TopicInfo(name, sorted(types)[0], int(info.msgcount), list(qos or []))
+        from_bag = {c.msgtype for c in r.connections if c.msgdef.format.name != "NONE"}
+        if from_bag:  # AnyReader's typestore then holds only what the bag defines: add the defaults under it
+            self.typestore = _merged_typestore(dict(r.typestore.fielddefs), self._default_ts)
+        self._note_definitions(from_bag)
         if r.message_count:
             self.start_ns, self.end_ns = r.start_time, r.end_time - 1 if r.end_time > r.start_time else r.end_time
         else:
             self.start_ns = self.end_ns = None
+
+    def _note_definitions(self, from_bag: set[str]) -> None:
+        default = "ros_distro " + str(self.metadata.get("ros_distro")) if self._default_ts is not jazzy_typestore() \
+            else "built-in Jazzy"
+        for info in self.topics.values():
+            self.definitions[info.msgtype] = "bag" if info.msgtype in from_bag else default
+
+    def deserialize(self, data: bytes | memoryview, msgtype: str) -> Any:
+        """A message object from CDR bytes of this bag, by the bag's own definition of `msgtype`."""
+        return self.typestore.deserialize_cdr(data, msgtype)
 
     def _scan_mcap_headers(self) -> None:
         """Topic table of a damaged MCAP from its channel records (counts unknown until read)."""
@@ -328,16 +444,20 @@ class Bag:
             for t in sorted(wanted - set(self.topics)):
                 self._diag(f"missing:{t}", f"{self.path}: topic '{t}' is not in the bag")
         if self._reader is None:
-            yield from self._stream_messages(wanted, start_ns, stop_ns, raw, after=None)
+            if self._salvage is not None:
+                yield from self._salvage_messages(wanted, start_ns, stop_ns, raw, after=None)
+            else:
+                yield from self._stream_messages(wanted, start_ns, stop_ns, raw, after=None)
             return
         r = self._reader
         conns = [c for c in r.connections if wanted is None or c.topic in wanted]
         if not conns:
             return
+        ts = self.typestore
         last: tuple[int, int] | None = None  # (time, messages yielded at that time) to resume after damage
         try:
             for conn, t, data in r.messages(connections=conns, start=start_ns, stop=stop_ns):
-                out = self._decode(conn.topic, conn.msgtype, t, data, raw, r.typestore)
+                out = self._decode(conn.topic, conn.msgtype, t, data, raw, ts)
                 last = (t, last[1] + 1 if last and last[0] == t else 1)
                 if out is not None:
                     yield out
@@ -349,6 +469,9 @@ class Bag:
             if files:
                 self._mcap_files = files
                 yield from self._stream_messages(wanted, start_ns, stop_ns, raw, after=last)
+            elif self.storage == "sqlite3" and (dbs := sorted(self.path.glob("*.db3"))):
+                self._open_salvage(dbs[0], exc)
+                yield from self._salvage_messages(wanted, start_ns, stop_ns, raw, after=last)
 
     def _decode(
         self, topic: str, msgtype: str, t: int, data: bytes | memoryview, raw: bool, ts: Typestore
@@ -360,11 +483,11 @@ class Bag:
         try:
             if msgtype in ts.types:
                 return BagMessage(topic, msgtype, t, ts.deserialize_cdr(data, msgtype))
-            if msgtype in jazzy_typestore().types:
-                return BagMessage(topic, msgtype, t, jazzy_typestore().deserialize_cdr(data, msgtype))
         except Exception as exc:
-            self._diag(f"msg:{topic}:{t}", f"{self.path}: topic '{topic}': message at {t} ns does not decode as "
-                                           f"{msgtype} ({exc}); skipped")
+            self.undecoded[topic] = self.undecoded.get(topic, 0) + 1
+            self._diag(f"msg:{topic}", f"{self.path}: topic '{topic}': message at {t} ns does not decode as "
+                                       f"{msgtype} by the {self.definitions.get(msgtype, 'bag')} definition ({exc}); "
+                                       "skipped (reported once per topic, counted in Bag.undecoded)")
             return None
         self._diag(f"type:{topic}", f"{self.path}: topic '{topic}': unknown message type '{msgtype}' "
                                     "(no definition in the bag or in ROS 2 Jazzy); topic skipped")
@@ -406,11 +529,14 @@ class Bag:
                     yield out
 
         for f in self._mcap_files:
-            schemas: dict[int, Any] = {}
-            channels: dict[int, Any] = {}
-            defs: dict[str, tuple[str, str]] = {}
+            # Channels and schemas from the summary where it survived: rosbags writes them inside the first chunk,
+            # so losing that chunk would otherwise orphan every later message.
+            schemas, channels = _summary_channels(f)
+            defs: dict[str, tuple[str, str]] = {
+                sch.name: (sch.encoding, sch.data.decode("utf-8", "replace")) for sch in schemas.values()}
             n_file = 0
             ts = None
+            index: dict[tuple[int, int], list[str]] | None = None
             try:
                 fh = f.open("rb")
             except OSError as exc:
@@ -425,9 +551,10 @@ class Bag:
                     except StopIteration:
                         break
                     except Exception as exc:
+                        self.damaged.append((max_seen if max_seen >= 0 else None, None, []))
                         self.diagnostics.append(
                             f"{f}: file is truncated or damaged near byte {fh.tell()} ({type(exc).__name__}: {exc}); "
-                            f"{n_file} messages before the damage were read, the rest is lost"
+                            f"{n_file} messages before the damage (bag time {max_seen} ns) were read, the rest is lost"
                         )
                         log.warning("%s", self.diagnostics[-1])
                         break
@@ -436,9 +563,16 @@ class Bag:
                         try:
                             subs = breakup_chunk(rec, validate_crc=True)
                         except Exception as exc:
+                            span = (rec.message_start_time, rec.message_end_time)
+                            if index is None:
+                                index = chunk_topics(f)
+                            names = index.get(span, [])
+                            topics = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "") \
+                                if names else "topics unknown (no summary)"
+                            self.damaged.append((span[0], span[1], index.get(span, [])))
                             self.diagnostics.append(
-                                f"{f}: chunk at bag time {rec.message_start_time}..{rec.message_end_time} ns is "
-                                f"damaged ({type(exc).__name__}: {exc}); its messages are skipped"
+                                f"{f}: chunk at bag time {span[0]}..{span[1]} ns is damaged "
+                                f"({type(exc).__name__}: {exc}); its messages are lost ({topics})"
                             )
                             log.warning("%s", self.diagnostics[-1])
                             continue
@@ -472,11 +606,11 @@ class Bag:
                             seq += 1
                             heapq.heappush(heap, (t, seq, ch.topic, sch.name if sch else "", bytes(s.data)))
                     if ts is None:
-                        ts = _typestore_from_defs(defs)
+                        ts = self._stream_typestore(defs)
                     if heap:
                         yield from release(max_seen - reorder_window_ns)
             if ts is None:
-                ts = _typestore_from_defs(defs)
+                ts = self._stream_typestore(defs)
             yield from release(math.inf)
         for topic, n in counts.items():
             if topic in self.topics and self.topics[topic].count is None:
@@ -487,11 +621,25 @@ class Bag:
                 "damaged file and were yielded late"
             )
 
+    def _stream_typestore(self, defs: dict[str, tuple[str, str]]) -> Typestore:
+        """Decoding types of a file read record by record: its schema records over the defaults (kept on self)."""
+        key = tuple(sorted(defs.items()))
+        if key == self._stream_defs:
+            return self.typestore
+        self._stream_defs = key
+        from_bag = _parse_defs(defs)
+        self.typestore = _merged_typestore(from_bag, self._default_ts) if from_bag else self._default_ts
+        self._note_definitions(set(from_bag))
+        return self.typestore
+
     # ---------------------------------------------------------------- lifetime
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._salvage is not None:
+            self._salvage.close()
+            self._salvage = None
 
     def __enter__(self) -> "Bag":
         return self

@@ -75,7 +75,17 @@ def bag_info(path: str | Path) -> dict[str, Any]:
             "path": str(path), "storage": bag.storage, "size_bytes": _size_on_disk(path), "compression": compression,
             "start_ns": start, "end_ns": end, "duration_s": (end - start) / 1e9 if start is not None else 0.0,
             "message_count": sum(count.values()), "topics": topics, "diagnostics": list(bag.diagnostics),
+            "definitions": dict(sorted(bag.definitions.items())),  # type -> "bag" or the fallback used
         }
+
+
+def _definitions(defs: dict[str, str]) -> str:
+    """Where the message definitions used to decode come from: the bag's own, or a fallback for those it lacks."""
+    own = sum(v == "bag" for v in defs.values())
+    other = sorted({v for v in defs.values() if v != "bag"})
+    parts = [f"from the bag for {own} of {len(defs)} types"] if own else []
+    parts += [f"{v} for {sum(x == v for x in defs.values())} types (none in the bag)" for v in other]
+    return "; ".join(parts) or "-"
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -90,6 +100,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"Start:        {info['start_ns']} ns" if info["start_ns"] is not None else "Start:        (empty)",
         f"End:          {info['end_ns']} ns" if info["end_ns"] is not None else "End:          (empty)",
         f"Messages:     {info['message_count']}",
+        f"Definitions:  {_definitions(info.get('definitions', {}))}",
         "Topics:",
     ]
     width = max((len(t["name"]) for t in info["topics"]), default=10)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from rosbags.interfaces import Nodetype
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
@@ -68,6 +69,45 @@ def serialize(msg: Any, msgtype: str | None = None) -> bytes:
 
 def deserialize(data: bytes | memoryview, msgtype: str) -> Any:
     return typestore().deserialize_cdr(data, msgtype)
+
+
+# ---------------------------------------------------------------- another distro's definitions
+
+def same_definition(msgtype: str, a: Typestore, b: Typestore) -> bool:
+    """Whether two typestores define `msgtype` (with every type it contains) alike: then the CDR is the same."""
+    return msgtype in a.fielddefs and msgtype in b.fielddefs and \
+        a.generate_msgdef(msgtype)[0] == b.generate_msgdef(msgtype)[0]
+
+
+_DEFAULTS = {"bool": False, "string": "", "wstring": ""}
+
+
+def _value(val: Any, node: tuple[Any, Any], dst: Typestore) -> Any:
+    kind, desc = node
+    if kind == Nodetype.BASE:
+        if val is not None:
+            return val
+        return _DEFAULTS.get(desc[0], 0.0 if desc[0].startswith("float") else 0)
+    if kind == Nodetype.NAME:
+        return convert_message(val, desc, dst)
+    sub, length = desc
+    if sub[0] == Nodetype.BASE and sub[1][0] not in _DEFAULTS:  # numeric arrays are numpy arrays in rosbags
+        name = sub[1][0]
+        dtype = np.dtype({"char": "uint8", "byte": "uint8", "octet": "uint8"}.get(name, name))
+        if val is None:
+            return np.zeros(length if kind == Nodetype.ARRAY else 0, dtype)
+        return np.asarray(val, dtype=dtype)
+    items = list(val) if val is not None else []
+    if kind == Nodetype.ARRAY and len(items) < length:
+        items += [None] * (length - len(items))
+    return [_value(x, sub, dst) for x in items]
+
+
+def convert_message(obj: Any, msgtype: str, dst: Typestore) -> Any:
+    """`obj` as `dst` defines `msgtype` (e.g. Humble's Range from Jazzy's): shared fields copied, fields `dst`
+    lacks dropped, fields it adds set to zero / empty."""
+    fields = dst.fielddefs[msgtype][1]
+    return dst.types[msgtype](**{name: _value(getattr(obj, name, None), node, dst) for name, node in fields})
 
 
 # ---------------------------------------------------------------- images
@@ -248,18 +288,37 @@ def decode_range(msg: Any) -> dict[str, Any]:
                        float(msg.min_range), float(msg.max_range))
 
 
-def decode_range_cdr(data: bytes | memoryview) -> dict[str, Any]:
+_RANGE_FLOATS = ("field_of_view", "min_range", "max_range", "range")
+
+
+def range_cdr_floats(ts: Typestore | None = None) -> int | None:
+    """How many float32s follow radiation_type in sensor_msgs/Range as `ts` defines it: 4 (Humble and earlier) or
+    5 (Jazzy, `variance` added), or None when that definition is another layout (decode it generically)."""
+    ts = ts or typestore()
+    fields = ts.fielddefs.get(T.RANGE, ((), ()))[1]
+    names = [f[0] for f in fields]
+    head = ["header", "radiation_type", *_RANGE_FLOATS]
+    floats = [f for f in fields[2:] if f[1][0].name == "BASE" and f[1][1][0] == "float32"]
+    if names[:6] != head or len(floats) != len(fields) - 2:
+        return None
+    if names[6:] in ([], ["variance"]):
+        return len(names) - 2
+    return None
+
+
+def decode_range_cdr(data: bytes | memoryview, floats: int = 5) -> dict[str, Any]:
     """decode_range straight from CDR bytes: ultrasonic readings are the most frequent messages of a drive, and
-    this fixed layout (header, uint8, five float32) decodes ~30x faster than the generic deserialiser."""
+    this fixed layout (header, uint8, `floats` float32: 5 in Jazzy, 4 in Humble, see range_cdr_floats) decodes
+    ~30x faster than the generic deserialiser."""
     if len(data) < 16 or data[1] not in (0, 1):
         raise MessageError(f"sensor_msgs/Range: {len(data)} bytes is not a CDR message")
     end = "<" if data[1] == 1 else ">"
     sec, nanosec, n = struct.unpack_from(end + "iII", data, 4)
     pos = 4 + 12 + n  # the string's bytes include its NUL
-    floats = 4 + ((pos - 4 + 1 + 3) & ~3)  # radiation_type (uint8), then float32s aligned to 4 after the prefix
-    if n == 0 or len(data) < floats + 20:
-        raise MessageError(f"sensor_msgs/Range: truncated CDR ({len(data)} bytes)")
-    fov, lo, hi, rng, _variance = struct.unpack_from(end + "5f", data, floats)
+    start = 4 + ((pos - 4 + 1 + 3) & ~3)  # radiation_type (uint8), then float32s aligned to 4 after the prefix
+    if n == 0 or len(data) < start + 4 * floats:
+        raise MessageError(f"sensor_msgs/Range: truncated CDR ({len(data)} bytes for {floats} float32 fields)")
+    fov, lo, hi, rng = struct.unpack_from(end + "4f", data, start)
     frame = bytes(data[16:16 + n - 1]).decode("utf-8", "replace")
     return _range_dict(sec * 1_000_000_000 + nanosec, frame, rng, fov, lo, hi)
 

@@ -3,7 +3,9 @@
 A `Player` yields the bag's messages in time order, releasing each when its bag time is due on the injected
 clock (`rate` x real time), or as fast as possible (`rate=None`). It can loop, start at an offset into the drive
 and filter topics. `Player.sim_time_ns()` maps the clock to bag time, which `edge replay` publishes on /clock.
-Clocks are injectable so tests and simulations pace without sleeping.
+Clocks are injectable so tests and simulations pace without sleeping. With `raw=True` messages are CDR, forwarded
+untouched, except those of a type the bag defines unlike ROS 2 Jazzy (a bag recorded on Humble: its Range has no
+`variance`): those are re-encoded with Jazzy's definition, so that Jazzy subscribers decode them (`transcode`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Protocol
 
+from edge.drives import messages as M
 from edge.drives.bag import Bag, open_bag
 from edge.errors import BagError
 
@@ -65,6 +68,7 @@ class ReplayConfig:
     start_offset_s: float = 0.0         # seconds into the drive (from its first message)
     topics: list[str] | None = None     # None = all
     raw: bool = False                   # yield CDR bytes (for republishing) instead of message objects
+    transcode: bool = True              # raw: re-encode types the bag defines unlike ROS 2 Jazzy (Humble's Range)
 
 
 class Player:
@@ -90,6 +94,7 @@ class Player:
         self._origin_wall: float | None = None
         self._origin_bag: int = 0
         self.published = 0
+        self._foreign: dict[str, bool] = {}  # msgtype -> the bag's definition differs from Jazzy's
 
     @property
     def start_ns(self) -> int | None:
@@ -100,6 +105,20 @@ class Player:
     def topic_types(self) -> dict[str, str]:
         names: Iterable[str] = self.topics if self.topics is not None else self.bag.topics
         return {n: self.bag.topics[n].msgtype for n in names}
+
+    def _cdr(self, msgtype: str, msg: Any) -> Any:
+        """CDR for Jazzy subscribers: a message of a type the bag defines otherwise (recorded on Humble, say) is
+        re-encoded with Jazzy's definition, so that the subscribers decode it; others are forwarded untouched."""
+        if not (self.cfg.raw and self.cfg.transcode):
+            return msg
+        jazzy = M.typestore()
+        foreign = self._foreign.get(msgtype)
+        if foreign is None:
+            foreign = self._foreign[msgtype] = self.bag.typestore is not jazzy and msgtype in jazzy.fielddefs \
+                and not M.same_definition(msgtype, self.bag.typestore, jazzy)
+        if not foreign:
+            return msg
+        return M.serialize(M.convert_message(self.bag.deserialize(msg, msgtype), msgtype, jazzy), msgtype)
 
     def sim_time_ns(self) -> int | None:
         """Bag time corresponding to the clock's now (None before the first message)."""
@@ -127,7 +146,7 @@ class Player:
                     self._origin_bag = m.stamp_ns
                 count += 1
                 self.published += 1
-                yield ReplayMessage(m.topic, m.msgtype, m.stamp_ns, m.msg, n_loop)
+                yield ReplayMessage(m.topic, m.msgtype, m.stamp_ns, self._cdr(m.msgtype, m.msg), n_loop)
             if not self.cfg.loop or count == 0:
                 return
             n_loop += 1

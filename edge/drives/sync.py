@@ -1,22 +1,33 @@
-"""Time-aligned multimodal samples from a drive: approximate-time matching on header stamps.
+"""Time-aligned multimodal samples from a drive: a frame clock no single sensor owns, matching on header stamps.
 
-Policy (what message_filters' ApproximateTimeSynchronizer does, made explicit about missing data):
-- One sample per message of the *reference* stream (default: the front fisheye camera; `reference="slowest"` picks
-  the camera stream with the fewest messages). The sample's stamp is that message's header stamp.
-- Every other camera contributes the image whose header stamp is nearest to the sample stamp, if it is within
-  `slop_s`; an image is used by at most one sample (never reused), otherwise the camera is marked missing.
+Policy:
+- Frames come from a clock at `rate_hz` (default: the reference camera's rate, measured from its first stamps;
+  10 Hz until it can be measured). The clock is phase-locked to the *reference* camera (default the front fisheye;
+  `reference="slowest"` picks the camera stream with the fewest messages): a tick takes the stamp of the reference
+  image within half a period of it, else it keeps its own. So a gap, duplicates, reordering or backwards stamps in
+  the reference, or in any other sensor, never drops or multiplies the others' frames, and frame stamps strictly
+  increase. The clock starts at the reference's first image, or at the first data when the reference starts more
+  than `start_grace_s` later (a gap in it). A tick where no sensor has data yields no sample.
+- Every camera contributes the image whose header stamp is nearest to the sample stamp, if it is within `slop_s`;
+  an image is used by at most one sample (never reused), otherwise the camera is marked missing.
 - Ultrasonic: per sensor the latest reading stamped in [t - slop, t] (else the earliest in (t, t + slop], for
   stamp jitter), reused by consecutive samples only within the slop (REP-117 status kept: no echo, NaN, out of
   range are reported, not dropped). Odometry and ground truth: the nearest message within the slop.
   QA pairs: every pair stamped within the slop, each attached to one sample only. Conditions (a state published
   on change / at ~1 Hz): the latest at or before t, if not older than `conditions_max_age_s`.
 - Audio: the chunks covering [t - audio_window_s, t) are concatenated and cut to exactly window * rate samples;
-  if any part of the window is not covered (gap, start of the drive) audio is missing, never zero-filled.
-Messages are matched on header stamps, not bag times; a message may be logged up to `max_delay_s` after its stamp.
+  if any part of the window is not covered (gap, start of the drive, chunks of another channel count than the
+  stream's) audio is missing, never zero-filled.
+- Per topic, a message with the stamp of one already received is a duplicate: dropped and counted. Messages out of
+  stamp order are reordered within `max_delay_s` (how late, in bag time, a message may be logged after its stamp);
+  one stamped before frames already produced (stamps went backwards, or logged too late) is dropped and counted.
+  Each kind of degradation is reported once per topic in `diagnostics` and recorded with its count and time span
+  in `degradations` (for the run's report), as are spans where a sensor that had data went missing.
 
 Cameras accept sensor_msgs/Image or CompressedImage (image_transport's `<base>/compressed`); if both are recorded
 the raw form is used. A topic with an unexpected or unknown type is reported once in `diagnostics`, naming the
-topic, and ignored; reading continues with the other topics.
+topic, and ignored; reading continues with the other topics. Messages are decoded by the bag's own definitions
+(`Bag.typestore`: e.g. a Humble Range without `variance`).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+from rosbags.typesys.store import Typestore
 
 from edge.drives import messages as M
 from edge.drives import topics as T
@@ -40,14 +52,19 @@ from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RATE_HZ = 10.0  # the frame clock's rate until the reference camera's can be measured
+
 
 @dataclass
 class SyncConfig:
     slop_s: float = 0.05                 # max |stamp difference| to the sample stamp
-    reference: str = "fisheye/front"     # a camera key ("fisheye/<cam>", "front") or "slowest"
+    reference: str = "fisheye/front"     # camera the clock is phase-locked to ("fisheye/<cam>", "front", "slowest")
+    rate_hz: float | None = None         # frame clock; None: the reference camera's rate measured from its stamps
+    start_grace_s: float = 1.0           # the clock waits this long after the first data for the reference camera
     max_delay_s: float = 0.5             # how late (bag time) a message may be logged after its header stamp
     audio_window_s: float = 0.96         # audio context before each sample (24 chunks of 40 ms)
     audio_sample_rate: int = 16000       # the rig's microphones.sample_rate_hz
+    audio_channels: int | None = None    # microphones; None: the first chunk's channel count
     audio_gap_tolerance_s: float = 0.002  # stamp jitter tolerated between consecutive chunks
     decode_images: bool = True           # False: images stay as (msgtype, msg) for callers that decode later
     decode_workers: int = 2              # threads for JPEG decoding (cv2 releases the GIL)
@@ -84,10 +101,67 @@ class Sample:
 
 
 class SyncError(EdgeError):
-    """The drive cannot be synchronised (e.g. no camera stream to take sample times from)."""
+    """The drive cannot be synchronised (e.g. the configured reference camera is not in it)."""
+
+
+@dataclass
+class Degradation:
+    """One kind of bad data on one topic / stream: how many messages or frames, over which header-stamp span."""
+
+    kind: str      # duplicate, late, reordered, undecodable, format, missing
+    source: str    # topic, or stream key for missing spans
+    count: int
+    first_ns: int
+    last_ns: int
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "count": self.count, "first_ns": self.first_ns,
+                "last_ns": self.last_ns, "detail": self.detail}
+
+
+class DegradationLog:
+    """Counts bad data by (kind, source); the first occurrence of each becomes one diagnostic line, not thousands."""
+
+    MAX_SPANS = 50
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.diagnostics: list[str] = []
+        self.records: dict[tuple[str, str], Degradation] = {}
+        self.spans: list[Degradation] = []  # closed missing spans, one record each
+
+    def note(self, kind: str, source: str, stamp_ns: int, detail: str) -> None:
+        rec = self.records.get((kind, source))
+        if rec is None:
+            self.records[(kind, source)] = Degradation(kind, source, 1, stamp_ns, stamp_ns, detail)
+            text = f"{self.source}: '{source}': {detail} (first at {stamp_ns} ns; further ones are counted)"
+            self.diagnostics.append(text)
+            log.warning("%s", text)
+        else:
+            rec.count += 1
+            rec.first_ns, rec.last_ns = min(rec.first_ns, stamp_ns), max(rec.last_ns, stamp_ns)
+
+    def span(self, source: str, first_ns: int, last_ns: int, frames: int, detail: str) -> None:
+        """A span of frames without `source`; past MAX_SPANS per source they are only summed (a flickering
+        stream would otherwise list thousands)."""
+        if sum(x.source == source for x in self.spans) < self.MAX_SPANS:
+            self.spans.append(Degradation("missing", source, frames, first_ns, last_ns, detail))
+            return
+        rec = self.records.get(("missing", source))
+        if rec is None:
+            self.records[("missing", source)] = Degradation(
+                "missing", source, frames, first_ns, last_ns, f"further spans without data after the first "
+                                                              f"{self.MAX_SPANS}: frames summed")
+        else:
+            rec.count, rec.last_ns = rec.count + frames, last_ns
+
+    def all(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in [*self.records.values(), *self.spans]]
 
 
 _ITEM = tuple[int, int, str, str, Any]  # (header stamp, seq, topic, msgtype, msg)
+_SENSOR_KINDS = ("image", "range", "audio", "odom")
 
 
 def _stamp(msg: Any, msgtype: str, bag_time: int) -> int:
@@ -116,17 +190,11 @@ def cdr_header_stamp(data: bytes | memoryview) -> int | None:
     return sec * 1_000_000_000 + nanosec
 
 
-def _msg(it: _ITEM) -> Any:
-    """The message object of an item, deserialising CDR bytes kept raw until a sample needed them."""
-    msg = it[4]
-    return M.deserialize(msg, it[3]) if isinstance(msg, (bytes, bytearray, memoryview)) else msg
-
-
 class _Stream:
     """Messages of one role, ordered by header stamp, pruned once no future sample can use them."""
 
-    def __init__(self, key: str, reuse: bool) -> None:
-        self.key, self.reuse = key, reuse
+    def __init__(self, key: str, kind: str, reuse: bool) -> None:
+        self.key, self.kind, self.reuse = key, kind, reuse
         self.items: list[_ITEM] = []
 
     def add(self, item: _ITEM) -> None:
@@ -140,14 +208,22 @@ class _Stream:
         if i:
             del self.items[:i]
 
-    def nearest(self, t: int, slop: int) -> _ITEM | None:
+    def first_from(self, t: int) -> int | None:
+        """Stamp of the first message stamped at or after t."""
+        i = bisect.bisect_left(self.items, (t,))
+        return self.items[i][0] if i < len(self.items) else None
+
+    def nearest(self, t: int, slop: int, after: int | None = None, consume: bool = True) -> _ITEM | None:
+        """The message stamped nearest t within the slop (and after `after`); consumed unless the stream reuses."""
         best: _ITEM | None = None
         for it in self.items:
             if it[0] > t + slop:
                 break
-            if it[0] >= t - slop and (best is None or abs(it[0] - t) < abs(best[0] - t)):
+            if it[0] < t - slop or (after is not None and it[0] <= after):
+                continue
+            if best is None or abs(it[0] - t) < abs(best[0] - t):
                 best = it
-        if best is not None and not self.reuse:
+        if best is not None and consume and not self.reuse:
             self.items.remove(best)
         return best
 
@@ -173,30 +249,57 @@ class _Stream:
 
 
 class SampleAssembler:
-    """Turns a time-ordered message stream (bag or in-process replay) into `Sample`s; see the module docstring."""
+    """Turns a time-ordered message stream (bag or in-process replay) into `Sample`s; see the module docstring.
+
+    `typestore` decodes CDR messages (a bag's own definitions, `Bag.typestore`); default ROS 2 Jazzy.
+    """
 
     def __init__(self, topic_types: dict[str, str], config: SyncConfig | None = None,
-                 counts: dict[str, int] | None = None, source: str = "drive") -> None:
+                 counts: dict[str, int] | None = None, source: str = "drive",
+                 typestore: Typestore | None = None) -> None:
         self.cfg = config or SyncConfig()
         self.source = source
-        self.diagnostics: list[str] = []
-        self._reported: set[str] = set()
+        self.typestore = typestore or M.typestore()
+        self.range_floats = M.range_cdr_floats(self.typestore)  # None: decode Range generically
+        self.log = DegradationLog(source)
         self.routes: dict[str, tuple[str, str]] = {}  # topic -> (stream key, kind)
         self._plan(topic_types, counts or {})
         self.streams: dict[str, _Stream] = {
-            key: _Stream(key, reuse=kind not in ("image", "qa")) for key, kind in set(self.routes.values())
+            key: _Stream(key, kind, reuse=kind not in ("image", "qa")) for key, kind in set(self.routes.values())
         }
-        if self.reference_key not in self.streams:
-            raise SyncError(f"{source}: reference stream '{self.reference_key}' is not in the drive")
         self.camera_keys = [k for k, kind in set(self.routes.values()) if kind == "image"]
         self.ultrasonic_names = sorted(k.split("/", 1)[1] for k, kind in set(self.routes.values()) if kind == "range")
+        self._sensor_streams = [s for s in self.streams.values() if s.kind in _SENSOR_KINDS]
         self._seq = 0
+        self._seen: dict[str, set[int]] = {}      # topic -> stamps received (duplicates), pruned as frames pass
+        self._newest: dict[str, int] = {}         # topic -> newest stamp received (reordering)
+        self._ref_stamps: list[int] = []          # first reference stamps, for the clock rate
+        self._period: int | None = None if self.cfg.rate_hz is None else int(round(1e9 / self.cfg.rate_hz))
+        self._next: int | None = None             # nominal stamp of the next tick
+        self.last_stamp: int | None = None        # stamp of the last frame produced
+        self._audio_channels = self.cfg.audio_channels
+
+    @property
+    def diagnostics(self) -> list[str]:
+        return self.log.diagnostics
+
+    def deserialize(self, data: bytes | bytearray | memoryview, msgtype: str) -> Any:
+        return self.typestore.deserialize_cdr(data, msgtype)
+
+    def msg(self, it: _ITEM) -> Any:
+        """The message object of an item, deserialising CDR bytes kept raw until a sample needed them."""
+        msg = it[4]
+        return self.deserialize(msg, it[3]) if isinstance(msg, (bytes, bytearray, memoryview)) else msg
+
+    def decode_range(self, it: _ITEM) -> dict[str, Any]:
+        if isinstance(it[4], (bytes, bytearray, memoryview)) and self.range_floats is not None:
+            return M.decode_range_cdr(it[4], self.range_floats)
+        return M.decode_range(self.msg(it))
 
     # ------------------------------------------------------------------ topic plan
-    def _diag(self, key: str, text: str) -> None:
-        if key not in self._reported:
-            self._reported.add(key)
-            self.diagnostics.append(text)
+    def _diag(self, text: str) -> None:
+        if text not in self.log.diagnostics:
+            self.log.diagnostics.append(text)
             log.warning("%s", text)
 
     def _plan(self, topic_types: dict[str, str], counts: dict[str, int]) -> None:
@@ -205,7 +308,7 @@ class SampleAssembler:
             if msgtype is None:
                 return False
             if msgtype not in types:
-                self._diag(f"type:{topic}", f"{self.source}: topic '{topic}' has type {msgtype}, expected "
+                self._diag(f"{self.source}: topic '{topic}' has type {msgtype}, expected "
                                             f"{' or '.join(types)}; ignored ({key} will be missing)")
                 return False
             self.routes[topic] = (key, kind)
@@ -234,69 +337,163 @@ class SampleAssembler:
             accept(T.GT_CONDITIONS, "gt/conditions", "state", (T.STRING,))
         ref = self.cfg.reference
         if ref == "slowest":
-            if not cam_counts:
-                raise SyncError(f"{self.source}: no camera stream to take sample times from")
-            ref = min(sorted(cam_counts), key=lambda k: cam_counts[k])
-        elif ref not in cam_counts:
+            ref = min(sorted(cam_counts), key=lambda k: cam_counts[k]) if cam_counts else ""
+        elif ref != SyncConfig.reference and ref not in cam_counts:
             raise SyncError(f"{self.source}: reference camera '{ref}' has no usable topic "
                             f"(looked for {cams.get(ref, ref)} and its /compressed form)")
-        self.reference_key = ref
-        self.reference_topics = {t for t, (k, _) in self.routes.items() if k == ref}
+        elif ref not in cam_counts:  # the default reference is absent: lock to the first camera there is, if any
+            ref = next(iter(sorted(cam_counts)), "")
+        self.reference_key = ref  # "" : a free-running clock (no camera in the drive)
 
     # ------------------------------------------------------------------ streaming
     def feed(self, messages: Iterable[BagMessage]) -> Iterator[tuple[int, dict[str, _ITEM | list[_ITEM] | None]]]:
-        """Yield (stamp, selection) as soon as no later message can change a sample's selection."""
-        slop = int(self.cfg.slop_s * 1e9)
-        horizon = slop + int(self.cfg.max_delay_s * 1e9)
-        refs: deque[_ITEM] = deque()
+        """Yield (stamp, selection) per clock tick as soon as no later message can change its selection."""
+        horizon = int((self.cfg.slop_s + self.cfg.max_delay_s) * 1e9)
+        watermark: int | None = None
         for m in messages:
             route = self.routes.get(m.topic)
             if route is None:
                 continue
-            key, _kind = route
-            self._seq += 1
-            msg = m.msg
-            if isinstance(msg, (bytes, bytearray, memoryview)):
-                stamp = cdr_header_stamp(msg) if m.msgtype in _HEADER_FIRST else None
-                if stamp is None or _kind == "audio":
-                    try:
-                        msg = M.deserialize(msg, m.msgtype)
-                    except Exception as exc:
-                        self._diag(f"cdr:{m.topic}:{m.stamp_ns}", f"{self.source}: topic '{m.topic}': message at "
-                                                                  f"{m.stamp_ns} ns not deserialised ({exc}); skipped")
-                        continue
-            if _kind == "audio":  # decoded once here: every chunk serves ~window/chunk consecutive samples
-                try:
-                    pcm = M.decode_audio(msg)
-                except Exception as exc:
-                    self._diag(f"aud:{m.topic}:{m.stamp_ns}", f"{self.source}: topic '{m.topic}': audio chunk at "
-                                                              f"{m.stamp_ns} ns not decoded ({exc}); skipped")
-                    continue
-                item = (M.header_stamp_ns(msg) or m.stamp_ns, self._seq, m.topic, m.msgtype, pcm)
-            elif isinstance(msg, (bytes, bytearray, memoryview)):
-                item = (stamp, self._seq, m.topic, m.msgtype, msg)
-            else:
-                item = (_stamp(msg, m.msgtype, m.stamp_ns), self._seq, m.topic, m.msgtype, msg)
-            if m.topic in self.reference_topics:
-                refs.append(item)
-            else:
-                self.streams[key].add(item)
-            while refs and refs[0][0] + horizon < m.stamp_ns:
-                yield self._select(refs.popleft())
-        while refs:
-            yield self._select(refs.popleft())
+            watermark = m.stamp_ns if watermark is None else max(watermark, m.stamp_ns)
+            item = self._item(m, route[1])
+            if item is not None:
+                self._admit(item, *route)
+            yield from self._ticks(watermark - horizon)
+        if watermark is not None:  # the recording ends at its last bag time: the clock ticks up to there
+            yield from self._ticks(watermark, final=True)
 
-    def _select(self, ref: _ITEM) -> tuple[int, dict[str, Any]]:
-        t = ref[0]
+    def _item(self, m: BagMessage, kind: str) -> _ITEM | None:
+        self._seq += 1
+        msg = m.msg
+        stamp = None
+        if isinstance(msg, (bytes, bytearray, memoryview)):
+            stamp = cdr_header_stamp(msg) if m.msgtype in _HEADER_FIRST else None
+            if stamp is None or kind == "audio":
+                try:
+                    msg = self.deserialize(msg, m.msgtype)
+                except Exception as exc:
+                    self.log.note("undecodable", m.topic, m.stamp_ns, f"message not deserialised as {m.msgtype} "
+                                                                      f"({exc}); skipped")
+                    return None
+        if kind == "audio":  # decoded once here: every chunk serves ~window/chunk consecutive samples
+            try:
+                pcm = M.decode_audio(msg)
+            except Exception as exc:
+                self.log.note("format", m.topic, m.stamp_ns, f"audio chunk not decoded ({exc}); skipped, audio "
+                                                             "missing until chunks decode again")
+                return None
+            expected = self._audio_channels = self._audio_channels or pcm.shape[0]
+            if pcm.shape[0] != expected:
+                self.log.note("format", m.topic, m.stamp_ns, f"audio chunk has {pcm.shape[0]} channels, the stream "
+                                                             f"{expected}; skipped, audio missing until it has "
+                                                             f"{expected} again")
+                return None
+            return (M.header_stamp_ns(msg) or m.stamp_ns, self._seq, m.topic, m.msgtype, pcm)
+        if isinstance(msg, (bytes, bytearray, memoryview)):
+            assert stamp is not None
+            return (stamp, self._seq, m.topic, m.msgtype, msg)
+        return (_stamp(msg, m.msgtype, m.stamp_ns), self._seq, m.topic, m.msgtype, msg)
+
+    def _admit(self, item: _ITEM, key: str, kind: str) -> None:
+        """Drop duplicates and messages too late for any future frame; count reordering; buffer the rest."""
+        t, topic = item[0], item[2]
+        if kind not in _SENSOR_KINDS:  # ground truth: events may share a stamp (several QA pairs at one instant)
+            self.streams[key].add(item)
+            return
+        seen = self._seen.setdefault(topic, set())
+        if t in seen:
+            self.log.note("duplicate", topic, t, "message with the stamp of one already received; dropped")
+            return
+        if self.last_stamp is not None and t < self._usable_from(kind):
+            self.log.note("late", topic, t, "message stamped before frames already produced (stamps went backwards, "
+                                            f"or logged more than max_delay_s={self.cfg.max_delay_s} s late); dropped")
+            return
+        newest = self._newest.get(topic)
+        if newest is not None and t < newest:
+            self.log.note("reordered", topic, t, "message out of stamp order; reordered")
+        self._newest[topic] = t if newest is None else max(newest, t)
+        seen.add(t)
+        if key == self.reference_key and self.cfg.rate_hz is None and len(self._ref_stamps) < 16:
+            bisect.insort(self._ref_stamps, t)
+        self.streams[key].add(item)
+
+    def _usable_from(self, kind: str) -> int:
+        assert self.last_stamp is not None
+        slop = int(self.cfg.slop_s * 1e9)
+        if kind == "audio":
+            return self.last_stamp - int(self.cfg.audio_window_s * 1e9) - slop - int(1e9)
+        return self.last_stamp - slop
+
+    def period_ns(self) -> int:
+        """The clock period: configured, else the median step of the reference camera's first stamps."""
+        if self._period is not None:
+            return self._period
+        steps = [b - a for a, b in zip(self._ref_stamps, self._ref_stamps[1:]) if b > a]
+        if len(self._ref_stamps) >= 16 and steps:
+            self._period = int(np.median(steps))
+            return self._period
+        return int(np.median(steps)) if steps else int(round(1e9 / DEFAULT_RATE_HZ))
+
+    def _earliest(self, since: int) -> int | None:
+        firsts = [f for s in self._sensor_streams if (f := s.first_from(since)) is not None]
+        return min(firsts, default=None)
+
+    def _ticks(self, until: int, final: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Run the clock up to `until`: the stamp up to which all data has arrived, or (final) the end of the data."""
+        slop = int(self.cfg.slop_s * 1e9)
+        while True:
+            period = self.period_ns()
+            half = period // 2
+            if self._next is None:
+                first = self._earliest(-(2**62))
+                ref = self.streams.get(self.reference_key)
+                grace = int(self.cfg.start_grace_s * 1e9)
+                if first is None or (not final and until < first + (half if ref is not None and ref.items else grace)):
+                    return
+                anchor = ref.items[0][0] if ref is not None and ref.items else first
+                # Sensors starting up to start_grace_s before the reference make no frames of their own; a reference
+                # that starts later than that is a gap in it: the clock starts with the data, in its phase.
+                lead = anchor - first if anchor - first > grace else 0
+                self._next = anchor - period * -(-lead // period)
+            n = self._next
+            if until < (n if final else n + half):
+                return
+            ahead = self._earliest(n - slop)
+            if ahead is None:
+                if final:
+                    return
+                if until - half - n >= period:  # nothing buffered: skip the empty ticks at once
+                    self._next = n + period * ((until - half - n) // period)
+                    continue
+            elif ahead > n + period + slop:  # a gap in every sensor: skip to the tick before the next data
+                self._next = n + period * ((ahead - slop - n) // period)
+                continue
+            t = n
+            ref = self.streams.get(self.reference_key)
+            if ref is not None:
+                it = ref.nearest(n, half, after=self.last_stamp, consume=False)  # selected below with the rest
+                if it is not None:
+                    t = it[0]
+            self._next = t + period  # ticks are at least half a period apart: time never goes backwards
+            sel = self._select(t)
+            self.last_stamp = t
+            self._prune_seen(t - slop)
+            if any(sel.get(s.key) for s in self._sensor_streams):
+                yield t, sel
+
+    def _prune_seen(self, before: int) -> None:
+        for topic, seen in self._seen.items():
+            if len(seen) > 256:
+                self._seen[topic] = {x for x in seen if x >= before - int(2e9)}
+
+    def _select(self, t: int) -> dict[str, Any]:
         slop = int(self.cfg.slop_s * 1e9)
         window = int(self.cfg.audio_window_s * 1e9)
-        sel: dict[str, Any] = {self.reference_key: ref}
+        sel: dict[str, Any] = {}
         for key, stream in self.streams.items():
-            kind = next(k for kk, k in self.routes.values() if kk == key)
-            if key == self.reference_key:
-                continue
+            kind = stream.kind
             if kind == "audio":
-                sel[key] = [it for it in stream.items if it[0] < t] if stream.items else []
+                sel[key] = [it for it in stream.items if it[0] < t]
                 stream.prune(t - window - int(1e9))  # keep a margin for chunks longer than a second
                 continue
             if kind == "qa":
@@ -309,51 +506,67 @@ class SampleAssembler:
             else:
                 sel[key] = stream.latest(t, slop) if kind == "range" else stream.nearest(t, slop)
             stream.prune(t - slop)
-        return t, sel
+        return sel
 
 
 class Synchronizer:
-    """Iterate a bag as `Sample`s. `diagnostics` collects the bag's and the synchroniser's warnings."""
+    """Iterate a bag as `Sample`s. `diagnostics` collects the bag's and the synchroniser's warnings once each;
+    `degradations` lists every kind of bad data with its count and span (for the run's report)."""
 
     def __init__(self, bag: str | Path | Bag, config: SyncConfig | None = None) -> None:
         self.cfg = config or SyncConfig()
         self.bag = bag if isinstance(bag, Bag) else open_bag(bag)
         types = {name: info.msgtype for name, info in self.bag.topics.items()}
         counts = {name: info.count or 0 for name, info in self.bag.topics.items()}
-        self.assembler = SampleAssembler(types, self.cfg, counts, source=str(self.bag.path))
+        self.assembler = SampleAssembler(types, self.cfg, counts, source=str(self.bag.path),
+                                         typestore=self.bag.typestore)
         self._own_diag: list[str] = []
+        self.frames = 0
 
     @property
     def diagnostics(self) -> list[str]:
         return self.bag.diagnostics + self.assembler.diagnostics + self._own_diag
 
+    @property
+    def degradations(self) -> list[dict[str, Any]]:
+        """Damaged bag spans, undecodable messages, dropped / duplicate / reordered messages and missing spans."""
+        out = [{"kind": "damaged", "source": str(self.bag.path), "count": 1, "first_ns": a, "last_ns": b,
+                "detail": "data lost to damage in the storage file" + (f" ({', '.join(t)})" if t else "")}
+               for a, b, t in self.bag.damaged]
+        out += [{"kind": "undecodable", "source": t, "count": n, "first_ns": None, "last_ns": None,
+                 "detail": "messages not decodable by the bag's definition; skipped"}
+                for t, n in self.bag.undecoded.items()]
+        return out + self.assembler.log.all()
+
     def __iter__(self) -> Iterator[Sample]:
         topics = list(self.assembler.routes)
+        self.assembler.typestore = self.bag.typestore  # a damaged MCAP's definitions are known once read
         # Raw CDR: stamps come from the bytes and only messages a sample uses are deserialised.
         selections = self.assembler.feed(self.bag.messages(topics=topics, raw=True))
-        yield from build_samples(selections, self.assembler, self.cfg, self._own_diag)
+        for s in build_samples(selections, self.assembler, self.cfg, self._own_diag):
+            self.frames += 1
+            yield s
 
 
 def build_samples(
     selections: Iterable[tuple[int, dict[str, Any]]], asm: SampleAssembler, cfg: SyncConfig, diag: list[str],
 ) -> Iterator[Sample]:
-    """Decode selections into Samples; image decoding runs in a thread pool, several samples in flight."""
+    """Decode selections into Samples; image decoding runs in a thread pool, several samples in flight.
+
+    Undecodable messages are reported once per topic (in asm.log); `diag` is kept for callers' own lines."""
     pool = ThreadPoolExecutor(max(1, cfg.decode_workers)) if cfg.decode_images and cfg.decode_workers > 0 else None
     pending: deque[tuple[int, dict[str, Any], dict[str, Future[Any] | Any]]] = deque()
-    reported: set[str] = set()
     depth = 2 * max(1, cfg.decode_workers) + 1  # samples in flight: reading overlaps decoding (cv2 drops the GIL)
+    gaps = _GapTracker(asm)
 
-    def note(key: str, text: str) -> None:
-        if key not in reported:
-            reported.add(key)
-            diag.append(text)
-            log.warning("%s", text)
+    def note(topic: str, stamp: int, text: str) -> None:
+        asm.log.note("undecodable", topic, stamp, text)
 
     def decode_image(it: _ITEM) -> np.ndarray | None:
         try:
-            return M.decode_image(_msg(it), it[3], reduce=cfg.image_reduce)
+            return M.decode_image(asm.msg(it), it[3], reduce=cfg.image_reduce)
         except Exception as exc:
-            note(f"img:{it[2]}:{it[0]}", f"topic '{it[2]}': image at {it[0]} ns not decoded ({exc}); missing")
+            note(it[2], it[0], f"image not decoded ({exc}); camera missing for that frame")
             return None
 
     def start(t: int, sel: dict[str, Any]) -> None:
@@ -363,7 +576,7 @@ def build_samples(
             if it is None:
                 continue
             if not cfg.decode_images:
-                imgs[key] = (it[3], _msg(it))
+                imgs[key] = (it[3], asm.msg(it))
             elif pool is not None:
                 imgs[key] = pool.submit(decode_image, it)
             else:
@@ -372,39 +585,75 @@ def build_samples(
 
     def finish() -> Sample:
         t, sel, imgs = pending.popleft()
-        return _make_sample(t, sel, {k: (v.result() if isinstance(v, Future) else v) for k, v in imgs.items()},
-                            asm, cfg, note)
+        sample = _make_sample(t, sel, {k: (v.result() if isinstance(v, Future) else v) for k, v in imgs.items()},
+                              asm, cfg, note)
+        return sample
+
+    def useful(sample: Sample) -> bool:  # a tick where no sensor had valid data is no frame
+        if any(not k.startswith("gt/") for k in sample.source_stamps):
+            gaps.update(sample)
+            return True
+        return False
 
     try:
         for t, sel in selections:
             start(t, sel)
-            if len(pending) > depth:
-                yield finish()
+            if len(pending) > depth and useful(sample := finish()):
+                yield sample
         while pending:
-            yield finish()
+            if useful(sample := finish()):
+                yield sample
+        gaps.close()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _GapTracker:
+    """Spans of frames in which a sensor stream that had delivered data was missing (recorded in asm.log)."""
+
+    def __init__(self, asm: SampleAssembler) -> None:
+        self.asm = asm
+        self.keys = [s.key for s in asm._sensor_streams]
+        self.seen: set[str] = set()
+        self.open: dict[str, tuple[int, int, int]] = {}  # key -> (first missing stamp, last, frames)
+
+    def update(self, s: Sample) -> None:
+        for key in self.keys:
+            if key in s.source_stamps:
+                self.seen.add(key)
+                if key in self.open:
+                    self._close(key)
+            elif key in self.seen:
+                first, _, n = self.open.get(key, (s.stamp_ns, s.stamp_ns, 0))
+                self.open[key] = (first, s.stamp_ns, n + 1)
+
+    def _close(self, key: str) -> None:
+        first, last, n = self.open.pop(key)
+        self.asm.log.span(key, first, last, n, f"no valid data for {n} frames ({(last - first) / 1e9:.2f} s)")
+
+    def close(self) -> None:
+        for key in list(self.open):
+            self._close(key)
+
+
 def _make_sample(
     t: int, sel: dict[str, Any], imgs: dict[str, Any], asm: SampleAssembler, cfg: SyncConfig,
-    note: Callable[[str, str], None],
+    note: Callable[[str, int, str], None],
 ) -> Sample:
     stamps: dict[str, int] = {}
     missing: list[str] = []
 
-    def decoded(key: str, fn: Callable[[Any], Any], from_cdr: Callable[[Any], Any] | None = None) -> Any:
+    def decoded(key: str, fn: Callable[[Any], Any], on_item: Callable[[_ITEM], Any] | None = None) -> Any:
         it = sel.get(key)
         if it is None:
             if key in asm.streams:
                 missing.append(key)
             return None
         try:
-            raw = isinstance(it[4], (bytes, bytearray, memoryview))
-            val = from_cdr(it[4]) if raw and from_cdr is not None else fn(_msg(it))
+            val = on_item(it) if on_item is not None else fn(asm.msg(it))
         except Exception as exc:
-            note(f"dec:{it[2]}:{it[0]}", f"topic '{it[2]}': message at {it[0]} ns not decoded ({exc}); missing")
+            note(it[2], it[0], f"message not decoded ({exc}); {key} missing for that frame")
             missing.append(key)
             return None
         stamps[key] = it[0]
@@ -425,7 +674,7 @@ def _make_sample(
     else:
         stamps["front"] = sel["front"][0]
 
-    ultrasonic = {name: decoded(f"ultrasonic/{name}", M.decode_range, M.decode_range_cdr) for name in asm.ultrasonic_names}
+    ultrasonic = {n: decoded(f"ultrasonic/{n}", M.decode_range, asm.decode_range) for n in asm.ultrasonic_names}
     odom = decoded("odometry", M.decode_odometry)
     audio = _audio_window(t, sel.get("audio") or [], cfg, stamps, note) if "audio" in asm.streams else None
     if audio is None:
@@ -439,7 +688,7 @@ def _make_sample(
             objects=decoded("gt/objects", M.decode_marker_array_boxes),
             audio_events=decoded("gt/audio_events", M.decode_marker_array_events),
             conditions=decoded("gt/conditions", M.decode_json),
-            qa=[M.decode_json(_msg(it)) for it in qa_items],
+            qa=[M.decode_json(asm.msg(it)) for it in qa_items],
         )
         if qa_items:
             stamps["gt/qa"] = qa_items[0][0]
@@ -447,7 +696,7 @@ def _make_sample(
 
 
 def _audio_window(
-    t: int, chunks: list[_ITEM], cfg: SyncConfig, stamps: dict[str, int], note: Callable[[str, str], None],
+    t: int, chunks: list[_ITEM], cfg: SyncConfig, stamps: dict[str, int], note: Callable[[str, int, str], None],
 ) -> np.ndarray | None:
     """Exactly window * rate samples ending at t, from contiguous chunks; None if any part is not covered."""
     rate = cfg.audio_sample_rate

@@ -1,0 +1,337 @@
+"""Fault injection: each named fault (edge.drives.faults) against the clean drive — frames kept, diagnostics given
+once and counted, nothing raised. Sync-level cases use the 2 s synthetic drive (20 frames, each image carrying its
+frame index); runtime cases run `edge run`'s path on a generated 4 s drive and compare obstacle IoU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import bench_read
+from edge.drives import messages as M
+from edge.drives import topics as T
+from edge.drives.bag import open_bag
+from edge.drives.faults import FaultError, inject
+from edge.drives.replay import replay
+from edge.drives.sync import Sample, SyncConfig, Synchronizer
+
+S = bench_read.START_NS
+MS = 1_000_000
+FRONT = T.fisheye_image_topic("front") + T.COMPRESSED_SUFFIX
+US_NAME = "front_left_corner"
+US = T.ultrasonic_topic(US_NAME)
+
+
+def _samples(bag: Path, cfg: SyncConfig | None = None) -> tuple[list[Sample], Synchronizer]:
+    sync = Synchronizer(bag, cfg)
+    return list(sync), sync
+
+
+def _kinds(sync: Synchronizer) -> dict[tuple[str, str], int]:
+    return {(d["kind"], d["source"]): d["count"] for d in sync.degradations}
+
+
+def _marker(img: np.ndarray | None) -> int | None:
+    return None if img is None else bench_read.frame_marker(img)
+
+
+@pytest.fixture(scope="module")
+def small_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic 2 s drive with small images (decoding dominates otherwise): 20 frames, 914 messages."""
+    return bench_read.build_synthetic_bag(tmp_path_factory.mktemp("faults") / "small", 2.0,
+                                          fisheye_size=(128, 96), front_size=(128, 80))
+
+
+@pytest.fixture(scope="module")
+def clean(small_bag: Path) -> list[Sample]:
+    return _samples(small_bag)[0]
+
+
+# ---------------------------------------------------------------- foreign definitions
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_humble_definitions_decode_by_the_bags_own_layout(small_bag: Path, tmp_path: Path, clean: list[Sample],
+                                                          storage: str) -> None:
+    bag = inject(small_bag, tmp_path / "humble", "foreign_definitions", distro="humble", storage=storage)
+    with open_bag(bag) as b:  # Humble's Range has no `variance`: 4 bytes shorter than Jazzy's
+        assert b.definitions[T.RANGE] == "bag" and "variance" not in dict(b.typestore.fielddefs[T.RANGE][1])
+    samples, sync = _samples(bag)
+    assert not sync.diagnostics and len(samples) == len(clean) == 20
+    for s, c in zip(samples, clean):
+        assert s.stamp_ns == c.stamp_ns and len(s.ultrasonic) == 12
+        assert all(s.ultrasonic[n] == c.ultrasonic[n] for n in c.ultrasonic)
+        assert s.ground_truth.objects == c.ground_truth.objects  # Marker differs between the distros too
+    # replayed to ROS 2 Jazzy subscribers (edge replay), the messages are re-encoded with Jazzy's definitions
+    out = list(replay(bag, rate=None, raw=True, topics=[US, T.GT_OBJECTS]))
+    assert len(out) == 60 and all(M.deserialize(m.msg, m.msgtype) for m in out)
+    assert [M.decode_range(M.deserialize(m.msg, m.msgtype))["range"] for m in out if m.topic == US][:20:2] == \
+        [c.ultrasonic[US_NAME]["range"] for c in clean[:10]]
+
+
+def test_bag_without_definitions_uses_jazzy_and_reports_once(small_bag: Path, tmp_path: Path) -> None:
+    bag = inject(small_bag, tmp_path / "humble", "foreign_definitions", distro="humble", storage="sqlite3")
+    with sqlite3.connect(next(bag.glob("*.db3"))) as con:  # as a recorder that stores no definitions would
+        con.execute("DELETE FROM message_definitions")
+        con.execute("UPDATE topics SET type_description_hash = ''")
+    samples, sync = _samples(bag)
+    assert sync.bag.definitions[T.RANGE] == "built-in Jazzy"
+    assert len(samples) == 20 and all(v is None for s in samples for v in s.ultrasonic.values())
+    lines = [d for d in sync.diagnostics if US in d]
+    assert len(lines) == 1 and "truncated CDR" in lines[0]  # once, not once per message
+    assert _kinds(sync)[("undecodable", US)] == 20  # every reading a frame needed is counted
+
+
+# ---------------------------------------------------------------- the frame clock
+
+def test_gap_in_the_reference_camera_keeps_every_other_sensor(small_bag: Path, tmp_path: Path,
+                                                              clean: list[Sample]) -> None:
+    bag = inject(small_bag, tmp_path / "gap", "gap", topic=FRONT, start_s=0.5, duration_s=1.0)
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    assert [_marker(s.fisheye["front"]) for s in samples] == [i if not 5 <= i < 15 else None for i in range(20)]
+    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
+    assert all(s.ultrasonic[US_NAME] == c.ultrasonic[US_NAME] for s, c in zip(samples, clean))
+    gap = [d for d in sync.degradations if d["kind"] == "missing" and d["source"] == "fisheye/front"]
+    assert gap and gap[0]["count"] == 10 and gap[0]["first_ns"] == S + 500 * MS and gap[0]["last_ns"] == S + 1400 * MS
+
+
+def test_reference_starting_late_keeps_the_others_from_the_start(small_bag: Path, tmp_path: Path,
+                                                                 clean: list[Sample]) -> None:
+    bag = inject(small_bag, tmp_path / "gap", "gap", topic=FRONT, start_s=0.0, duration_s=1.5)
+    samples, _ = _samples(bag)  # beyond SyncConfig.start_grace_s (1 s): a gap in the reference, not a late start
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    assert [_marker(s.fisheye["left"]) for s in samples] == list(range(20))
+
+
+def test_gap_in_one_ultrasonic_sensor_is_a_missing_span(small_bag: Path, tmp_path: Path,
+                                                         clean: list[Sample]) -> None:
+    bag = inject(small_bag, tmp_path / "gap", "gap", topic=US, start_s=0.5, duration_s=1.0)
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    # the reading at 0.45 s still serves the frame at 0.5 s (latest within the slop), the one at 1.5 s that at 1.5 s
+    assert [s.ultrasonic[US_NAME] is None for s in samples] == [6 <= i < 15 for i in range(20)]
+    assert all(s.ultrasonic[n] == c.ultrasonic[n] for s, c in zip(samples, clean) for n in c.ultrasonic if n != US_NAME)
+    assert [(d["count"], d["first_ns"]) for d in sync.degradations if d["source"] == "ultrasonic/" + US_NAME] == \
+        [(9, S + 600 * MS)]
+
+
+def test_gap_in_every_sensor_skips_the_empty_ticks(small_bag: Path, tmp_path: Path, clean: list[Sample]) -> None:
+    bag = inject(small_bag, tmp_path / "gap", "gap", start_s=0.5, duration_s=1.0)  # no topic: all of them
+    samples, _ = _samples(bag)
+    # the frame at 0.5 s keeps the readings of 0.45 s (within the slop); none from 0.6 to 1.4 s has any data
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean if not 500 * MS < c.stamp_ns - S < 1500 * MS]
+
+
+@pytest.mark.parametrize("topic", [FRONT])
+def test_duplicates_are_dropped_and_counted_never_multiply_frames(small_bag: Path, tmp_path: Path,
+                                                                  clean: list[Sample], topic: str) -> None:
+    bag = inject(small_bag, tmp_path / "dup", "duplicate", topic=topic, start_s=0.0, duration_s=2.0)
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in T.FISHEYE_CAMERAS)
+    assert all(s.ultrasonic == c.ultrasonic for s, c in zip(samples, clean))
+    assert _kinds(sync)[("duplicate", topic)] == (20 if topic == FRONT else 40)
+    assert sum(topic in d for d in sync.diagnostics) == 1
+
+
+def test_reordered_reference_is_put_back_in_order(small_bag: Path, tmp_path: Path, clean: list[Sample]) -> None:
+    bag = inject(small_bag, tmp_path / "reorder", "reorder", topic=FRONT, start_s=0.0, duration_s=2.0, seed=3)
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    assert [_marker(s.fisheye["front"]) for s in samples] == list(range(20))
+    assert _kinds(sync)[("reordered", FRONT)] > 0
+
+
+@pytest.mark.parametrize("topic", [FRONT, US])
+def test_backwards_stamps_are_dropped_time_never_rewinds(small_bag: Path, tmp_path: Path, clean: list[Sample],
+                                                         topic: str) -> None:
+    bag = inject(small_bag, tmp_path / "back", "backwards", topic=topic, start_s=1.0, duration_s=1.0, shift_s=5.0)
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]  # strictly increasing, nothing rewound
+    late = _kinds(sync)[("late", topic)]
+    assert late == (10 if topic == FRONT else 20)
+    for i, s in enumerate(samples):
+        assert all(_marker(s.fisheye[c]) == i for c in ("rear", "left", "right"))
+        if i >= 11:  # the faulted sensor is missing (the reading at 0.95 s still serves 1.0 s), never the others
+            assert (s.fisheye["front"] is None) == (topic == FRONT) and (s.ultrasonic[US_NAME] is None) == (topic == US)
+
+
+# ---------------------------------------------------------------- audio format
+
+@pytest.mark.parametrize("fault", ["audio_channels", "audio_format"])
+def test_audio_format_change_degrades_audio_and_recovers(small_bag: Path, tmp_path: Path, fault: str) -> None:
+    cfg = SyncConfig(audio_window_s=0.4)
+    clean, _ = _samples(small_bag, cfg)
+    bag = inject(small_bag, tmp_path / fault, fault, start_s=0.5, duration_s=0.5)
+    samples, sync = _samples(bag, cfg)
+    assert len(samples) == 20
+    had = [s.audio is not None for s in clean]
+    got = [s.audio is not None for s in samples]
+    faulted = [0.5e9 < s.stamp_ns - S < 1.4e9 for s in samples]  # windows overlapping chunks 0.52 .. 0.96 s
+    assert got == [h and not f for h, f in zip(had, faulted)]
+    assert got[-1] and samples[-1].audio.shape == clean[-1].audio.shape  # recovered with the stream's 4 channels
+    assert _kinds(sync)[("format", T.AUDIO)] == 12 and sum(T.AUDIO in d for d in sync.diagnostics) == 1
+
+
+# ---------------------------------------------------------------- damaged containers
+
+def test_generated_mcap_has_chunk_crcs(drive_bag: Path) -> None:
+    from mcap.reader import make_reader
+
+    f = next(drive_bag.glob("*.mcap"))
+    with f.open("rb") as fh:
+        reader = make_reader(fh, validate_crcs=True)
+        chunks = reader.get_summary().chunk_indexes
+        assert sum(1 for _ in reader.iter_messages()) == 914
+    crcs = []
+    with f.open("rb") as fh:
+        for c in chunks:
+            fh.seek(c.chunk_start_offset + 33)
+            crcs.append(int.from_bytes(fh.read(4), "little"))
+    assert chunks and all(crcs)
+
+
+@pytest.mark.parametrize("start_s", [0.0, 1.0])  # the first chunk also holds the channel records
+def test_corrupt_chunk_names_its_span_and_topics_rest_is_read(drive_bag: Path, tmp_path: Path, start_s: float) -> None:
+    clean, _ = _samples(drive_bag)  # the full-size drive: several chunks
+    bag = inject(drive_bag, tmp_path / "corrupt", "corrupt_chunk", start_s=start_s, seed=5)
+    samples, sync = _samples(bag)
+    damaged = [d for d in sync.degradations if d["kind"] == "damaged" and d["last_ns"] is not None]
+    assert len(damaged) == 1 and FRONT in damaged[0]["detail"]
+    lo, hi = damaged[0]["first_ns"], damaged[0]["last_ns"]
+    assert lo <= S + int(start_s * 1000) * MS <= hi
+    assert any(f"{lo}..{hi} ns is damaged" in d for d in sync.diagnostics)
+    kept = [c.stamp_ns for c in clean if not lo - 50 * MS <= c.stamp_ns <= hi + 50 * MS]
+    assert kept and set(kept) <= {s.stamp_ns for s in samples}  # everything outside the chunk is still there
+    assert all(_marker(s.fisheye["front"]) == (s.stamp_ns - S) // (100 * MS) for s in samples if s.stamp_ns in kept)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_truncated_bag_is_read_up_to_the_damage(drive_bag: Path, make_bag: Any, tmp_path: Path,
+                                                storage: str) -> None:
+    src = drive_bag if storage == "mcap" else make_bag(  # MCAP: full-size images, so that there are several chunks
+        "src", duration_s=2.0, storage=storage, ground_truth=False, fisheye_size=(128, 96), front_size=(128, 80))
+    clean, _ = _samples(src)
+    bag = inject(src, tmp_path / "cut", "truncate", fraction=0.6)
+    samples, sync = _samples(bag)
+    assert 8 <= len(samples) < len(clean)
+    cut = [d for d in sync.degradations if d["kind"] == "damaged"]
+    assert cut and cut[0]["last_ns"] is None and cut[0]["first_ns"] >= samples[-2].stamp_ns
+    assert any("the rest is lost" in d for d in sync.diagnostics)
+    full = [s for s in samples if s.stamp_ns < cut[0]["first_ns"] - 600 * MS]  # well before the cut: untouched
+    assert full and all(_marker(s.fisheye["left"]) == i for i, s in enumerate(full))
+
+
+def test_sqlite3_bag_cut_before_its_topic_table_is_a_clear_error(make_bag: Any, tmp_path: Path) -> None:
+    from edge.errors import BagError
+
+    src = make_bag("src", duration_s=0.5, storage="sqlite3", ground_truth=False, fisheye_size=(128, 96),
+                   front_size=(128, 80))
+    bag = inject(src, tmp_path / "cut", "truncate", fraction=0.002)
+    with pytest.raises(BagError, match=r"\.db3: "):
+        open_bag(bag)
+
+
+def test_fault_api_errors_are_clear(small_bag: Path, tmp_path: Path) -> None:
+    with pytest.raises(FaultError, match="unknown fault 'melt'"):
+        inject(small_bag, tmp_path / "x", "melt")
+    with pytest.raises(FaultError, match="'/nope' is not in the bag"):
+        inject(small_bag, tmp_path / "y", "gap", topic="/nope")
+
+
+# ---------------------------------------------------------------- model files
+
+def test_truncated_perception_checkpoint_names_the_file(tmp_path: Path, module: str = "fisheye") -> None:
+    from edge.encoders.stack import CheckpointError, PerceptionStack
+
+    src = Path(__file__).resolve().parents[1] / "models" / "perception"
+    d = tmp_path / "perception"
+    shutil.copytree(src, d)
+    f = d / f"{module}.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=rf"{module}\.safetensors: not a readable safetensors file"):
+        PerceptionStack.load(d)
+
+
+# ---------------------------------------------------------------- through the runtime
+
+@pytest.fixture(scope="module")
+def drive4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edge.drives.generate import generate_drive
+
+    return generate_drive(tmp_path_factory.mktemp("faults") / "drive", seed=11, duration=4.0, scenario="siren",
+                          progress=False).path
+
+
+def _run(bag: Path, out: Path) -> dict[str, Any]:
+    """`edge run` without the LLM, every modality on every frame (deterministic plans: IoU comparable), one
+    thread (a shared CPU stalls multi-threaded GEMMs)."""
+    import torch
+
+    from edge.runtime.cli import RunConfig, run_drive
+
+    cfg = RunConfig(use_llm=False, policy="all", budget_ms=10_000.0, quality_per_ms=0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_drive(bag, cfg, out, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def clean_run(drive4: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _run(drive4, tmp_path_factory.mktemp("clean"))
+
+
+def _iou(doc: dict[str, Any], outside: tuple[float, float] | None = None) -> dict[int, float]:
+    """Per-frame obstacle IoU by stamp, leaving out the faulted span (with 0.1 s either side for the clock)."""
+    return {f["stamp_ns"]: f["obstacle_iou_near5m"] for f in doc["frames"] if f.get("obstacle_iou_near5m") is not None
+            and (outside is None or not outside[0] - 0.1 <= f["t"] < outside[1] + 0.1)}
+
+
+@pytest.mark.parametrize("fault,kw,span", [
+    ("foreign_definitions", {"distro": "humble", "storage": "sqlite3"}, None),
+    ("gap", {"topic": FRONT, "start_s": 1.0, "duration_s": 2.0}, (1.0, 3.0)),
+    ("audio_channels", {"start_s": 1.0, "duration_s": 1.0}, (1.0, 3.0)),
+])
+def test_runtime_keeps_every_frame_and_quality_outside_the_fault(drive4: Path, clean_run: dict[str, Any],
+                                                                 tmp_path: Path, fault: str, kw: dict[str, Any],
+                                                                 span: tuple[float, float] | None) -> None:
+    bag = inject(drive4, tmp_path / fault, fault, **kw)
+    doc = _run(bag, tmp_path / "report")
+    assert len(doc["frames"]) == len(clean_run["frames"]) == 40  # no frame lost or added, no exception
+    # Outside the fault the clock is locked to the front camera as in the clean run; inside it may run on its own.
+    a, b = _iou(doc, span), _iou(clean_run, span)
+    assert a.keys() == b.keys() and abs(np.mean(list(a.values())) - np.mean(list(b.values()))) <= 0.02
+    if span is None:  # the whole drive decodes as the clean one
+        assert abs(np.mean(list(_iou(doc).values())) - np.mean(list(_iou(clean_run).values()))) <= 1e-3
+    else:  # and `edge run`'s report says what was wrong, when
+        assert doc["degradations"] and not clean_run["degradations"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_report_lists_degradations_with_spans(drive4: Path, tmp_path: Path) -> None:
+    from edge.runtime.report import ReportBuilder
+    from edge.runtime.runtime import Runtime
+    from edge.runtime.scheduler import Budget
+
+    bag = inject(drive4, tmp_path / "dup", "duplicate", topic=FRONT, start_s=0.0, duration_s=0.5)
+    rt = Runtime(budget=Budget(latency_ms=10_000.0), quality_per_ms=0.0)
+    sync = Synchronizer(bag, SyncConfig(image_reduce=rt.stack.cfg.image_reduce))
+    rep = ReportBuilder(rt.stack.cfg, rt.stack.footprint, {"bag": str(bag)})
+    for s in list(sync)[:6]:
+        rep.add(rt.step(s), s.ground_truth)
+    rep.add_degradations(sync.degradations, sync.diagnostics)
+    doc = json.loads((rep.write(tmp_path / "rep") / "report.json").read_text())
+    dup = [d for d in doc["degradations"] if d["kind"] == "duplicate"]
+    assert dup and dup[0]["source"] == FRONT and dup[0]["count"] == 5 and dup[0]["first_s"] == 0.0
+    assert any(FRONT in d for d in doc["diagnostics"])
+    assert "Input degradations" in (tmp_path / "rep" / "report.html").read_text()
