@@ -287,7 +287,8 @@ def test_runtime_on_onnxruntime_agrees_with_eager(drive: Path, stack: Perception
         agree.append(float((r.bev_classes == ref.bev_classes).mean()))
     assert min(agree) >= 0.99, agree
     assert set(r.plan.modalities) == {"fisheye", "ultrasonic", "audio", "camera"}
-    assert {"fisheye", "ultrasonic", "fusion", "audio", "camera@1"} <= set(ort.costs.latency_ms)
+    on_ort = {key.split("/")[0] for key in ort.costs.stats() if key.split("/")[1] == "onnxruntime"}
+    assert {"fisheye", "ultrasonic", "fusion", "audio", "camera@1"} <= on_ort  # costs measured on the engines
 
     made: dict = {}
 

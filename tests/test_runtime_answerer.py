@@ -104,3 +104,29 @@ def test_aligner_file_named_for_another_modality_is_refused(tmp_path: Path) -> N
     (tmp_path / "run" / "aligner_audio.safetensors").rename(tmp_path / "run" / "aligner_camera.safetensors")
     with pytest.raises(EdgeError, match="aligner_camera.safetensors.*audio"):
         Answerer(tmp_path, max_new_tokens=2)
+
+
+def test_a_failing_answer_is_reported_and_the_worker_goes_on() -> None:
+    from edge.runtime.answer_worker import AnswerWorker
+
+    class Flaky:
+        attached: tuple[str, ...] = ()
+        prior: dict[str, str] = {}
+
+        def apply(self, plan: Plan, tokens: dict[str, torch.Tensor]) -> None:
+            self.attached = tuple(sorted(tokens))
+
+        def answer(self, question: str) -> str:
+            if "fail" in question:
+                raise RuntimeError("out of memory")
+            return "2.0 meters"
+
+    w = AnswerWorker(Flaky(), budget_ms=60_000.0)
+    plan = Plan(("audio",), 8, 1.0)
+    w.submit([{"question": "please fail"}, {"question": "how far?", "answer": "2.0 meters"}], plan,
+             {"audio": torch.zeros(1, 1, 4)}, stamp_ns=42)
+    first, second = w.finish(timeout_s=60)
+    assert first["response"] == "" and first["error"] == "RuntimeError: out of memory"
+    assert second["response"] == "2.0 meters" and second["data_stamp_ns"] == 42 and second["modalities"] == ["audio"]
+    assert second["within_budget"] and second["answer"] == "2.0 meters"
+    w.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edge.runtime.evaluate import audio_scores, markdown, pooled, pooled_lines, reaction_delays
 
 
@@ -48,3 +50,35 @@ def test_pooled_policies_and_the_target_line() -> None:
     assert "best static 'all' EM 0.850 at 30.0 ms: met" in pooled_lines(p)[-1]
     rows[1]["correct"] = 7  # adaptive now answers worse than `all`
     assert pooled_lines(pooled(rows))[-1].endswith("MISSED")
+
+
+def test_budget_scores_settle_changes_top_plan_and_recovery() -> None:
+    from edge.runtime.evaluate import budget_markdown, budget_scores
+
+    def f(t: float, ms: float, mods: list[str]) -> dict:
+        return {"t": t, "timings_ms": {"total": ms}, "plan": {"modalities": mods, "camera_keep": 1.0, "threads": 1}}
+
+    # 60 s: a slow start (excluded), a stretch over budget while the hog runs, then back within budget
+    frames = [f(i * 0.5, 500.0 if i < 4 else (80.0 if i < 60 else 20.0), ["audio"] if 30 <= i < 60 else ["fisheye"])
+              for i in range(120)]
+    wall = [100.0 + i * 0.5 for i in range(120)]
+    s = budget_scores(frames, 50.0, wall, hog_stopped_at=100.0 + 29.7)
+    assert s["within_budget"] == 60 / 116  # the first 2 s left out
+    assert s["changes_per_min"] == 2 / (59.5 / 60) and s["changes_per_min_after_2s"] == 2 / (57.5 / 60)
+    assert s["top_plan"] == "fisheye x1" and s["top_plan_share"] == 0.75
+    assert s["recovery_s"] == pytest.approx(0.3)  # the first frame after the stop opens 10 within budget
+    assert budget_scores(frames, 50.0, wall, None)["recovery_s"] is None
+    row = {"drive": "d", "policy": "adaptive", "budget_ms": 50.0, "load": 1, "obstacle_iou_near5m": 0.8,
+           "exact_match": None, **s}
+    assert "| d | adaptive | 50 | 1 | 0.517 | 50.0 / 80.0 / 500.0 | 0.800 | n/a (n/a) | 2.0 (2.1) | fisheye x1 (0.75) | 0.3 |" \
+        in budget_markdown([row])
+
+
+def test_the_cpu_hog_runs_its_processes_and_stops_them() -> None:
+    from edge.runtime.hog import CpuHog
+
+    with CpuHog(1) as hog:
+        assert hog.running == 1 and hog.stopped_at is None
+    assert hog.running == 0 and hog.stopped_at is not None
+    with pytest.raises(ValueError, match="load must be >= 0"):
+        CpuHog(-1)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import Field
 
@@ -26,8 +26,13 @@ class RunConfig(StrictModel):
     policy: Literal["adaptive", "camera", "all"] = "adaptive"
     backend: Literal["eager", "onnxruntime", "tensorrt"] = "eager"  # encoders' network parts (docs/runtime.md)
     engine_cache: str | None = None  # compiled engines with manifests; None = .cache/engines at the repository root
-    budget_ms: float = Field(100.0, gt=0)
-    budget_mb: float = Field(2048.0, gt=0)
+    budget_ms: float = Field(100.0, gt=0, allow_inf_nan=False)  # whole frame, at budget_percentile
+    budget_percentile: float = Field(95.0, ge=50, le=100)
+    budget_mb: float = Field(2048.0, gt=0, allow_inf_nan=False)
+    answer_budget_ms: float = Field(1000.0, gt=0, allow_inf_nan=False)  # question asked -> answer ready
+    max_estimate_age_s: float = Field(5.0, gt=0, le=60)  # no plan rests longer on a cost nobody re-measured
+    max_plan_changes_per_min: int = Field(6, ge=1, le=600)  # voluntary changes; forced ones always happen
+    adapt_threads: bool = True  # eager encoders: the plan may choose 1 thread (under contention) or all
     dwell_frames: int = Field(5, ge=1, le=1000)
     quality_per_ms: float = Field(1e-3, ge=0)  # what a millisecond of compute is worth (0: quality only)
     questions_every_s: float = Field(5.0, gt=0)
@@ -63,9 +68,12 @@ def load_config(args: argparse.Namespace) -> RunConfig:
     return cfg.model_copy(update=over)
 
 
-def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, progress: bool = True) -> dict[str, Any]:
-    """Run the runtime over `bag`; returns the report summary (and writes the report)."""
+def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, progress: bool = True,
+              on_frame: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
+    """Run the runtime over `bag`; returns the report summary (and writes the report). `on_frame(i, result)` is
+    called after each frame (the scheduler evaluation times frames against its CPU hog with it)."""
     from edge.drives.bag import open_bag
+    from edge.drives.qa import pick_rotating
     from edge.drives.sync import SyncConfig, Synchronizer
     from edge.runtime.report import ReportBuilder
     from edge.runtime.runtime import Runtime
@@ -79,9 +87,11 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
         if not answerer.aligners:
             print(f"edge run: no aligners in {cfg.aligner_dir}: the LLM answers without modality context",
                   file=sys.stderr)
-    runtime = Runtime(cfg.perception_dir, cfg.policy, Budget(cfg.budget_ms, cfg.budget_mb), answerer,
+    budget = Budget(cfg.budget_ms, cfg.budget_mb, cfg.budget_percentile, cfg.answer_budget_ms)
+    runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer,
                       dwell=cfg.dwell_frames, quality_per_ms=cfg.quality_per_ms, backend=cfg.backend,
-                      engine_cache=cfg.engine_cache, progress=progress)
+                      engine_cache=cfg.engine_cache, progress=progress, max_estimate_age_s=cfg.max_estimate_age_s,
+                      max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads)
     bag_handle = open_bag(bag)
     sync = Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce))
     report = ReportBuilder(runtime.stack.cfg, runtime.stack.footprint,
@@ -104,18 +114,22 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
                 for qa in gt.qa:
                     runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
             elif next_question is None or t >= next_question:
-                qa = gt.qa[asked % len(gt.qa)]  # rotate through the templates rather than always the first
-                asked += 1
+                qa, asked = pick_rotating(gt.qa, asked)  # every template family in turn (edge/drives/qa.py)
                 runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
                 next_question = t + cfg.questions_every_s
         result = runtime.step(sample)
+        if on_frame is not None:
+            on_frame(i, result)
         report.add(result, gt)
         if result.decision.changed:
             bar.write(f"  {report.frames[-1]['t']:6.1f} s  plan: {result.plan.describe()}  ({result.decision.reason})")
         bar.update(1)
     bar.close()
+    report.add_answers(runtime.finish())  # answers still being generated when the drive ended
+    runtime.close()
     for d in sync.diagnostics:
         print(f"edge run: diagnostic: {d}", file=sys.stderr)
+    report.add_degradations(sync.degradations, sync.diagnostics)
     out = report.write(report_dir or REPO / "reports" / Path(bag).name)
     summary = report.summary()
     summary.update({"report": str(out), "wall_s": time.perf_counter() - started, "dropped": runtime.dropped,
@@ -142,6 +156,16 @@ def print_summary(s: dict[str, Any]) -> None:
     if s["questions"]:
         print(f"questions answered: {s['questions']}, exact match {fmt(s['exact_match'], 2)} "
               f"(blind prior on the same questions {fmt(s.get('blind_prior_exact_match'), 2)})")
+    b = s.get("budget")
+    if b:
+        print(f"budget {b['latency_ms']:g} ms at p{b['percentile']:g} end to end: {100 * b['share_within']:.1f} % of "
+              f"frames within ({100 * b['share_within_after_2s']:.1f} % after the first 2 s)"
+              + (f"; NOT MET by any plan: the cheapest, {b['unmet']['cheapest_plan']}, was predicted at "
+                 f"{b['unmet']['cheapest_ms']:.1f} ms" if b.get("unmet") else ""))
+    if s.get("answer_latency_ms"):
+        a = s["answer_latency_ms"]
+        print(f"answers (off the frame path): latency p50 {fmt(a['p50'])} ms, max {fmt(a['max'])} ms; "
+              f"{100 * s['answers_within_budget']:.0f} % within the answer budget")
     print(f"report: {s['report']}/report.html")
 
 

@@ -6,17 +6,26 @@ question recorded in the drive is asked), mean compute per frame, number of plan
 context change in the ground truth (lighting class, start of an audio event) to the next plan change. Then per
 policy over all drives (questions pooled), and the issue's target: the adaptive policy's answer accuracy at least
 that of the best static policy, at lower mean compute.
+
+Under a budget and a load (`--budget-ms B --load K`: K busy processes started before the runtime and stopped at
+the end, or after `--load-stop-s S` to time the recovery): per policy and drive, the share of frames within the
+budget end to end after the first 2 s, p50 / p95 / p99 against the budget, plan changes per minute (the first plan
+not counted), the plan most frames ran (to compare repeated runs), and the seconds from the hog's stop to the first
+frame that opens 10 in a row within budget.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.runtime.cli import RunConfig, run_drive
+from edge.runtime.hog import CpuHog
 
 POLICIES = ("adaptive", "camera", "all")
 
@@ -45,31 +54,88 @@ def audio_scores(frames: list[dict[str, Any]]) -> tuple[float | None, float]:
     return (float(np.mean(correct)) if correct else None), (len(missed) / len(events) if events else 0.0)
 
 
-def evaluate(bags: list[Path], out: Path, use_llm: bool, budget_ms: float, policies: tuple[str, ...] = POLICIES
-             ) -> dict[str, Any]:
+def budget_scores(frames: list[dict[str, Any]], budget_ms: float, frame_wall: list[float],
+                  hog_stopped_at: float | None, settle_s: float = 2.0) -> dict[str, Any]:
+    """End-to-end latency against the budget after the first `settle_s` of drive time; plan changes per minute
+    (the first plan is not a change); the plan most frames ran; recovery after the hog stopped (wall seconds to
+    the first frame that opens 10 in a row within budget)."""
+    total = [f["timings_ms"]["total"] for f in frames]
+    settled = [ms for ms, f in zip(total, frames) if f["t"] >= settle_s] or total
+    plans = Counter(_plan_key(f["plan"]) for f in frames)
+    top, top_n = plans.most_common(1)[0] if plans else ("", 0)
+    changes = sum(1 for a, b in zip(frames, frames[1:]) if _plan_key(a["plan"]) != _plan_key(b["plan"]))
+    minutes = (frames[-1]["t"] - frames[0]["t"]) / 60.0 if len(frames) > 1 else 0.0
+    late = [f for f in frames if f["t"] >= settle_s]
+    late_changes = sum(1 for a, b in zip(late, late[1:]) if _plan_key(a["plan"]) != _plan_key(b["plan"]))
+    late_minutes = (late[-1]["t"] - late[0]["t"]) / 60.0 if len(late) > 1 else 0.0
+    recovery = None
+    if hog_stopped_at is not None:
+        ok = [ms <= budget_ms for ms in total]
+        after = [i for i, w in enumerate(frame_wall) if w >= hog_stopped_at]
+        for i in after:
+            if all(ok[i:i + 10]) and len(ok[i:i + 10]) == 10:
+                recovery = frame_wall[i] - hog_stopped_at
+                break
+    return {"within_budget": float(np.mean([ms <= budget_ms for ms in settled])) if settled else None,
+            "latency_p50_ms": float(np.percentile(total, 50)) if total else None,
+            "latency_p95_ms": float(np.percentile(total, 95)) if total else None,
+            "latency_p99_ms": float(np.percentile(total, 99)) if total else None,
+            "changes_per_min": changes / minutes if minutes else None,
+            "changes_per_min_after_2s": late_changes / late_minutes if late_minutes else None,
+            "top_plan": top, "top_plan_share": top_n / len(frames) if frames else None, "recovery_s": recovery}
+
+
+def _plan_key(plan: dict[str, Any]) -> str:
+    keep = f"@{plan['camera_keep']:g}" if "camera" in plan["modalities"] else ""
+    return "+".join(plan["modalities"]) + keep + (f" x{plan['threads']}" if plan.get("threads") else "")
+
+
+def evaluate(bags: list[Path], out: Path, use_llm: bool, budget_ms: float, policies: tuple[str, ...] = POLICIES,
+             load: int = 0, load_stop_s: float | None = None) -> dict[str, Any]:
     rows = []
     for bag in bags:
         for policy in policies:
             cfg = RunConfig(policy=policy, use_llm=use_llm, budget_ms=budget_ms, ask_all_questions=True)
-            summary = run_drive(bag, cfg, out / f"{Path(bag).name}-{policy}", progress=False)
+            wall: list[float] = []
+            with CpuHog(load, load_stop_s) as hog:
+                summary = run_drive(bag, cfg, out / f"{Path(bag).name}-{policy}-b{budget_ms:g}-k{load}",
+                                    progress=False, on_frame=lambda i, r: wall.append(time.monotonic()))
             doc = json.loads((Path(summary["report"]) / "report.json").read_text())
             acc, missed = audio_scores(doc["frames"])
             delays = reaction_delays(doc["frames"], doc["switches"])
-            rows.append({"drive": Path(bag).name, "policy": policy, "frames": summary["frames"],
+            rows.append({"drive": Path(bag).name, "policy": policy, "budget_ms": budget_ms, "load": load,
+                         "frames": summary["frames"],
                          "obstacle_iou_near5m": summary["obstacle_iou_near5m_mean"], "audio_event_accuracy": acc,
                          "audio_event_frames_missed": missed, "exact_match": summary["exact_match"],
+                         "blind_prior_exact_match": summary.get("blind_prior_exact_match"),
                          "questions": summary["questions"], "mean_compute_ms": summary["mean_compute_ms"],
                          "correct": _correct(doc["frames"]),
                          "switches": summary["switches"],
                          "reaction_s_mean": float(np.mean(delays)) if delays else None,
-                         "latency_p99_ms": summary["latency_ms"]["p99"]})
-            print(f"{rows[-1]['drive']:>24} {policy:>9}: IoU {_f(rows[-1]['obstacle_iou_near5m'])}, "
-                  f"compute {_f(rows[-1]['mean_compute_ms'], 1)} ms, switches {rows[-1]['switches']}")
-    table = markdown(rows) + "\n" + "\n".join(pooled_lines(pooled(rows)))+ "\n"
+                         "latency_p99_ms": summary["latency_ms"]["p99"],
+                         **budget_scores(doc["frames"], budget_ms, wall, hog.stopped_at)})
+            r = rows[-1]
+            print(f"{r['drive']:>24} {policy:>9} budget {budget_ms:g} ms load {load}: within "
+                  f"{_f(r['within_budget'], 3)}, p95 {_f(r['latency_p95_ms'], 1)} ms, IoU {_f(r['obstacle_iou_near5m'])}, "
+                  f"{_f(r['changes_per_min'], 1)} changes/min, mostly {r['top_plan']}")
+    table = markdown(rows) + "\n" + budget_markdown(rows) + "\n" + "\n".join(pooled_lines(pooled(rows))) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scheduler_eval.json").write_text(json.dumps(rows, indent=1))
-    (out / "scheduler_eval.md").write_text(table)
+    tag = f"-b{budget_ms:g}-k{load}"
+    (out / f"scheduler_eval{tag}.json").write_text(json.dumps(rows, indent=1))
+    (out / f"scheduler_eval{tag}.md").write_text(table)
     return {"rows": rows, "table": table}
+
+
+def budget_markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| drive | policy | budget ms | load | within budget (after 2 s) | p50 / p95 / p99 ms | obstacle IoU 5 m | "
+            "EM (prior) | changes/min (after 2 s) | plan most run (share) | recovery s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r['drive']} | {r['policy']} | {r['budget_ms']:g} | {r['load']} | {_f(r['within_budget'])} | "
+        f"{_f(r['latency_p50_ms'], 1)} / {_f(r['latency_p95_ms'], 1)} / {_f(r['latency_p99_ms'], 1)} | "
+        f"{_f(r['obstacle_iou_near5m'])} | {_f(r['exact_match'], 2)} ({_f(r.get('blind_prior_exact_match'), 2)}) | "
+        f"{_f(r['changes_per_min'], 1)} ({_f(r.get('changes_per_min_after_2s'), 1)}) | {r['top_plan'] or 'none'} ({_f(r['top_plan_share'], 2)}) | "
+        f"{_f(r['recovery_s'], 1)} |\n" for r in rows)
+    return head + body
 
 
 def _correct(frames: list[dict[str, Any]]) -> int:
@@ -128,11 +194,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("bags", nargs="+", help="drives not used in training (e.g. edge drive generate ... --seed 900)")
     p.add_argument("--out", default="reports/scheduler-eval", help="[reports/scheduler-eval]")
     p.add_argument("--llm", action="store_true", help="also answer the drives' questions with the LLM")
-    p.add_argument("--budget-ms", type=float, default=100.0, help="latency budget per frame [100]")
+    p.add_argument("--budget-ms", type=float, default=100.0, help="latency budget per frame, end to end, at p95 [100]")
+    p.add_argument("--load", type=int, default=0, help="busy processes (a CPU hog) beside the runtime [0]")
+    p.add_argument("--load-stop-s", type=float, default=None,
+                   help="stop the hog after this many seconds of each run, to time the recovery [at the end]")
+    p.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="[all three]")
     p.set_defaults(func=lambda a: _main(a))
 
 
 def _main(args: Any) -> int:
-    result = evaluate([Path(b) for b in args.bags], Path(args.out), args.llm, args.budget_ms)
+    from edge.errors import EdgeError
+    from edge.runtime.scheduler import Budget
+
+    Budget(latency_ms=args.budget_ms)  # a bad budget is a configuration error naming the key, before any run
+    if args.load < 0:
+        raise EdgeError(f"--load: {args.load} busy processes; give 0 or more")
+    result = evaluate([Path(b) for b in args.bags], Path(args.out), args.llm, args.budget_ms,
+                      tuple(args.policies), args.load, args.load_stop_s)
     print(result["table"])
     return 0

@@ -40,6 +40,38 @@ def near_obstacle_iou(pred: np.ndarray, gt: np.ndarray, near: np.ndarray) -> flo
     return float(np.logical_and(p == 1, g == 1).sum() / union) if union else None
 
 
+def _score(answers: list[dict[str, Any]]) -> None:
+    """Scored as `edge eval qa` scores (normalised exact match), beside the blind prior's answer."""
+    for a in answers:
+        if "answer" in a:
+            from edge.llm.qa_text import exact_match  # only runs that answer need the LLM package
+
+            a["correct"] = bool(exact_match(a["response"], str(a["answer"])))
+            if a.get("blind_prior"):  # what always answering the template's majority answer would score
+                a["prior_correct"] = bool(exact_match(a["blind_prior"], str(a["answer"])))
+
+
+def _budget_summary(frames: list[dict[str, Any]], config: dict[str, Any], answers: list[dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """The end-to-end budget (share of frames within it, overall and after the first 2 s), the cheapest plan when
+    none fit, and the answers' own latency against the answering budget."""
+    out: dict[str, Any] = {}
+    budget = config.get("budget_ms")
+    if budget and frames:
+        within = [x["timings_ms"]["total"] <= budget for x in frames]
+        settled = [w for w, x in zip(within, frames) if x["t"] >= 2.0]
+        misses = [x["budget_miss"] for x in frames if x.get("budget_miss")]
+        out["budget"] = {"latency_ms": budget, "percentile": config.get("budget_percentile", 95.0),
+                         "share_within": float(np.mean(within)),
+                         "share_within_after_2s": float(np.mean(settled)) if settled else float(np.mean(within)),
+                         "frames_unmet": len(misses), "unmet": misses[-1] if misses else None}
+    lat = [a["latency_ms"] for a in answers if "latency_ms" in a]
+    if lat:
+        out["answer_latency_ms"] = {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "max": max(lat)}
+        out["answers_within_budget"] = float(np.mean([bool(a.get("within_budget", True)) for a in answers]))
+    return out
+
+
 class ReportBuilder:
     """Accumulates frames (with the sample's ground truth where the drive has it) and writes the report."""
 
@@ -50,6 +82,8 @@ class ReportBuilder:
         self.switches: list[dict[str, Any]] = []
         self.snapshots: list[tuple[float, np.ndarray, np.ndarray | None]] = []
         self._t0: int | None = None
+        self.degradations: list[dict[str, Any]] = []  # bad input data, with spans (edge.drives.sync.Degradation)
+        self.diagnostics: list[str] = []
 
     def add(self, r: FrameResult, ground_truth: Any = None) -> dict[str, Any]:
         self._t0 = r.stamp_ns if self._t0 is None else self._t0
@@ -58,20 +92,21 @@ class ReportBuilder:
         frame: dict[str, Any] = {
             "t": round(t, 3), "stamp_ns": r.stamp_ns, "source_stamps": r.source_stamps,
             "plan": {"modalities": list(r.plan.modalities), "n_blocks": r.plan.n_blocks,
-                     "camera_keep": r.plan.camera_keep, "backend": r.plan.backend, "aligners": r.plan.aligners},
+                     "camera_keep": r.plan.camera_keep, "backend": r.plan.backend, "aligners": r.plan.aligners,
+                     "threads": r.plan.threads},
             "lighting": r.context.lighting, "glare_cameras": r.context.glare_cameras,
             "streams_healthy": {k: v.healthy for k, v in r.context.streams.items()},
             "audio_level_db": round(r.context.audio_level_db, 1), "ego_speed": round(r.context.ego_speed, 2),
             "timings_ms": {k: round(v, 2) for k, v in r.timings_ms.items()}, "rss_mb": round(r.rss_mb, 1),
             "bev_modalities": r.modalities_used, "answers": r.answers, "diagnostics": r.diagnostics,
         }
-        for a in r.answers:
-            if "answer" in a:  # scored as `edge eval qa` scores (normalised exact match)
-                from edge.llm.qa_text import exact_match  # only runs that answer need the LLM package
-
-                a["correct"] = bool(exact_match(a["response"], str(a["answer"])))
-                if a.get("blind_prior"):  # what always answering the template's majority answer would score
-                    a["prior_correct"] = bool(exact_match(a["blind_prior"], str(a["answer"])))
+        if r.decision.predicted_ms is not None:
+            frame["predicted_ms"] = round(r.decision.predicted_ms, 2)  # the plan's, at the budget percentile
+        if r.decision.budget_miss:
+            frame["budget_miss"] = r.decision.budget_miss  # no plan fit: the cheapest ran
+        if r.probes_ms:
+            frame["probes_ms"] = {k: round(v, 2) for k, v in r.probes_ms.items()}  # after the frame, not in it
+        _score(r.answers)
         if r.bev_classes is not None:
             near = r.bev_classes[self.near]
             frame["occupancy_near5m"] = {name: int((near == i).sum()) for i, name in enumerate(BEV_CLASSES)}
@@ -89,6 +124,17 @@ class ReportBuilder:
             self.snapshots.append((t, r.bev_classes, gt_classes))
         self.frames.append(frame)
         return frame
+
+    def add_answers(self, answers: list[dict[str, Any]]) -> None:
+        """Answers that finished after the last frame (answering runs off the frame path): kept with it."""
+        if answers and self.frames:
+            _score(answers)
+            self.frames[-1]["answers"].extend(answers)
+
+    def add_degradations(self, records: list[dict[str, Any]], diagnostics: list[str]) -> None:
+        """What was wrong with the input (Synchronizer.degradations / .diagnostics), listed with time spans."""
+        self.degradations += records
+        self.diagnostics += [d for d in diagnostics if d not in self.diagnostics]
 
     # ---------------------------------------------------------------- summary
     def summary(self) -> dict[str, Any]:
@@ -116,6 +162,7 @@ class ReportBuilder:
                                               for x in f])) if f else None,
             "questions": len(answers), "exact_match": float(np.mean(exact)) if exact else None,
             "blind_prior_exact_match": float(np.mean(prior)) if prior else None,
+            **_budget_summary(f, self.meta.get("config") or {}, answers),
         }
 
     def write(self, directory: str | Path) -> Path:
@@ -123,7 +170,8 @@ class ReportBuilder:
         out.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "python": platform.python_version(), "machine": platform.machine(),
                 "processor": platform.processor()}
-        doc = {"meta": meta, "summary": self.summary(), "switches": self.switches, "frames": self.frames}
+        doc = {"meta": meta, "summary": self.summary(), "switches": self.switches, "degradations": self._spans(),
+               "diagnostics": self.diagnostics, "frames": self.frames}
         (out / "report.json").write_text(json.dumps(doc, indent=1, default=_jsonable))
         (out / "report.html").write_text(self._html(doc))
         return out
@@ -138,6 +186,10 @@ class ReportBuilder:
             f"<td>{html.escape(str(a.get('answer', '')))}</td></tr>" for x in self.frames for a in x["answers"])
         lat = s["latency_ms"]
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+        degraded = "".join(
+            f"<tr><td>{html.escape(d['kind'])}</td><td>{html.escape(str(d['source']))}</td><td>{d['count']}</td>"
+            f"<td>{fmt(d.get('first_s'))}</td><td>{fmt(d.get('last_s'))}</td><td>{html.escape(d['detail'])}</td></tr>"
+            for d in doc["degradations"])
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>mpnp-edge run report</title>
 <style>body{{font-family:sans-serif;margin:24px;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}h2{{margin-top:28px}}</style></head><body>
@@ -150,7 +202,15 @@ peak memory {fmt(s['peak_rss_mb'])} MB &middot; obstacle IoU within 5 m {fmt(s['
 <h2>BEV occupancy (left) and ground truth (right)</h2>{self._snapshots_html()}
 <h2>Plan changes</h2><table><tr><th>time</th><th>plan</th><th>reason</th></tr>{rows}</table>
 <h2>Answers</h2><table><tr><th>time</th><th>question</th><th>answer</th><th>ground truth</th></tr>{answers}</table>
+<h2>Input degradations</h2><table><tr><th>kind</th><th>source</th><th>count</th><th>from</th><th>to</th><th>detail</th>
+</tr>{degraded or '<tr><td colspan="6">none</td></tr>'}</table>
 </body></html>"""
+
+    def _spans(self) -> list[dict[str, Any]]:
+        """Degradation records with their span also in seconds from the report's first frame."""
+        t0 = self._t0
+        return [{**d, **{f"{k[:-3]}_s": round((d[k] - t0) / 1e9, 3) for k in ("first_ns", "last_ns")
+                         if t0 is not None and d.get(k) is not None}} for d in self.degradations]
 
     def _times(self) -> list[float]:
         return [x["t"] for x in self.frames]

@@ -1,14 +1,20 @@
 """`edge.Runtime`: synchronised samples -> context -> plan -> encoders -> BEV fusion -> LLM connections.
 
 Every frame result carries the header stamps of the inputs it came from. The sensor queue is bounded and drops
-the oldest sample when the consumer falls behind. Applying a plan (attach / detach / depth) costs well under a
-millisecond, so it never holds the sensor loop. Questions can be asked at any time; they are answered at the next
-frame with the modalities attached then.
+the oldest sample when the consumer falls behind. Questions can be asked at any time; they are bound to the next
+frame (its plan's aligner set and its tokens) and answered off the frame path by `AnswerWorker`; a frame result
+carries the answers that finished since the previous one, each with the stamp of the data it used.
+
+Costs stay measured (edge.runtime.cost_model): every stage of every frame is timed; after a frame, within the
+frame period it left unused, one stage the plan does not run is re-measured once its estimate is half
+`max_estimate_age_s` old (whatever the slack once it is `max_estimate_age_s` old), and a sensor that arrives after
+start-up is measured on its first sample.
 """
 
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,8 +26,13 @@ import torch
 
 from edge.encoders.stack import OCCUPANCY_VALUES, PerceptionStack
 from edge.errors import EdgeError
+from edge.runtime.answer_worker import AnswerWorker
 from edge.runtime.context import Context, ContextEstimator
-from edge.runtime.scheduler import MODALITIES, Budget, CostModel, Decision, Plan, QualityTable, Scheduler
+from edge.runtime.cost_model import OVERHEAD, CostModel, Key, timed_call
+from edge.runtime.scheduler import KEEP_RATIOS, MODALITIES, Budget, Decision, Plan, QualityTable, Scheduler
+
+PROBE_DUTY = 0.1  # share of wall time re-measurement may take beyond the frames' slack
+Stopwatch = Callable[[str, Callable[[], Any]], tuple[Any, float, float]]  # (stage, fn) -> (fn(), wall ms, cpu ms)
 
 DEFAULT_PERCEPTION = Path(__file__).resolve().parents[2] / "models" / "perception"
 
@@ -40,8 +51,9 @@ class FrameResult:
     modalities_used: list[str]
     audio: dict[str, Any] | None
     camera: dict[str, Any] | None
-    answers: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # finished since the previous frame
     diagnostics: list[str] = field(default_factory=list)
+    probes_ms: dict[str, float] = field(default_factory=dict)  # stages re-measured after this frame ("fisheye/1")
 
     def occupancy_grid(self) -> np.ndarray | None:
         """(rows y, columns x) int8 in the nav_msgs/OccupancyGrid values of docs/drives.md."""
@@ -62,32 +74,49 @@ def param_mb(module: torch.nn.Module) -> float:
 
 
 class Runtime:
-    """The whole pipeline in one process; `answerer` (an LLM with mPnP connections) is optional."""
+    """The whole pipeline in one process; `answerer` (an LLM with mPnP connections) is optional.
+
+    `clock` (seconds) ages the cost estimates and paces plan changes; `stopwatch` times each stage (wall and
+    thread-CPU ms). Both are injectable so that tests can replay a slow measurement without sleeping."""
 
     def __init__(self, perception_dir: str | Path = DEFAULT_PERCEPTION, policy: str = "adaptive",
                  budget: Budget | None = None, answerer: Any = None, queue_depth: int = 4, dwell: int = 5,
                  quality_per_ms: float = 1e-3, rig: Any = None, backend: str = "eager",
-                 engine_cache: str | Path | None = None, progress: bool = False) -> None:
+                 engine_cache: str | Path | None = None, progress: bool = False, max_estimate_age_s: float = 5.0,
+                 max_changes_per_min: int = 6, adapt_threads: bool = True,
+                 clock: Callable[[], float] = time.monotonic, stopwatch: Stopwatch | None = None) -> None:
         perception_dir = Path(perception_dir)
+        budget = budget or Budget()
         self.stack = PerceptionStack.load(perception_dir, rig=rig)
         self.backend = backend  # network parts on eager PyTorch / ONNX Runtime / TensorRT (docs/runtime.md, Backends)
         self.stack.set_backend(backend, cache_dir=engine_cache, progress=progress)
         self.estimator = ContextEstimator()
-        self.costs = CostModel(memory_mb={m: param_mb(getattr(self.stack, m)) for m in MODALITIES})
+        n = self._threads_at_start = torch.get_num_threads()
+        # ONNX Runtime / TensorRT sessions fix their threads when built; eager can change per frame
+        self.thread_options = tuple(sorted({1, n})) if backend == "eager" and adapt_threads else (n,)
+        self.costs = CostModel(memory_mb={m: param_mb(getattr(self.stack, m)) for m in MODALITIES},
+                               max_age_s=max_estimate_age_s, percentile=budget.percentile, clock=clock,
+                               backend=backend, threads=n)
         self.costs.memory_mb["fusion"] = param_mb(self.stack.fusion)
         eval_path = perception_dir / "eval.json"
         if not eval_path.exists():
             raise EdgeError(f"{eval_path}: missing; the scheduler needs the measured per-condition accuracy table")
         self.answerer = answerer
-        self.scheduler = Scheduler(QualityTable.from_perception_eval(eval_path), self.costs, budget or Budget(),
+        self.scheduler = Scheduler(QualityTable.from_perception_eval(eval_path), self.costs, budget,
                                    MODALITIES, answerer.n_blocks if answerer is not None else 0, policy, dwell,
                                    quality_per_ms=quality_per_ms,
                                    aligner_sets=answerer.aligner_sets() if answerer is not None else (),
-                                   backend=backend)
+                                   backend=backend, threads=self.thread_options,
+                                   max_changes_per_min=max_changes_per_min)
+        self.answers = AnswerWorker(answerer, budget.answer_ms) if answerer is not None else None
+        self._stopwatch: Stopwatch = stopwatch or (lambda name, fn: timed_call(fn))
         self.queue: deque[Any] = deque(maxlen=queue_depth)
         self.dropped = 0
         self.questions: deque[dict[str, Any]] = deque()
         self._calibrated = False
+        self._stamps: deque[int] = deque(maxlen=21)  # recent sample stamps: the frame period
+        self._arrivals: dict[str, float] = {}  # modality -> clock time its first measurement was tried
+        self._forced: deque[tuple[float, float]] = deque()  # (clock, ms) probe time beyond the frames' slack
 
     # ---------------------------------------------------------------- inputs
     def submit(self, sample: Any) -> None:
@@ -97,8 +126,8 @@ class Runtime:
         self.queue.append(sample)
 
     def ask(self, question: str, **meta: Any) -> None:
-        """Queue a question; it is answered at the next frame."""
-        self.questions.append({"question": question, **meta})
+        """Queue a question; it is bound to the next frame and answered off the frame path."""
+        self.questions.append({"question": question, **meta, "_asked": time.perf_counter()})
 
     def drain(self) -> list[FrameResult]:
         out = []
@@ -106,57 +135,160 @@ class Runtime:
             out.append(self.step(self.queue.popleft()))
         return out
 
-    # ---------------------------------------------------------------- one frame
-    def calibrate(self, sample: Any, repeats: int = 2) -> None:
-        """Measure every component on real data so that the first plan is chosen on measured costs.
+    def finish(self, timeout_s: float = 600.0) -> list[dict[str, Any]]:
+        """Wait for the questions still being answered; their answers (not attached to any frame yet)."""
+        return self.answers.finish(timeout_s) if self.answers is not None else []
 
-        The first pass warms up (lazy tables, allocator, first-call dispatch) and is not counted."""
-        for rep in range(repeats + 1):
-            if rep == 1:
-                self.costs.reset_latency()
-            self._perceive(sample, Plan(MODALITIES, 0, 1.0), {})
-            for keep in (0.5, 0.25):
-                self._perceive(sample, Plan(("camera",), 0, keep), {})
+    def close(self) -> None:
+        """Stop the answer thread; give the process back its intra-op thread count (plans change it)."""
+        if self.answers is not None:
+            self.answers.close()
+        torch.set_num_threads(self._threads_at_start)
+
+    # ---------------------------------------------------------------- costs
+    def calibrate(self, sample: Any, repeats: int = 3) -> None:
+        """Measure every component with data, at every thread count a plan may use, so that the first plan is
+        chosen on measured costs. A first pass warms up (lazy tables, allocator, first-call dispatch) and is not
+        counted; repeats the other job preempted are dropped while a clean one remains (CostModel.calibrate)."""
+        static = self.scheduler.policy != "adaptive"  # runs at the default thread count, reads no estimate
+        for threads in self.thread_options[-1:] if static else self.thread_options:
+            self._measure(sample, MODALITIES, threads, 1 if static else repeats)
+        probe = ContextEstimator()  # the context's own cost, on a throwaway estimator (it keeps state)
+        runs = [self._stopwatch(OVERHEAD, lambda: probe.update(sample))[1:] for _ in range(repeats)]
+        self.costs.calibrate(OVERHEAD, runs, self.backend, 0)
         self._calibrated = True
 
+    def _measure(self, sample: Any, modalities: tuple[str, ...], threads: int, repeats: int) -> dict[str, float]:
+        """Warm-up, then `repeats` timed passes of the modalities' stages (every camera keep ratio); committed
+        per stage through CostModel.calibrate. Returns the median kept per stage."""
+        runs: dict[str, list[tuple[float, float]]] = {}
+
+        def record(name: str, fn: Callable[[], Any]) -> Any:
+            result, wall, cpu = self._stopwatch(name, fn)
+            if result is not None:
+                runs.setdefault(name, []).append((wall, cpu))
+            return result
+
+        self._use_threads(threads)
+        passes = [(tuple(m for m in modalities if m != "camera") + (("camera",) if "camera" in modalities else ()),
+                   KEEP_RATIOS[0])]
+        if "camera" in modalities:
+            passes += [(("camera",), keep) for keep in KEEP_RATIOS[1:]]
+        for rep in range(repeats + 1):
+            if rep == 1:
+                runs.clear()
+            for use, keep in passes:
+                self.stack.run(sample, use, keep, timer=record)
+        return {name: statistics.median(self.costs.calibrate(name, r, self.backend, threads))
+                for name, r in runs.items()}
+
+    def _stages(self, usable: tuple[str, ...]) -> list[str]:
+        out = [s for m in usable for s in (CostModel.components((m,), 1.0) if m != "camera"
+                                           else [f"camera@{k:g}" for k in KEEP_RATIOS])]
+        return out + (["fusion"] if "fisheye" in usable and "ultrasonic" in usable else [])
+
+    def _probe(self, sample: Any, ctx: Context, total_ms: float) -> dict[str, float]:
+        """After the frame: measure what arrived unmeasured, else re-measure the stage whose estimate is due
+        (adaptive policy only: a static plan reads no estimate)."""
+        if self.scheduler.policy != "adaptive":
+            return {}
+        usable = self.scheduler.healthy(ctx)
+        now = self.costs.clock()
+        new = [m for m in usable for t in self.thread_options
+               if any(not self.costs.measured(s, self.backend, t) for s in self._stages((m,)))]
+        if "fisheye" in usable and "ultrasonic" in usable and not all(
+                self.costs.measured("fusion", self.backend, t) for t in self.thread_options):
+            new += ["fisheye", "ultrasonic"]
+        # (an encoder that returns nothing on data its stream calls healthy is not retried every frame)
+        new = [m for m in new if now - self._arrivals.get(m, -float("inf")) >= self.costs.max_age_s / 2]
+        probes: dict[str, float] = {}
+        if new:  # a sensor that came after start-up: measured on its first sample, at every thread count
+            self._arrivals.update({m: now for m in new})
+            mods = tuple(m for m in MODALITIES if m in new)
+            for t in self.thread_options:
+                probes.update({f"{k}/{t}": v for k, v in self._measure(sample, mods, t, repeats=2).items()})
+            return probes
+        keys: list[Key] = [(s, self.backend, t) for t in self.thread_options for s in self._stages(usable)]
+        period_ms = 100.0
+        if len(self._stamps) >= 3:
+            period_ms = statistics.median(np.diff(list(self._stamps))) / 1e6
+        # Past the bound a stage is re-measured whatever the slack, unless probes beyond the slack already took
+        # `PROBE_DUTY` of the last 10 s (a 2-thread stage under a hog can take 0.6 s: live, that drops samples).
+        while self._forced and now - self._forced[0][0] > 10.0:
+            self._forced.popleft()
+        slack = period_ms - total_ms
+        key = self.costs.due(keys, slack, forced=sum(ms for _, ms in self._forced) < PROBE_DUTY * 10_000.0)
+        if key is None:
+            return probes
+        stage, _, threads = key
+        if stage == "fusion":
+            use, keep = ("fisheye", "ultrasonic"), 1.0
+        elif stage.startswith("camera@"):
+            use, keep = ("camera",), float(stage.split("@")[1])
+        else:
+            use, keep = (stage,), 1.0
+
+        def record(name: str, fn: Callable[[], Any]) -> Any:
+            result, wall, cpu = self._stopwatch(name, fn)
+            if result is not None:
+                self.costs.observe(name, wall, cpu, self.backend, threads)
+                probes[f"{name}/{threads}"] = wall
+            return result
+
+        self._use_threads(threads)
+        t = time.perf_counter()
+        self.stack.run(sample, use, keep, timer=record)
+        spent = (time.perf_counter() - t) * 1e3
+        if spent > slack:
+            self._forced.append((now, spent - max(slack, 0.0)))
+        return probes
+
+    @staticmethod
+    def _use_threads(threads: int) -> None:
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    # ---------------------------------------------------------------- one frame
     def step(self, sample: Any) -> FrameResult:
         if not self._calibrated:
             self.calibrate(sample)
+        self._stamps.append(sample.stamp_ns)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         ctx = self.estimator.update(sample)
         decision = self.scheduler.step(ctx)
         timings["context+plan"] = (time.perf_counter() - t0) * 1e3
         out = self._perceive(sample, decision.plan, timings)
-        answers = []
-        if self.answerer is not None:
+        if self.answers is not None and self.questions:
             t = time.perf_counter()
-            self.answerer.apply(decision.plan, out["tokens"])
+            asked = []
+            while self.questions:  # popleft: ask() may append from another thread meanwhile
+                asked.append(self.questions.popleft())
+            self.answers.submit(asked, decision.plan, out["tokens"], sample.stamp_ns)
             timings["attach"] = (time.perf_counter() - t) * 1e3
-            while self.questions:
-                q = self.questions.popleft()
-                t = time.perf_counter()
-                text = self.answerer.answer(q["question"])
-                answers.append({**q, "response": text, "latency_ms": (time.perf_counter() - t) * 1e3,
-                                "modalities": sorted(self.answerer.attached),
-                                "blind_prior": self.answerer.prior.get(str(q.get("kind")), "")})
-        timings["total"] = (time.perf_counter() - t0) * 1e3
+        total = (time.perf_counter() - t0) * 1e3
+        timings["total"] = total
+        stages = sum(v for k, v in timings.items() if k not in ("context+plan", "attach", "total"))
+        self.costs.observe(OVERHEAD, total - stages, None, self.backend, 0)
+        self.costs.observe_frame(decision.plan, total)
+        probes = self._probe(sample, ctx, total)
+        answers = self.answers.collect() if self.answers is not None else []
         return FrameResult(sample.stamp_ns, dict(sample.source_stamps), decision.plan, decision, ctx, timings,
                            rss_mb(), out["bev_classes"], self.stack.cfg.bev_grid.resolution, out["bev_modalities"], out["audio"],
-                           out["camera"], answers, out["diagnostics"])
+                           out["camera"], answers, out["diagnostics"], probes)
 
     def _perceive(self, sample: Any, plan: Plan, timings: dict[str, float]) -> dict[str, Any]:
         """Run the plan's encoders and the fusion head (PerceptionStack.run), each stage timed, costs observed."""
+        threads = plan.threads or self.costs.threads
 
         def timed(name: str, fn: Callable[[], Any]) -> Any:
-            t = time.perf_counter()
-            result = fn()
-            ms = (time.perf_counter() - t) * 1e3
+            result, wall, cpu = self._stopwatch(name, fn)
             if result is not None:  # an encoder without input returns at once: not a cost measurement
-                timings[name] = ms
-                self.costs.observe(name, ms)
+                timings[name] = wall
+                self.costs.observe(name, wall, cpu, self.backend, threads)
             return result
 
+        self._use_threads(threads)
         out = self.stack.run(sample, plan.modalities, plan.camera_keep, timer=timed)
         if out.camera is not None:
             out.camera.pop("front_map", None)

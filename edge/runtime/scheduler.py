@@ -3,29 +3,37 @@
 A plan is scored by the expected quality of what the runtime produces, read from measured per-condition tables
 (the perception evaluation: BEV obstacle IoU within 5 m per modality subset and lighting; audio event and direction
 accuracy; and, when an LLM answers, the held-out answer accuracy of each aligner set per lighting), and must fit a
-latency and memory budget taken from per-component costs measured while running. The plan names the aligner set
-attached to the LLM, so a switch of the LLM's connections is a plan change, logged with its reason like any other.
-Hysteresis keeps the plan from flapping: a better plan must stay better for `dwell` frames, except when a
-modality of the current plan loses its sensor, which is acted on at once.
+latency and memory budget: the whole frame's latency at the budget's percentile, predicted from per-stage cost
+distributions kept measured while running (edge.runtime.cost_model), keyed by backend and thread count (the
+encoders' thread count is part of the plan). The plan names the aligner set attached to the LLM, so a switch of
+the LLM's connections is a plan change, logged with its reason like any other. Hysteresis keeps the plan from
+flapping: a better plan must stay better for `dwell` frames, fit with headroom, and wait while the last minute
+already saw `max_changes_per_min` changes; a modality of the current plan losing its sensor, or the current plan
+staying over budget, is acted on at once.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import statistics
+import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge.errors import EdgeError
 from edge.runtime.context import Context
+from edge.runtime.cost_model import CostModel
+
+__all__ = ["AlignerSet", "Budget", "CostModel", "Decision", "Plan", "QualityTable", "Scheduler"]
 
 MODALITIES = ("fisheye", "ultrasonic", "audio", "camera")
 KEEP_RATIOS = (1.0, 0.5, 0.25)
 POLICIES = ("adaptive", "camera", "all")
 # Static baselines: "camera" is the camera setup (every camera: the surround fisheyes and the front camera).
 STATIC = {"camera": ("fisheye", "camera"), "all": MODALITIES}
+TABU_S = 15.0  # a plan left for running over budget is not chosen again voluntarily for this long
 
 
 @dataclass(frozen=True)
@@ -35,12 +43,14 @@ class Plan:
     camera_keep: float  # token-pruning keep ratio of the front camera ViT
     backend: str = "eager"
     aligners: str = ""  # the aligner set attached to the LLM ("" = none: the LLM answers from text alone)
+    threads: int = 0  # intra-op threads of the encoders (0: the process default)
 
     def describe(self) -> str:
         mods = "+".join(self.modalities) or "none"
         keep = f", camera keep {self.camera_keep:g}" if "camera" in self.modalities else ""
         llm = f", LLM set {self.aligners}" if self.aligners else ""
-        return f"{mods}, N={self.n_blocks}{keep}{llm}, {self.backend}"
+        threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.threads else ""
+        return f"{mods}, N={self.n_blocks}{keep}{llm}, {self.backend}{threads}"
 
 
 @dataclass(frozen=True)
@@ -98,41 +108,25 @@ class QualityTable:
         return rows.get(lighting, rows.get("all", 0.0))
 
 
-@dataclass
-class CostModel:
-    """Per-component latency (ms: the median of the last `window` measurements) and resident memory (MB).
-
-    A median, not a running mean: on a shared machine a component is sometimes preempted for a second, and one
-    such frame must not reshape the plan; a sustained slow-down moves the median within `window` frames."""
-
-    latency_ms: dict[str, float] = field(default_factory=dict)  # "fisheye", "ultrasonic", "fusion", "audio", "camera@0.5", ...
-    memory_mb: dict[str, float] = field(default_factory=dict)
-    window: int = 15
-    _recent: dict[str, deque[float]] = field(default_factory=dict, repr=False)
-
-    def observe(self, component: str, ms: float) -> None:
-        recent = self._recent.setdefault(component, deque(maxlen=self.window))
-        recent.append(ms)
-        self.latency_ms[component] = float(statistics.median(recent))
-
-    def reset_latency(self) -> None:
-        self.latency_ms.clear()
-        self._recent.clear()
-
-    def plan_latency(self, plan: Plan) -> float:
-        parts = [m if m != "camera" else f"camera@{plan.camera_keep:g}" for m in plan.modalities]
-        if "fisheye" in plan.modalities or "ultrasonic" in plan.modalities:
-            parts.append("fusion")
-        return sum(self.latency_ms.get(p, 0.0) for p in parts)
-
-    def plan_memory(self, plan: Plan) -> float:
-        return sum(self.memory_mb.get(m, 0.0) for m in plan.modalities)
-
-
 @dataclass(frozen=True)
 class Budget:
+    """What a frame may cost. `latency_ms` bounds the whole frame (context, planning, encoders, fusion, token
+    hand-off) at the `percentile`-th percentile; answers run off the frame path under their own `answer_ms`
+    (question taken to answer ready)."""
+
     latency_ms: float = 100.0  # per frame: 10 Hz
     memory_mb: float = 2048.0
+    percentile: float = 95.0
+    answer_ms: float = 1000.0
+
+    def __post_init__(self) -> None:
+        for key, v in (("budget_ms", self.latency_ms), ("budget_mb", self.memory_mb),
+                       ("answer_budget_ms", self.answer_ms)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise EdgeError(f"configuration key '{key}': {v!r} is not a positive finite number")
+        p = self.percentile
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 50 <= p <= 100:
+            raise EdgeError(f"configuration key 'budget_percentile': {p!r} is not a percentile in [50, 100]")
 
 
 @dataclass(frozen=True)
@@ -141,15 +135,23 @@ class Decision:
     changed: bool
     reason: str
     score: float
+    predicted_ms: float | None = None  # the plan's predicted frame latency at the budget percentile
+    budget_miss: dict[str, Any] | None = None  # set while no plan fits: the budget, the cheapest plan, its cost
 
 
 class Scheduler:
-    """Chooses plans; `policy` = "adaptive" or a static baseline ("camera", "all")."""
+    """Chooses plans; `policy` = "adaptive" or a static baseline ("camera", "all").
+
+    Changes the scheduler is forced to make (first plan, a sensor lost, the current plan over budget for `dwell`
+    frames) happen at once; changes for a better plan wait `dwell` frames, need the better plan to fit with
+    `headroom` to spare (a band that keeps a plan near the budget from flapping in and out) and are refused while
+    `max_changes_per_min` changes already happened in the last minute of `clock`."""
 
     def __init__(self, quality: QualityTable, costs: CostModel, budget: Budget, available: tuple[str, ...],
                  n_blocks: int, policy: str = "adaptive", dwell: int = 5, margin: float = 0.01,
                  quality_per_ms: float = 1e-3, aligner_sets: tuple[AlignerSet, ...] = (),
-                 answer_weight: float = 1.0, backend: str = "eager") -> None:
+                 answer_weight: float = 1.0, backend: str = "eager", threads: tuple[int, ...] = (),
+                 max_changes_per_min: int = 6, headroom: float = 0.1) -> None:
         if policy not in POLICIES:
             raise EdgeError(f"unknown scheduling policy '{policy}' ({', '.join(POLICIES)})")
         unknown = set(available) - set(MODALITIES)
@@ -157,16 +159,23 @@ class Scheduler:
             raise EdgeError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")
         self.quality, self.costs, self.budget = quality, costs, budget
         self.available, self.n_blocks, self.policy = tuple(available), n_blocks, policy
-        self.dwell, self.margin = dwell, margin
+        self.dwell, self.margin, self.headroom = dwell, margin, headroom
         self.quality_per_ms = quality_per_ms  # what a millisecond of compute is worth in quality (IoU) units
         self.aligner_sets = {a.name: a for a in aligner_sets}
         self.backend = backend  # where the encoders' networks run (chosen at start-up; engines are built then)
+        # intra-op thread counts a plan may use; the last is the one static policies run with
+        self.threads = tuple(threads) or (costs.threads,)
         self.answer_weight = answer_weight  # answer exact match (0..1) against obstacle IoU (0..1): equal by default
+        self.max_changes_per_min = max_changes_per_min
         self.current: Plan | None = None
         self._pending: tuple[Plan, int] | None = None
         self.audio_baseline_db: float | None = None
         self._eventful = False
         self._over = 0  # consecutive frames the current plan has been over budget
+        self._changes: deque[float] = deque()  # clock times of plan changes in the last minute
+        self._tabu: dict[Plan, float] = {}  # plan -> clock time until which it is not re-chosen voluntarily
+        self._predicted: dict[Plan, float | None] = {}  # memo of one step
+        self._scores: dict[Plan, float] = {}
 
     # ---------------------------------------------------------------- scoring
     def score(self, plan: Plan, ctx: Context) -> float:
@@ -185,8 +194,25 @@ class Scheduler:
             value += 0.15 * sight * q.camera_lighting * (0.9 + 0.1 * plan.camera_keep)
         if plan.aligners in self.aligner_sets:
             value += self.answer_weight * self.aligner_sets[plan.aligners].expected(lighting)
-        # Compute is not free: a plan must earn its milliseconds (by default 10 ms for 0.01 IoU).
-        return value - self.quality_per_ms * self.costs.plan_latency(plan)
+        # Compute is not free: a plan must earn its (median) milliseconds (by default 10 ms for 0.01 IoU).
+        return value - self.quality_per_ms * (self.costs.plan_latency(plan, 50.0) or 0.0)
+
+    def predicted(self, plan: Plan) -> float | None:
+        """The plan's frame latency at the budget percentile (None: a stage of it was never measured)."""
+        if plan not in self._predicted:
+            self._predicted[plan] = self.costs.plan_latency(plan, self.budget.percentile)
+        return self._predicted[plan]
+
+    def _score(self, plan: Plan, ctx: Context) -> float:
+        """score() memoised for one step (the costs and the context do not change within it)."""
+        if plan not in self._scores:
+            self._scores[plan] = self.score(plan, ctx)
+        return self._scores[plan]
+
+    def over_budget(self, plan: Plan) -> bool:
+        """The current plan, judged on its own recent frames where it has enough of them, else on prediction."""
+        ms = self.costs.frame_latency(plan, self.budget.percentile)
+        return not self.fits(plan) if ms is None else ms > self.budget.latency_ms
 
     def _audio_active(self, ctx: Context) -> bool:
         """An event is likely when the audio level rises well above its running background."""
@@ -200,78 +226,135 @@ class Scheduler:
 
     # ---------------------------------------------------------------- candidates
     def healthy(self, ctx: Context) -> tuple[str, ...]:
-        stream = {"fisheye": "fisheye", "ultrasonic": "ultrasonic", "audio": "audio", "camera": "camera"}
-        return tuple(m for m in self.available if ctx.streams.get(stream[m]) is not None and ctx.streams[stream[m]].healthy)
+        return tuple(m for m in self.available if ctx.streams.get(m) is not None and ctx.streams[m].healthy)
 
-    def candidates(self, usable: tuple[str, ...]) -> list[Plan]:
+    def candidates(self, usable: tuple[str, ...], lighting: str = "day") -> list[Plan]:
+        """Every subset of the usable modalities, camera keep ratio and thread count, each with the aligner set
+        measured best in this lighting among those it allows (the others cost the same and answer worse)."""
+        light = lighting if lighting in ("day", "dusk", "night") else "night"
         plans = []
         for r in range(len(usable) + 1):
             for mods in itertools.combinations(usable, r):
                 keeps = KEEP_RATIOS if "camera" in mods else (1.0,)
                 for keep in keeps:
-                    plans += [Plan(tuple(mods), self.n_blocks, keep, self.backend, name) for name in self.sets_for(mods, keep)]
+                    sets = self.sets_for(mods, keep)
+                    name = max(sets, key=lambda n: self.aligner_sets[n].expected(light) if n else 0.0)
+                    plans += [Plan(tuple(mods), self.n_blocks, keep, self.backend, name, t) for t in self.threads]
         return plans
 
     def sets_for(self, modalities: tuple[str, ...], camera_keep: float) -> list[str]:
         """The aligner sets the LLM can use with these encoders running ("" = none attached)."""
         return [""] + [n for n, a in self.aligner_sets.items() if a.usable_with(modalities, camera_keep)]
 
-    def fits(self, plan: Plan) -> bool:
-        return (self.costs.plan_latency(plan) <= self.budget.latency_ms
+    def fits(self, plan: Plan, share: float = 1.0) -> bool:
+        """Predicted latency within `share` of the budget (never for an unmeasured stage), memory within its own."""
+        ms = self.predicted(plan)
+        return (ms is not None and ms <= share * self.budget.latency_ms
                 and self.costs.plan_memory(plan) <= self.budget.memory_mb)
 
     # ---------------------------------------------------------------- decision
     def step(self, ctx: Context) -> Decision:
+        self._predicted.clear()
+        self._scores.clear()
         self._eventful = self._audio_active(ctx)
         usable = self.healthy(ctx)
         if self.policy != "adaptive":
             mods = tuple(m for m in self.available if m in STATIC[self.policy] and m in usable)
             # static encoders; the LLM uses the best aligner set they allow (as mPnP switches by hand)
-            plan = max((Plan(mods, self.n_blocks, 1.0, self.backend, n) for n in self.sets_for(mods, 1.0)),
-                       key=lambda p: self.score(p, ctx))
+            plan = max((Plan(mods, self.n_blocks, 1.0, self.backend, n, self.threads[-1])
+                        for n in self.sets_for(mods, 1.0)), key=lambda p: self._score(p, ctx))
             if plan == self.current:
-                return Decision(plan, False, "", self.score(plan, ctx))
+                return self._stay(ctx)
             why = f"static policy {self.policy}" + (f": lighting {ctx.lighting}" if self.current is not None else "")
             return self._switch(plan, why, ctx)
-        options = [p for p in self.candidates(usable) if p.modalities]
+        options = [p for p in self.candidates(usable, ctx.lighting) if p.modalities]
         fitting = [p for p in options if self.fits(p)]
         if not fitting:
-            # Keep serving what we can: the cheapest plan, and say that the budget cannot be met.
-            plan = (min(options, key=lambda p: (self.costs.plan_latency(p), -self.score(p, ctx))) if options
-                    else Plan((), self.n_blocks, 1.0, self.backend))
-            if self.current in options and (self.costs.plan_latency(self.current)
-                                            <= 1.2 * self.costs.plan_latency(plan)):
-                plan = self.current  # not worth a switch for noise in the cost estimates
-            reason = (f"no plan fits the budget ({self.budget.latency_ms:g} ms, {self.budget.memory_mb:g} MB): running "
-                      f"the cheapest, {self.costs.plan_latency(plan):.0f} ms" if options else "no healthy sensor")
-            return self._switch(plan, reason, ctx) if plan != self.current else Decision(plan, False, "", 0.0)
-        best = max(fitting, key=lambda p: self.score(p, ctx))
+            return self._unmet(options, ctx)
+        # With an LLM, a plan no aligner set can read (the LLM answers blind) only when nothing else fits.
+        fitting = [p for p in fitting if p.aligners] or fitting
+        best = max(fitting, key=lambda p: self._score(p, ctx))
         if self.current is None:
             return self._switch(best, "first plan", ctx)
         lost = [m for m in self.current.modalities if m not in usable]
         if lost:
             return self._switch(best, f"{', '.join(lost)} unhealthy (silent or dropping)", ctx)
-        if not self.fits(self.current):
+        roomy = [p for p in fitting if self.fits(p, 1.0 - self.headroom)]
+        if self.over_budget(self.current):
             self._over += 1
             if self._over >= self.dwell:  # sustained, not one slow frame
                 self._over = 0
-                return self._switch(best, "current plan over budget", ctx)
-            return Decision(self.current, False, "", self.score(self.current, ctx))
+                ran = self.costs.frame_latency(self.current, self.budget.percentile)
+                ms, how = (ran, "measured") if ran is not None else (self.predicted(self.current), "predicted")
+                over = f" ({how} {ms:.0f} ms at p{self.budget.percentile:g} > {self.budget.latency_ms:g} ms)" \
+                    if ms is not None else ""
+                # to a cheaper plan (a dearer one would not do better on this machine now), with headroom where
+                # there is one: landing just under the budget invites the next overrun
+                now = self.costs.plan_latency(self.current, 50.0) or math.inf
+                cheaper = [p for p in (roomy or fitting) if (self.costs.plan_latency(p, 50.0) or math.inf) < now]
+                if cheaper:
+                    target = max(cheaper, key=lambda p: self._score(p, ctx))
+                    self._tabu[self.current] = self.costs.clock() + TABU_S
+                    return self._switch(target, "current plan over budget" + over, ctx)
+            return self._stay(ctx)
         self._over = 0
+        # A voluntary change: only to a plan that fits with headroom, that was not left over budget in the last
+        # TABU_S (the load that pushed it out is likely still there), and not more often than the rate allows.
+        now = self.costs.clock()
+        roomy = [p for p in roomy if self._tabu.get(p, -math.inf) <= now]
+        best = max(roomy + [self.current], key=lambda p: self._score(p, ctx))
         if best == self.current:
             self._pending = None
-            return Decision(best, False, "", self.score(best, ctx))
-        gain = self.score(best, ctx) - self.score(self.current, ctx)
+            return self._stay(ctx)
+        gain = self._score(best, ctx) - self._score(self.current, ctx)
         if gain < self.margin:
             self._pending = None
-            return Decision(self.current, False, "", self.score(self.current, ctx))
+            return self._stay(ctx)
         count = self._pending[1] + 1 if self._pending and self._pending[0] == best else 1
         self._pending = (best, count)
-        if count < self.dwell:
-            return Decision(self.current, False, "", self.score(self.current, ctx))
+        if count < self.dwell or self._recent_changes() >= self.max_changes_per_min:
+            return self._stay(ctx)
         return self._switch(best, self._why(best, ctx, gain), ctx)
 
+    def _unmet(self, options: list[Plan], ctx: Context) -> Decision:
+        """No plan fits: keep serving the cheapest measured plan, and say which and by how much."""
+        known = [p for p in options if self.predicted(p) is not None]
+        if not known:
+            plan = Plan((), self.n_blocks, 1.0, self.backend, "", self.threads[-1])
+            why = "no healthy sensor" if not options else "no stage of the healthy sensors measured yet"
+            return self._stay(ctx) if plan == self.current else self._switch(plan, why, ctx)
+        plan = min(known, key=lambda p: (self.predicted(p), -self._score(p, ctx)))
+        cheapest, cheapest_ms = plan, self.predicted(plan)
+        b = self.budget
+        miss = {"budget_ms": b.latency_ms, "percentile": b.percentile, "memory_mb": b.memory_mb,
+                "cheapest_plan": cheapest.describe(), "cheapest_ms": round(cheapest_ms, 2),
+                "cheapest_memory_mb": round(self.costs.plan_memory(cheapest), 1)}
+        if self.current in known:
+            # which plan is cheapest flips with noise in the estimates: move only for a sustained, clear gap
+            self._over = self._over + 1 if self.predicted(self.current) > 1.5 * cheapest_ms else 0
+            if self._over < self.dwell:
+                return Decision(self.current, False, "", self._score(self.current, ctx),
+                                self.predicted(self.current), miss)
+            self._over = 0
+        reason = (f"no plan fits the budget ({b.latency_ms:g} ms at p{b.percentile:g}, {b.memory_mb:g} MB): the "
+                  f"cheapest is {cheapest.describe()}, predicted {cheapest_ms:.1f} ms and "
+                  f"{self.costs.plan_memory(cheapest):.0f} MB; running it")
+        d = self._switch(plan, reason, ctx)
+        return Decision(d.plan, True, reason, d.score, d.predicted_ms, miss)
+
+    def _recent_changes(self) -> int:
+        now = self.costs.clock()
+        while self._changes and now - self._changes[0] > 60.0:
+            self._changes.popleft()
+        return len(self._changes)
+
+    def _stay(self, ctx: Context) -> Decision:
+        plan = self.current
+        assert plan is not None
+        return Decision(plan, False, "", self._score(plan, ctx), self.predicted(plan))
+
     def _why(self, plan: Plan, ctx: Context, gain: float) -> str:
+        assert self.current is not None
         added = [m for m in plan.modalities if m not in self.current.modalities]
         removed = [m for m in self.current.modalities if m not in plan.modalities]
         cues = [f"lighting {ctx.lighting}"]
@@ -281,11 +364,16 @@ class Scheduler:
             cues.append(f"audio level {ctx.audio_level_db:.0f} dB")
         llm = f"LLM {self.current.aligners or 'none'} -> {plan.aligners or 'none'}" \
             if plan.aligners != self.current.aligners else ""
+        threads = f"threads {self.current.threads} -> {plan.threads}" if plan.threads != self.current.threads else ""
         change = ", ".join(x for x in (f"+{'+'.join(added)}" if added else "", f"-{'-'.join(removed)}" if removed else "",
-                                       llm) if x) or "pruning"
+                                       llm, threads) if x) or "pruning"
         return f"{change}: {'; '.join(cues)}; expected quality +{gain:.3f}"
 
     def _switch(self, plan: Plan, reason: str, ctx: Context) -> Decision:
+        if self.aligner_sets and plan.modalities and not plan.aligners:
+            reason += "; the LLM answers from text alone: no plan an aligner set can read fits"
         self.current = plan
         self._pending = None
-        return Decision(plan, True, reason, self.score(plan, ctx))
+        self._recent_changes()
+        self._changes.append(self.costs.clock())
+        return Decision(plan, True, reason, self._score(plan, ctx), self.predicted(plan))

@@ -1,0 +1,227 @@
+"""Per-component latency as a distribution that stays true on a machine shared with other work.
+
+Why: a cost table measured once, on a loaded machine, froze whole drives on the wrong plan (a 505 ms fisheye
+measured while another job ran was still the estimate 200 frames later, because a dropped component is never run
+again). So here:
+- a cost is a distribution (p50 and the budget percentile) over the recent measurements of one key
+  (component, backend, thread count), and measurements older than `max_age_s` leave the window;
+- every measurement is timed on the wall clock and on the calling thread's CPU clock: wall time far above CPU time
+  means the thread was off the CPU (preempted, or waiting for a preempted worker), which start-up calibration
+  discards when it has clean repeats;
+- each key knows when it was last measured, so the runtime can re-measure what the plan does not run (`due`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+
+Key = tuple[str, str, int]  # (component, backend, threads)
+OVERHEAD = "overhead"  # per-frame work outside the encoders: context, planning, token hand-off
+FRAME = "frame:"  # + a plan's description: whole frames of that plan
+FEW = 10  # measurements below which a stage's own tail is not trusted
+
+
+def preempted(wall_ms: float, cpu_ms: float | None) -> bool:
+    """The thread spent most of the call off the CPU (the other job had the core)."""
+    return cpu_ms is not None and wall_ms - cpu_ms > max(2.0, 0.5 * wall_ms)
+
+
+def timed_call(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """fn() with its wall and thread-CPU milliseconds."""
+    w, c = time.perf_counter(), time.thread_time()
+    out = fn()
+    return out, (time.perf_counter() - w) * 1e3, (time.thread_time() - c) * 1e3
+
+
+@dataclass
+class _Series:
+    samples: deque = field(default_factory=lambda: deque(maxlen=64))  # (at, ms)
+    last_at: float = -math.inf
+    preempted: int = 0
+
+
+class CostModel:
+    """Latency distributions per (component, backend, threads) and resident memory per component (MB)."""
+
+    def __init__(self, memory_mb: dict[str, float] | None = None, window: int = 20, max_age_s: float = 5.0,
+                 percentile: float = 95.0, clock: Callable[[], float] = time.monotonic,
+                 backend: str = "eager", threads: int = 1) -> None:
+        if not (0 < max_age_s <= 60 and math.isfinite(max_age_s)):
+            raise ValueError(f"max_age_s must be in (0, 60] s, got {max_age_s!r}")
+        self.memory_mb = dict(memory_mb or {})
+        self.window, self.max_age_s, self.percentile, self.clock = window, max_age_s, percentile, clock
+        self.backend, self.threads = backend, threads  # defaults for callers that do not say
+        self._series: dict[Key, _Series] = {}
+        self._memo: dict[tuple[Key, float], float | None] = {}  # quantiles until the next measurement
+        self._plan_memo: dict[tuple, float | None] = {}
+
+    # ---------------------------------------------------------------- measurements
+    def key(self, component: str, backend: str | None = None, threads: int | None = None) -> Key:
+        return (component, backend or self.backend, self.threads if threads is None else threads)
+
+    def observe(self, component: str, ms: float, cpu_ms: float | None = None, backend: str | None = None,
+                threads: int | None = None) -> bool:
+        """Record one measurement; returns whether it looks preempted (it is kept: it is what the frame cost)."""
+        s = self._series.setdefault(self.key(component, backend, threads), _Series())
+        now = self.clock()
+        self._memo.clear()
+        self._plan_memo.clear()
+        s.samples.append((now, float(ms)))
+        s.last_at = now
+        hit = preempted(ms, cpu_ms)
+        s.preempted += hit
+        return hit
+
+    def calibrate(self, component: str, runs: Iterable[tuple[float, float | None]], backend: str | None = None,
+                  threads: int | None = None) -> list[float]:
+        """Start-up repeats (wall, cpu ms) of one key: preempted repeats are dropped while a clean one remains.
+        Replaces what the key held; returns the kept measurements."""
+        runs = list(runs)
+        clean = [w for w, c in runs if not preempted(w, c)]
+        kept = clean or [w for w, _ in runs]
+        key = self.key(component, backend, threads)
+        self.forget(component, backend, threads)
+        for ms in kept:
+            self.observe(component, ms, None, backend, threads)
+        self._series[key].preempted = len(runs) - len(clean)
+        return kept
+
+    def forget(self, component: str, backend: str | None = None, threads: int | None = None) -> None:
+        self._series.pop(self.key(component, backend, threads), None)
+        self._memo.clear()
+        self._plan_memo.clear()
+
+    # ---------------------------------------------------------------- estimates
+    def _recent(self, key: Key) -> list[float]:
+        s = self._series.get(key)
+        if s is None or not s.samples:
+            return []
+        newest = s.samples[-1][0]
+        # a fresh sample retires those already due for re-measurement (a stage measured every frame keeps `window`)
+        recent = [ms for at, ms in s.samples if newest - at < self.max_age_s / 2]
+        return recent[-self.window:]
+
+    def quantile(self, component: str, q: float, backend: str | None = None, threads: int | None = None
+                 ) -> float | None:
+        """The q-th percentile of the recent measurements (None: never measured). `inverted_cdf`: an observed
+        value, so one preempted frame in 20 does not move p95."""
+        key = self.key(component, backend, threads)
+        if (key, q) not in self._memo:
+            recent = self._recent(key)
+            # numpy's "inverted_cdf" (the smallest value with at least q % at or below it), without numpy's
+            # per-call overhead: this runs for every stage on every frame
+            self._memo[key, q] = sorted(recent)[max(0, math.ceil(q / 100.0 * len(recent)) - 1)] if recent else None
+        return self._memo[key, q]
+
+    def p50(self, component: str, backend: str | None = None, threads: int | None = None) -> float | None:
+        return self.quantile(component, 50.0, backend, threads)
+
+    def measured(self, component: str, backend: str | None = None, threads: int | None = None) -> bool:
+        return self.key(component, backend, threads) in self._series
+
+    def age_s(self, component: str, backend: str | None = None, threads: int | None = None) -> float:
+        s = self._series.get(self.key(component, backend, threads))
+        return math.inf if s is None else self.clock() - s.last_at
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Every key's p50, budget percentile, age and preempted count (for reports)."""
+        out = {}
+        for key, s in self._series.items():
+            if key[0].startswith(FRAME):
+                continue
+            c, b, t = key
+            out[f"{c}/{b}/{t}"] = {"p50": self.quantile(c, 50.0, b, t),
+                                   f"p{self.percentile:g}": self.quantile(c, self.percentile, b, t),
+                                   "age_s": round(self.clock() - s.last_at, 3), "n": len(self._recent(key)),
+                                   "preempted": s.preempted}
+        return out
+
+    def due(self, keys: Iterable[Key], slack_ms: float, forced: bool = True) -> Key | None:
+        """The key to re-measure now: the oldest of `keys` past half `max_age_s` whose p50 fits `slack_ms` (the
+        frame period left after the frame), or (when `forced`) any past `max_age_s` whatever the slack: no plan
+        rests longer than that on an estimate nobody re-measured. Never-measured keys are not here: they are
+        measured on arrival."""
+        best: tuple[float, Key] | None = None
+        for key in keys:
+            if key not in self._series:
+                continue
+            age = self.clock() - self._series[key].last_at
+            if age < self.max_age_s / 2:
+                continue
+            p50 = self.quantile(key[0], 50.0, key[1], key[2]) or 0.0
+            if ((forced and age >= self.max_age_s) or p50 <= slack_ms) and (best is None or age > best[0]):
+                best = (age, key)
+        return None if best is None else best[1]
+
+    # ---------------------------------------------------------------- plans
+    @staticmethod
+    def components(modalities: Iterable[str], camera_keep: float) -> list[str]:
+        """The timed stages a plan runs (names as PerceptionStack.run times them)."""
+        mods = tuple(modalities)
+        parts = [m if m != "camera" else f"camera@{camera_keep:g}" for m in mods]
+        if "fisheye" in mods and "ultrasonic" in mods:
+            parts.append("fusion")  # one BEV modality alone is decoded inside its own stage
+        return parts
+
+    def plan_latency(self, plan: Any, q: float | None = None) -> float | None:
+        """Predicted frame latency at the q-th percentile (default: the budget's): its stages and the per-frame
+        overhead, None when a stage was never measured (an unknown cost never fits). The medians add; the tails
+        (q-th percentile above the median) add in quadrature, as for independent delays: summing every stage's
+        p95 would assume they are all slow on the same frame and shed plans that meet the budget."""
+        q = self.percentile if q is None else q
+        backend, threads = plan.backend, plan.threads or self.threads
+        memo = ("plan", plan.modalities, plan.camera_keep, backend, threads, q)  # plans differing by aligners share it
+        if memo not in self._plan_memo:
+            self._plan_memo[memo] = self._plan_latency(plan.modalities, plan.camera_keep, backend, threads, q)
+        return self._plan_memo[memo]
+
+    def _plan_latency(self, modalities: tuple[str, ...], camera_keep: float, backend: str, threads: int, q: float
+                      ) -> float | None:
+        keys = [(part, backend, threads) for part in self.components(modalities, camera_keep)]
+        median = tail = 0.0
+        for key in keys + [(OVERHEAD, backend, 0)]:
+            mid = self.quantile(key[0], 50.0, key[1], key[2])
+            if mid is None:
+                if key[0] == OVERHEAD:
+                    continue
+                return None
+            median += mid
+            if q > 50.0:
+                spread = self.quantile(key[0], q, key[1], key[2]) - mid  # type: ignore[operator]
+                if len(self._recent(key)) < FEW:  # a probe or two say little about the tail: use the load's
+                    spread = max(spread, mid * self.contention(q))
+                tail += spread ** 2
+        return median + math.sqrt(tail)
+
+    def contention(self, q: float) -> float:
+        """How far the q-th percentile sits above the median, relative to it, over the stages measured every frame
+        (median over those stages; 0 when none): what the machine's load does to a tail right now."""
+        memo = ("contention", q)
+        if memo not in self._plan_memo:
+            ratios = []
+            for key in self._series:
+                if not key[0].startswith(FRAME) and len(self._recent(key)) >= FEW:
+                    mid = self.quantile(key[0], 50.0, key[1], key[2])
+                    if mid:
+                        ratios.append(self.quantile(key[0], q, key[1], key[2]) / mid - 1.0)  # type: ignore[operator]
+            self._plan_memo[memo] = sorted(ratios)[len(ratios) // 2] if ratios else 0.0
+        return self._plan_memo[memo]
+
+    def frame_latency(self, plan: Any, q: float | None = None, min_frames: int = 10) -> float | None:
+        """The q-th percentile of the frames this plan actually ran (None: fewer than `min_frames` recent ones)."""
+        key = (FRAME + plan.describe(), plan.backend, 0)
+        if len(self._recent(key)) < min_frames:
+            return None
+        return self.quantile(key[0], self.percentile if q is None else q, key[1], 0)
+
+    def observe_frame(self, plan: Any, ms: float) -> None:
+        """A whole frame of `plan`, end to end."""
+        self.observe(FRAME + plan.describe(), ms, None, plan.backend, 0)
+
+    def plan_memory(self, plan: Any) -> float:
+        return sum(self.memory_mb.get(m, 0.0) for m in plan.modalities)

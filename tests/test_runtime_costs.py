@@ -1,0 +1,194 @@
+"""The cost model: distributions per (stage, backend, threads), preemption, ageing and re-measurement; the budget's
+configuration errors. A fake clock throughout: no sleeps, no timing assertions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from edge.errors import ConfigError, EdgeError
+from edge.runtime.context import CameraHealth, Context, StreamHealth
+from edge.runtime.cost_model import CostModel, preempted
+from edge.runtime.scheduler import Budget, Plan, QualityTable, Scheduler
+
+EVAL = Path(__file__).resolve().parents[1] / "models" / "perception" / "eval.json"
+ALL = ("fisheye", "ultrasonic", "audio", "camera")
+QUIET = {"fisheye": 30.0, "ultrasonic": 5.0, "fusion": 10.0, "audio": 4.0, "camera@1": 40.0, "camera@0.5": 25.0,
+         "camera@0.25": 18.0}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ctx(lighting: str = "day") -> Context:
+    ok = StreamHealth(True, 0.0, 0.0)
+    return Context(0, {"camera/front": CameraHealth(True, 0.5, 2.0, 0.0)}, {m: ok for m in ALL}, -40.0, 3.0, lighting)
+
+
+def test_preemption_is_wall_time_far_above_cpu_time() -> None:
+    assert preempted(500.0, 30.0) and not preempted(31.0, 30.0) and not preempted(3.0, 1.5)
+    assert not preempted(500.0, None)  # without a CPU clock nothing is claimed
+
+
+def test_calibration_drops_preempted_repeats_while_a_clean_one_remains() -> None:
+    c = CostModel(clock=Clock())
+    assert c.calibrate("fisheye", [(505.0, 28.0), (27.0, 26.5), (29.0, 28.0)]) == [27.0, 29.0]
+    assert c.p50("fisheye") == 27.0 and c.stats()["fisheye/eager/1"]["preempted"] == 1
+    # every repeat preempted: what was measured is all there is (and it is re-measured like any estimate)
+    assert c.calibrate("ultrasonic", [(400.0, 5.0), (380.0, 5.0)]) == [400.0, 380.0]
+
+
+def test_costs_are_keyed_by_backend_and_thread_count() -> None:
+    c = CostModel(clock=Clock())
+    c.observe("fisheye", 9.0, threads=1)
+    c.observe("fisheye", 640.0, threads=2)
+    c.observe("fisheye", 8.0, backend="onnxruntime", threads=2)
+    assert c.p50("fisheye", threads=1) == 9.0 and c.p50("fisheye", threads=2) == 640.0
+    assert c.p50("fisheye", "onnxruntime", 2) == 8.0 and not c.measured("fisheye", "onnxruntime", 1)
+    plan = Plan(("fisheye",), 0, 1.0, "eager", threads=1)
+    assert c.plan_latency(plan) == 9.0 and c.plan_latency(Plan(("camera",), 0, 1.0, threads=1)) is None
+
+
+def test_plan_latency_adds_medians_and_tails_in_quadrature() -> None:
+    c = CostModel(clock=Clock())
+    for name, (mid, tail) in {"fisheye": (30.0, 33.0), "ultrasonic": (5.0, 9.0), "fusion": (10.0, 10.0)}.items():
+        for _ in range(19):
+            c.observe(name, mid)
+        c.observe(name, tail)  # the 20th sample, the 95th percentile of 20 is the 19th
+    plan = Plan(("fisheye", "ultrasonic"), 0, 1.0)
+    assert c.plan_latency(plan, 50) == 45.0
+    for name in ("fisheye", "ultrasonic"):
+        c.observe(name, QUIET[name] + (3.0 if name == "fisheye" else 4.0))  # now 2 of 21: p95 moves
+    assert c.plan_latency(plan) == pytest.approx(45.0 + math.hypot(3.0, 4.0))
+
+
+def test_a_stage_probed_a_few_times_borrows_the_tail_the_load_puts_on_the_stages_that_run() -> None:
+    c = CostModel(clock=Clock())
+    for _ in range(10):  # what runs every frame: p95 twice the median (a loaded machine)
+        c.observe("audio", 4.0)
+        c.observe("camera@1", 10.0)
+    for _ in range(10):
+        c.observe("audio", 8.0)
+        c.observe("camera@1", 20.0)
+    assert c.contention(95) == 1.0
+    c.observe("fisheye", 30.0)  # one probe: its own spread is 0
+    assert c.plan_latency(Plan(("fisheye",), 0, 1.0)) == 30.0 + 30.0 * 1.0
+    for _ in range(9):
+        c.observe("fisheye", 30.0)  # measured enough: its own (zero) spread is trusted
+    assert c.plan_latency(Plan(("fisheye",), 0, 1.0)) == 30.0
+
+
+def test_estimates_age_and_the_oldest_due_stage_is_re_measured_within_the_bound() -> None:
+    clock = Clock()
+    c = CostModel(clock=clock, max_age_s=5.0)
+    c.calibrate("fisheye", [(500.0, 500.0)] * 3)  # slow at start-up, and not visibly preempted
+    c.calibrate("audio", [(4.0, 4.0)] * 3)
+    keys = [("fisheye", "eager", 1), ("audio", "eager", 1)]
+    clock.t = 2.4
+    assert c.due(keys, slack_ms=1000.0) is None  # younger than half the bound
+    clock.t = 2.6
+    assert c.due(keys, slack_ms=60.0) == ("audio", "eager", 1)  # fisheye's 500 ms does not fit the slack
+    c.observe("audio", 4.0)
+    clock.t = 5.0
+    assert c.due(keys, slack_ms=0.0) == ("fisheye", "eager", 1)  # at the bound: re-measured whatever the slack
+    c.observe("fisheye", 28.0)
+    assert c.p50("fisheye") == 28.0 and c.age_s("fisheye") == 0.0  # the stale start-up samples left the window
+
+
+def test_scheduler_recovers_a_component_once_its_slow_estimate_is_re_measured() -> None:
+    clock = Clock()
+    c = CostModel(clock=clock, max_age_s=5.0)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)
+    c.calibrate("fisheye", [(505.0, 505.0)] * 3)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ALL, 0, dwell=2)
+    first = s.step(ctx())
+    assert "fisheye" not in first.plan.modalities
+    keys = [(n, "eager", 1) for n in QUIET]
+    plans, probed_at = [], None
+    for i in range(1, 80):  # 10 Hz of a fake clock
+        clock.t = i * 0.1
+        for name in s.costs.components(s.current.modalities, s.current.camera_keep):
+            c.observe(name, QUIET[name])  # what runs is measured every frame
+        due = c.due(keys, slack_ms=100.0 - 60.0)
+        if due is not None:
+            c.observe(due[0], QUIET[due[0]])  # a probe after the frame measures the truth
+            probed_at = clock.t if due[0] == "fisheye" and probed_at is None else probed_at
+        plans.append((clock.t, s.step(ctx()).plan))
+    assert probed_at is not None and probed_at <= 5.0
+    back = [t for t, p in plans if "fisheye" in p.modalities]
+    assert back and back[0] <= probed_at + 0.3  # chosen within the dwell after the probe
+
+
+def test_plan_changes_are_bounded_per_minute_but_forced_changes_are_not() -> None:
+    clock = Clock()
+    c = CostModel(clock=clock)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ALL, 0, dwell=1,
+                  max_changes_per_min=2)
+    s.step(ctx("day"))
+    changes = 0
+    for i in range(1, 120):  # lighting flips every frame: every voluntary change is worth making
+        clock.t = i * 0.1
+        changes += s.step(ctx("day" if i % 2 else "night")).changed
+    assert changes == 1  # the first plan and one more within the minute
+    silent = Context(0, {}, {m: StreamHealth(m != "ultrasonic", 0.0, 0.0) for m in ALL}, -40.0, 0.0, "night")
+    assert "ultrasonic" in s.current.modalities
+    assert s.step(silent).changed  # losing a sensor is acted on at once, whatever the rate
+    clock.t += 60.0
+    assert any(s.step(ctx("day" if i % 2 else "night")).changed for i in range(3))  # a minute later: free again
+
+
+@pytest.mark.parametrize("value", [0, -5, float("nan"), float("inf")])
+def test_a_bad_budget_is_a_configuration_error_naming_the_key(value: float, tmp_path: Path) -> None:
+    with pytest.raises(EdgeError, match="'budget_ms'"):
+        Budget(latency_ms=value)
+    with pytest.raises(EdgeError, match="'answer_budget_ms'"):
+        Budget(answer_ms=value)
+    with pytest.raises(EdgeError, match="'budget_percentile'"):
+        Budget(percentile=40.0)
+    from edge.config import load_yaml_model
+    from edge.runtime.cli import RunConfig
+
+    bad = tmp_path / "run.yaml"
+    bad.write_text(f"budget_ms: {'.nan' if math.isnan(value) else '.inf' if math.isinf(value) else value}\n")
+    with pytest.raises(ConfigError, match="key 'budget_ms'"):
+        load_yaml_model(bad, RunConfig)
+
+
+def test_a_plan_left_over_budget_is_not_re_chosen_voluntarily_until_its_tabu_ends() -> None:
+    from edge.runtime.scheduler import TABU_S
+
+    clock = Clock()
+    c = CostModel(clock=clock)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ALL, 0, dwell=2)
+    first = s.step(ctx()).plan
+    assert "fisheye" in first.modalities
+
+    def frames(n: int, fisheye_ms: float) -> list:
+        out = []
+        for _ in range(n):
+            clock.t += 0.1
+            for name in c.components(("fisheye", "ultrasonic", "audio"), 1.0) + ["camera@1"]:
+                c.observe(name, fisheye_ms if name == "fisheye" else QUIET[name])
+            out.append(s.step(ctx()))
+        return out
+
+    slow = frames(25, 500.0)  # the load makes fisheye slow: the plan is left at once after the dwell
+    left = [d for d in slow if d.changed]
+    assert left and left[0].reason.startswith("current plan over budget") and "fisheye" not in s.current.modalities
+    t_left = clock.t - 0.1 * (len(slow) - 1 - slow.index(left[0]))
+    fast = frames(int(TABU_S / 0.1) + 20, 30.0)  # the load goes
+    times = [clock.t - 0.1 * (len(fast) - 1 - i) for i in range(len(fast))]
+    assert all(d.plan != first for t, d in zip(times, fast) if t < t_left + TABU_S)  # not before its tabu ended
+    assert any("fisheye" in d.plan.modalities for d in fast)  # fisheye itself comes back once measured fast
