@@ -7,7 +7,8 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # CPU build on machines without CUDA; on a Jetson, install NVIDIA's torch wheel first (it is kept if present).
 TORCH_SPEC ?= torch==2.13.0
 ROS_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-nav-msgs ros-jazzy-std-msgs \
-	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-visualization-msgs ros-jazzy-rosgraph-msgs
+	ros-jazzy-diagnostic-msgs ros-jazzy-std-srvs ros-jazzy-visualization-msgs ros-jazzy-rosgraph-msgs \
+	ros-jazzy-rcl-lifecycle ros-jazzy-lifecycle-msgs
 # The editable install maps the package's files when it is made: a new module or subpackage needs a reinstall,
 # so the stamp's name carries a hash of the file list.
 FILES_HASH := $(shell find edge ros_nodes -name '*.py' 2>/dev/null | sort | cksum | cut -d' ' -f1)

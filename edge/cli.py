@@ -19,6 +19,7 @@ COMMAND_MODULES: dict[str, str] = {
     "bench": "edge.runtime.bench",
     "replay": "ros_nodes.replay",
     "node": "ros_nodes.runtime_node",
+    "launch": "ros_nodes.launcher",
     "train": "edge.train_cli",
     "eval": "edge.eval_cli",
     "adapt": "edge.llm.adapt",

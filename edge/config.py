@@ -1,12 +1,18 @@
-"""Strict YAML configuration loading: unknown keys and bad values are errors naming the file and the key."""
+"""Strict YAML configuration: unknown keys and bad values are errors naming the file and the key.
+
+`RuntimeConfig` holds the runtime's options once for both front ends: the YAML of `edge run --config` and the ROS
+parameters of `edge node` (ros_nodes/parameters.py makes the parameter descriptors, the JSON schema and the shipped
+`*.param.yaml` from it). A ROS 2 parameters file (`<node>: {ros__parameters: {...}}`) is read as its mapping, so one
+file serves both.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
 
@@ -54,6 +60,94 @@ def load_yaml_model(path: str | Path, model: type[ModelT]) -> ModelT:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(path, "<syntax>", f"invalid YAML{where}") from None
+    if data is None:
+        data = {}  # an empty file (or only comments): every key keeps its default
     if not isinstance(data, dict):
         raise ConfigError(path, "<root>", "expected a mapping at the top level")
-    return parse_model(data, model, path)
+    return parse_model(unwrap_ros_parameters(data), model, path)
+
+
+def unwrap_ros_parameters(data: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a ROS 2 parameters file with one node entry (`/**:` or a node name); other data as is."""
+    if len(data) == 1:
+        (entry,) = data.values()
+        if isinstance(entry, dict) and set(entry) == {"ros__parameters"}:
+            return entry["ros__parameters"] or {}
+    return data
+
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKOUT_DIRS = {"perception_dir": REPO / "models" / "perception", "aligner_dir": REPO / "models" / "aligners"}
+Policy = Literal["adaptive", "camera", "all"]
+Backend = Literal["eager", "onnxruntime", "tensorrt"]
+CameraTransport = Literal["auto", "raw", "compressed"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+
+
+def _opt(description: str, *, dynamic: bool = False, scope: str = "both") -> dict[str, Any]:
+    """Field metadata: `dynamic` options may change while the node runs; `scope` is "both", "run" or "node"."""
+    return {"description": description, "json_schema_extra": {"dynamic": dynamic, "scope": scope}}
+
+
+class RuntimeConfig(StrictModel):
+    """Every option of the runtime; each key is optional. Read by `edge run --config` and `edge node`."""
+
+    perception_dir: str = Field("", **_opt("perception checkpoints; empty = models/perception of the checkout"))
+    aligner_dir: str = Field("", **_opt("aligner checkpoints; empty = models/aligners of the checkout"))
+    llm: str | None = Field(None, **_opt("LLM: a Hugging Face directory or a GGUF file; empty = the embedded SmolLM2"))
+    use_llm: bool = Field(True, **_opt("load the LLM and answer questions; false = perception and scheduling only"))
+    policy: Policy = Field(
+        "adaptive", **_opt("modality policy: adaptive (the scheduler) or a static baseline", dynamic=True))
+    backend: Backend = Field(
+        "eager", **_opt("encoders' network parts on eager PyTorch, ONNX Runtime or TensorRT (engines built at start)"))
+    engine_cache: str | None = Field(None, **_opt("compiled engines with manifests; empty = .cache/engines of the checkout"))
+    budget_ms: float = Field(100.0, ge=1.0, le=10000.0, **_opt("latency budget per frame, ms", dynamic=True))
+    budget_percentile: float = Field(95.0, ge=50.0, le=100.0, **_opt("percentile of frame latency held to budget_ms"))
+    budget_mb: float = Field(2048.0, ge=1.0, le=1_000_000.0, **_opt("memory budget of the encoders, MB", dynamic=True))
+    answer_budget_ms: float = Field(1000.0, ge=1.0, le=600_000.0, **_opt(
+        "answering budget, question asked to answer ready, ms"))
+    max_estimate_age_s: float = Field(5.0, ge=0.1, le=60.0, **_opt(
+        "no plan rests longer on a cost estimate nobody re-measured, s"))
+    max_plan_changes_per_min: int = Field(6, ge=1, le=600, **_opt(
+        "voluntary plan changes per minute at most (forced ones always happen)"))
+    adapt_threads: bool = Field(True, **_opt("eager encoders: a plan may choose 1 thread (under contention) or all"))
+    dwell_frames: int = Field(5, ge=1, le=1000, **_opt(
+        "frames a better plan must stay better before the scheduler switches to it", dynamic=True))
+    quality_per_ms: float = Field(1e-3, ge=0.0, le=1.0, **_opt(
+        "what a millisecond of compute is worth in quality (IoU) units; 0 = quality only", dynamic=True))
+    answer_weight: float = Field(1.0, ge=0.0, le=10.0, **_opt(
+        "weight of expected answer accuracy against obstacle IoU in the scheduler's score", dynamic=True,
+        scope="node"))
+    questions_every_s: float = Field(5.0, ge=0.01, le=3600.0, **_opt(
+        "question rate: edge run asks a recorded question this often; the node answers at most one question this "
+        "often and refuses the others with a reason", dynamic=True))
+    ask_all_questions: bool = Field(False, **_opt(
+        "ask every recorded QA item (evaluation) instead of one every questions_every_s", scope="run"))
+    max_new_tokens: int = Field(8, ge=1, le=256, **_opt("most tokens generated per answer"))
+    max_frames: int | None = Field(None, ge=1, **_opt("stop after this many frames", scope="run"))
+    rig: str | None = Field(None, **_opt("rig calibration YAML; empty = calibration/default_rig.yaml", scope="node"))
+    max_input_delay_s: float = Field(0.1, ge=0.0, le=2.0, **_opt(
+        "how long a frame waits for sensor messages stamped before it that are still on their way (reordering "
+        "window, s): frames leave this much after their stamp; later messages are dropped and counted", scope="node"))
+    camera_transport: CameraTransport = Field("auto", **_opt(
+        "camera topics: raw sensor_msgs/Image on <base>, CompressedImage on <base>/compressed (image_transport), or "
+        "auto: the form that is published (raw preferred), else the first to deliver", scope="node"))
+    autostart: bool = Field(True, **_opt(
+        "configure and activate at start; false = wait for the lifecycle services (managed)", scope="node"))
+
+    @field_validator("perception_dir", "aligner_dir")
+    @classmethod
+    def _checkout_default(cls, value: str, info: Any) -> str:
+        """Empty means the directory of the checkout, not of the working directory (ros2 launch runs anywhere)."""
+        return value or str(CHECKOUT_DIRS[info.field_name])
+
+    @field_validator("llm", "engine_cache", "rig", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
+def options(scope: str) -> dict[str, Any]:
+    """RuntimeConfig's fields that `scope` ("run" or "node") reads, in declaration order."""
+    return {name: f for name, f in RuntimeConfig.model_fields.items()
+            if (f.json_schema_extra or {}).get("scope", "both") in ("both", scope)}

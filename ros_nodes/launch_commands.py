@@ -21,8 +21,6 @@ class Arg(NamedTuple):
     choices: tuple[str, ...] | None = None
 
 
-POLICIES = ("adaptive", "camera", "all")
-
 REPLAY_ARGUMENTS: dict[str, Arg] = {
     "bag": Arg(None, "rosbag2 bag directory (MCAP or sqlite3) to replay"),
     "rate": Arg("1.0", "playback rate, x real time; 0 = as fast as possible (--rate)"),
@@ -34,16 +32,20 @@ REPLAY_ARGUMENTS: dict[str, Arg] = {
     "wait_for_subscribers": Arg("0.0", "wait up to this many seconds until every topic has a subscriber; "
                                        "0 = don't wait (--wait-for-subscribers)"),
     "linger": Arg("0.5", "keep the node this many seconds after the end (--linger)"),
+    "raw_images": Arg("false", "publish camera streams decoded as sensor_msgs/Image on <base> (--raw-images)"),
 }
 
+# Runtime arguments left empty keep the value of the parameters file (ros_nodes/config/runtime.param.yaml unless
+# `params_file` names another); a value given here overrides it (the node's -p, through its CLI option).
 RUNTIME_ARGUMENTS: dict[str, Arg] = {
-    "rig": Arg("", "rig calibration YAML; empty = calibration/default_rig.yaml (--rig)"),
-    "policy": Arg("adaptive", "modality policy (--policy)", POLICIES),
-    "budget_ms": Arg("100.0", "latency budget per frame, ms (--budget-ms)"),
-    "aligners": Arg("", "aligner checkpoint directory; empty = models/aligners of the checkout (--aligners)"),
-    "llm": Arg("true", "load the LLM and answer /mpnp/question; false = perception and scheduling only (--no-llm)"),
-    "backend": Arg("eager", "encoders' network parts on eager PyTorch, ONNX Runtime or TensorRT (--backend)",
-                   ("eager", "onnxruntime", "tensorrt")),
+    "params_file": Arg("", "ROS parameters file of the node; empty = the shipped defaults (--params-file)"),
+    "rig": Arg("", "rig calibration YAML; empty = the parameters file's (--rig)"),
+    "policy": Arg("", "modality policy adaptive, camera or all; empty = the parameters file's (--policy)"),
+    "budget_ms": Arg("", "latency budget per frame, ms; empty = the parameters file's (--budget-ms)"),
+    "aligners": Arg("", "aligner checkpoint directory; empty = the parameters file's (--aligners)"),
+    "llm": Arg("true", "false = perception and scheduling only (--no-llm); true = the parameters file's use_llm"),
+    "backend": Arg("", "encoders on eager, onnxruntime or tensorrt; empty = the parameters file's (--backend)"),
+    "autostart": Arg("true", "configure and activate at start; false = wait for lifecycle transitions (--managed)"),
     "use_sim_time": Arg("false", "follow /clock instead of the system clock (ROS parameter, via --ros-args)"),
 }
 
@@ -56,7 +58,7 @@ DRIVE_ARGUMENTS: dict[str, Arg] = {
     "use_sim_time": Arg("true", "the runtime follows the replay's /clock (ROS parameter, via --ros-args)"),
 }
 
-# What `edge node` prints on stderr once its subscriptions exist (ros_nodes/runtime_node.py).
+# What `edge node` prints on stderr once it is active (ros_nodes/runtime_node.READY).
 RUNTIME_READY = "edge node: subscribed"
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -85,6 +87,8 @@ def replay_command(values: Mapping[str, str]) -> list[str]:
                        "--linger", values["linger"])
     if as_bool("loop", values["loop"]):
         cmd.append("--loop")
+    if as_bool("raw_images", values["raw_images"]):
+        cmd.append("--raw-images")
     topics = [t for t in re.split(r"[\s,]+", values["topics"]) if t]
     if topics:
         cmd += ["--topics", *topics]
@@ -92,14 +96,17 @@ def replay_command(values: Mapping[str, str]) -> list[str]:
 
 
 def runtime_command(values: Mapping[str, str]) -> list[str]:
-    cmd = edge_command("node", "--policy", values["policy"], "--budget-ms", values["budget_ms"],
-                       "--backend", values["backend"])
-    if values["rig"].strip():
-        cmd += ["--rig", os.path.expanduser(values["rig"].strip())]
-    if values["aligners"].strip():
-        cmd += ["--aligners", os.path.expanduser(values["aligners"].strip())]
+    cmd = edge_command("node")
+    for name, option in (("params_file", "--params-file"), ("rig", "--rig"), ("aligners", "--aligners")):
+        if values[name].strip():
+            cmd += [option, os.path.expanduser(values[name].strip())]
+    for name, option in (("policy", "--policy"), ("budget_ms", "--budget-ms"), ("backend", "--backend")):
+        if values[name].strip():
+            cmd += [option, values[name].strip()]
     if not as_bool("llm", values["llm"]):
         cmd.append("--no-llm")
+    if not as_bool("autostart", values["autostart"]):
+        cmd.append("--managed")
     sim_time = "true" if as_bool("use_sim_time", values["use_sim_time"]) else "false"
     return cmd + ["--ros-args", "-p", f"use_sim_time:={sim_time}"]  # the ROS block comes last
 

@@ -3,6 +3,8 @@
 The CDR bytes stored in the bag are published as they are (rclpy's Publisher.publish accepts serialized bytes),
 so nothing is decoded or re-encoded on the way; pacing, looping, offset and topic filter come from
 `edge.drives.replay.Player`. QoS per DESIGN.md (ros_nodes.qos); /clock carries the bag time at `--clock-hz`.
+`--raw-images` publishes each recorded `<base>/compressed` camera stream decoded, as sensor_msgs/Image (bgr8) on
+`<base>`, as a camera driver without image_transport's compressed plugin would (same header stamps).
 """
 
 from __future__ import annotations
@@ -43,6 +45,19 @@ class _ClockPublishingClock(RealClock):
             time.sleep(min(left, self.period))
 
 
+def _decompressed(data: bytes) -> bytes:
+    """CDR of a CompressedImage -> CDR of the same frame as a raw bgr8 Image (same header)."""
+    from edge.drives import messages as M
+
+    msg = M.deserialize(data, T.COMPRESSED_IMAGE)
+    img = M.decode_image(msg, T.COMPRESSED_IMAGE)
+    return M.serialize(M.raw_image(M.header_stamp_ns(msg), msg.header.frame_id, img), T.IMAGE)
+
+
+def _is_camera(topic: str, msgtype: str) -> bool:
+    return msgtype == T.COMPRESSED_IMAGE and topic.endswith("/image_raw" + T.COMPRESSED_SUFFIX)
+
+
 def run_replay(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.node import Node
@@ -52,7 +67,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
     cfg = ReplayConfig(rate=args.rate if args.rate > 0 else None, loop=args.loop,
                        start_offset_s=args.start_offset, topics=args.topics or None, raw=True)
-    rclpy.init(args=None)
+    rclpy.init(args=["edge replay", "--ros-args", *args.ros_args] if args.ros_args else None)
     node: Node = Node("edge_replay")
     try:
         clock_pub = node.create_publisher(ClockMsg, T.CLOCK_TOPIC, clock_qos())
@@ -73,13 +88,18 @@ def run_replay(args: argparse.Namespace) -> int:
         for d in player.bag.diagnostics:
             print(f"edge replay: warning: {d}", file=sys.stderr)
         pubs: dict[str, Any] = {}
-        for topic, msgtype in player.topic_types().items():
+        raw_images = set()
+        for recorded, msgtype in player.topic_types().items():
+            topic = recorded
+            if args.raw_images and _is_camera(recorded, msgtype):
+                raw_images.add(recorded)
+                topic, msgtype = recorded.removesuffix(T.COMPRESSED_SUFFIX), T.IMAGE
             cls = message_class(msgtype)
             if cls is None:
                 print(f"edge replay: warning: topic '{topic}': no Python message package for {msgtype}; "
                       "not published", file=sys.stderr)
                 continue
-            pubs[topic] = node.create_publisher(cls, topic, qos_for_topic(topic))
+            pubs[recorded] = node.create_publisher(cls, topic, qos_for_topic(topic))
         if args.delay > 0:
             time.sleep(args.delay)  # let subscribers discover the publishers, like ros2 bag play --delay
         if args.wait_for_subscribers > 0:
@@ -98,7 +118,7 @@ def run_replay(args: argparse.Namespace) -> int:
             if cfg.rate is None or now >= next_clock_wall:
                 publish_clock(m.stamp_ns)  # /clock never behind the data it accompanies
                 next_clock_wall = now + period
-            pub.publish(m.msg)
+            pub.publish(_decompressed(m.msg) if m.topic in raw_images else m.msg)
             sent += 1
         if last_stamp is not None:
             publish_clock(last_stamp)  # /clock ends at the last message, not beyond the recording
@@ -139,6 +159,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds until every topic has a subscriber [0: don't wait]")
     p.add_argument("--linger", type=float, default=0.5, metavar="S", help="keep the node S seconds after the end")
+    p.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], dest="ros_args", metavar="ARG",
+                   help="ROS 2 arguments, last on the line (e.g. -r /odom:=/vehicle/odom)")
+    p.add_argument("--raw-images", action="store_true",
+                   help="publish compressed camera streams decoded, as sensor_msgs/Image on <base> (not <base>/compressed)")
     p.set_defaults(func=_main)
 
 

@@ -1,167 +1,353 @@
-"""`edge node`: the runtime as a ROS 2 node (a thin adapter over edge.runtime.Runtime).
+"""`edge node`: the runtime as a managed (lifecycle) ROS 2 node, a thin adapter over edge.runtime.Runtime.
 
-Subscribes to the sensor topics of DESIGN.md (raw CDR, sensor QoS), assembles time-aligned samples with the same
-synchroniser as bag replay, runs the runtime in a worker thread and publishes:
-  /perception/bev_occupancy  nav_msgs/OccupancyGrid (base_link, stamp = the sample's stamp)
-  /mpnp/plan                 std_msgs/String, JSON {stamp_ns, modalities, n_blocks, camera_keep, backend, aligners, reason}
-  /mpnp/answer               std_msgs/String, JSON {stamp_ns, question, answer, modalities}
-  /diagnostics               diagnostic_msgs/DiagnosticArray (stream health, queue drops)
-Questions arrive on /mpnp/question (std_msgs/String, plain text).
+Lifecycle (rclpy.lifecycle, driven with the standard `~/change_state` service or `ros2 lifecycle set`):
+  configure   validate the parameters (ros_nodes/parameters.py), load the rig, perception models, engines, LLM
+              and aligners; create the publishers
+  activate    subscribe to the sensors and questions, start the worker thread: frames flow
+  deactivate  unsubscribe and stop the worker; everything loaded stays loaded (activate again loads nothing)
+  cleanup / shutdown  release the models and publishers
+A transition that fails on bad input (a parameter, a missing checkpoint) returns FAILURE with the reason logged;
+an unexpected exception returns ERROR, logged with its traceback; the process keeps running either way. With the
+parameter `autostart` (default true) the node configures and activates itself at start, as `edge node` always did.
+
+Topics (relative, so `--ros-args -r FROM:=TO` and `__ns` apply; shown in the root namespace):
+  in   fisheye/<cam>/image_raw[/compressed], camera/front/image_raw[/compressed] (raw Image or CompressedImage, per
+       `camera_transport`), ultrasonic/<sensor>, audio/raw, odom: best effort, keep last 5 (sensor QoS)
+       mpnp/question  std_msgs/String, plain text (reliable)
+  out  perception/bev_occupancy  nav_msgs/OccupancyGrid (base_link, stamp = the header stamp of the reference
+       camera frame it was computed from); mpnp/plan, mpnp/answer  std_msgs/String JSON (reliable);
+       /diagnostics  stream health and per-stage processing times
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import queue
+import atexit
+import dataclasses
+import os
+import importlib
 import sys
+import tempfile
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
-from edge.drives import topics as T
-from edge.drives.bag import BagMessage
-from edge.drives.sync import SampleAssembler, SyncConfig, build_samples, cdr_header_stamp
-from edge.sensors.rig import load_rig
+import yaml
 
-DEFAULT_ALIGNERS = Path(__file__).resolve().parents[1] / "models" / "aligners"  # not cwd-relative: ros2 launch
-SENSOR_TYPES = {T.COMPRESSED_IMAGE: ("sensor_msgs.msg", "CompressedImage"), T.IMAGE: ("sensor_msgs.msg", "Image"),
-                T.RANGE: ("sensor_msgs.msg", "Range"), T.ODOMETRY: ("nav_msgs.msg", "Odometry")}
+from edge.config import POLICIES
+from edge.errors import ConfigError, EdgeError
+from ros_nodes import node_io as io
+from ros_nodes.parameters import NODE_NAME, PARAM_FILE, current_values, declare, node_options, validate
+
+READY = "edge node: subscribed"  # printed once a node is active (ros_nodes/launch_commands.RUNTIME_READY)
 
 
-def sensor_topics(rig: Any) -> dict[str, str]:
-    """Topic -> type the node subscribes to (compressed camera streams, as recorded and replayed)."""
-    out = {T.fisheye_image_topic(c) + T.COMPRESSED_SUFFIX: T.COMPRESSED_IMAGE for c in rig.fisheye}
-    if "front" in rig.cameras:
-        out[T.FRONT_CAMERA_IMAGE + T.COMPRESSED_SUFFIX] = T.COMPRESSED_IMAGE
-    out.update({T.ultrasonic_topic(s.name): T.RANGE for s in rig.ultrasonic})
-    out[T.AUDIO] = T.IMAGE
-    out[T.ODOM] = T.ODOMETRY
-    return out
+def make_node(lifecycle_base: type) -> type:
+    """The node class on rclpy's LifecycleNode (imported late: `edge` without ROS must not import rclpy)."""
+    from rcl_interfaces.msg import SetParametersResult
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    class RuntimeNode(lifecycle_base):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(NODE_NAME, **kwargs)
+            self.options = {o.name: o for o in node_options()}
+            self.problems = declare(self)  # values refused at declaration: configure fails naming them
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+            self.state = "unconfigured"
+            self.cfg: Any = None
+            self.runtime: Any = None
+            self.rig: Any = None
+            self.pipeline: io.Pipeline | None = None
+            self.gate: io.QuestionGate | None = None
+            self.transports: io.TransportChoice | None = None
+            self.tally = io.Tally()
+            self._pubs: dict[str, Any] = {}
+            self._subs: list[Any] = []
+            self._pending: dict[str, Any] = {}
+            self._lock = threading.Lock()
+
+        # ------------------------------------------------------------ transitions
+        def _guard(self, what: str, fn: Any) -> Any:
+            try:
+                return fn()
+            except (EdgeError, OSError) as exc:
+                self.get_logger().error(f"{what} failed: {exc}")
+                return R.FAILURE
+            except Exception:  # noqa: BLE001 - reported through the lifecycle (ERROR), never a crash
+                self.get_logger().error(f"{what} failed unexpectedly:\n{traceback.format_exc()}")
+                return R.ERROR
+
+        def on_configure(self, state: Any) -> Any:
+            return self._guard("configure", self._configure)
+
+        def _configure(self) -> Any:
+            if self.problems:
+                where = f"parameters of {self.get_fully_qualified_name()}"
+                for key, problem in list(self.problems.items())[1:]:
+                    self.get_logger().error(str(ConfigError(where, key, problem)))
+                key, problem = next(iter(self.problems.items()))
+                raise ConfigError(where, key, problem)
+            cfg = validate(current_values(self), f"parameters of {self.get_fully_qualified_name()}")
+            from edge.runtime.runtime import Runtime
+            from edge.runtime.scheduler import Budget
+            from edge.sensors.rig import load_rig
+            from nav_msgs.msg import OccupancyGrid
+            from std_msgs.msg import String
+            from diagnostic_msgs.msg import DiagnosticArray
+            from ros_nodes.qos import reliable_qos
+
+            rig = load_rig(cfg.rig)
+            answerer = None
+            if cfg.use_llm:
+                from edge.runtime.answerer import make_answerer
+
+                answerer = make_answerer(cfg.aligner_dir, cfg.llm, cfg.max_new_tokens)
+                if not answerer.aligners:
+                    self.get_logger().warning(f"no aligners in {cfg.aligner_dir}: answers without modality context")
+            budget = Budget(cfg.budget_ms, cfg.budget_mb, cfg.budget_percentile, cfg.answer_budget_ms)
+            runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer, dwell=cfg.dwell_frames,
+                              quality_per_ms=cfg.quality_per_ms, rig=rig, backend=cfg.backend,
+                              engine_cache=cfg.engine_cache, max_estimate_age_s=cfg.max_estimate_age_s,
+                              max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads)
+            runtime.scheduler.answer_weight = cfg.answer_weight
+            self.cfg, self.runtime, self.rig = cfg, runtime, rig
+            self._pubs = {"bev": self.create_lifecycle_publisher(OccupancyGrid, io.OUT_BEV, reliable_qos()),
+                          "plan": self.create_lifecycle_publisher(String, io.OUT_PLAN, reliable_qos()),
+                          "answer": self.create_lifecycle_publisher(String, io.ANSWER, reliable_qos()),
+                          "diag": self.create_lifecycle_publisher(DiagnosticArray, io.DIAGNOSTICS, reliable_qos())}
+            self.state = "inactive"
+            self.get_logger().info(f"configured: policy {cfg.policy}, backend {runtime.stack.backend}, "
+                                   f"LLM {'on' if answerer else 'off'}")
+            return R.SUCCESS
+
+        def on_activate(self, state: Any) -> Any:
+            return self._guard("activate", lambda: self._activate(state))
+
+        def _activate(self, state: Any) -> Any:
+            from std_msgs.msg import String
+            from ros_nodes.qos import reliable_qos, sensor_qos
+
+            self._apply_pending()
+            self.runtime.queue.clear()  # nothing from before a deactivate is processed now
+            self.transports = io.TransportChoice(self._discover_transports())
+            chosen = self.transports.chosen
+            forms = {b: (f,) if f else ("raw", "compressed") for b, f in chosen.items()}
+            subscriptions = io.inputs(self.rig, forms)
+            self.pipeline = io.Pipeline(self.runtime, io.stream_types(self.rig), self._publish, self._apply_pending,
+                                        self.cfg.max_input_delay_s)
+            self.tally = io.Tally()
+            for sub in subscriptions:
+                module, name = io.MESSAGE_CLASSES[sub.msgtype]
+                cls = getattr(importlib.import_module(module), name)
+                self._subs.append(self.create_subscription(cls, sub.name, self._on_sensor(sub), sensor_qos(), raw=True))
+            self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, reliable_qos()))
+            self.gate = io.QuestionGate(self.runtime.answerer is not None, self.cfg.questions_every_s)
+            result = super().on_activate(state)  # activates the lifecycle publishers
+            self.pipeline.start()
+            self.state = "active"
+            cams = ", ".join(f"{b.strip('/').removesuffix('/image_raw')} {f or 'first to arrive'}" for b, f in chosen.items())
+            print(f"{READY} to {len(subscriptions)} sensor topics (cameras: {cams}); publishing "
+                  f"{', '.join(self.resolve_topic_name(t) for t in (io.OUT_BEV, io.OUT_PLAN, io.ANSWER))}, "
+                  f"{io.DIAGNOSTICS}", file=sys.stderr, flush=True)
+            return result
+
+        def _discover_transports(self) -> dict[str, str | None]:
+            """camera_transport raw/compressed: that form; auto: the form published now (raw preferred), else
+            undecided (both subscribed, the first to deliver is kept)."""
+            bases = io.camera_bases(self.rig)
+            if self.cfg.camera_transport != "auto":
+                return {b: self.cfg.camera_transport for b in bases}
+            out: dict[str, str | None] = {}
+            for b in bases:
+                raw = self.count_publishers(self.resolve_topic_name(b.lstrip("/")))
+                compressed = self.count_publishers(self.resolve_topic_name((b + "/compressed").lstrip("/")))
+                out[b] = "raw" if raw else "compressed" if compressed else None
+            return out
+
+        def on_deactivate(self, state: Any) -> Any:
+            return self._guard("deactivate", lambda: self._deactivate(state))
+
+        def _deactivate(self, state: Any) -> Any:
+            self._stop_io()
+            self.state = "inactive"
+            return super().on_deactivate(state)
+
+        def _stop_io(self) -> None:
+            for sub in self._subs:
+                self.destroy_subscription(sub)
+            self._subs = []
+            if self.pipeline is not None:
+                self.pipeline.stop()  # the frame in hand finishes and is published
+                self.pipeline = None
+                self.tally.flush(final=True)
+
+        def on_cleanup(self, state: Any) -> Any:
+            return self._guard("cleanup", self.release)
+
+        def on_shutdown(self, state: Any) -> Any:
+            return self._guard("shutdown", self.release)
+
+        def on_error(self, state: Any) -> Any:
+            self.release()
+            return R.SUCCESS  # back to unconfigured: configure may be tried again
+
+        def release(self) -> Any:
+            """Stop the flow and drop the models and publishers (cleanup, shutdown, error, exit)."""
+            self._stop_io()
+            for pub in self._pubs.values():
+                self.destroy_lifecycle_publisher(pub)
+            self._pubs = {}
+            if self.runtime is not None and hasattr(self.runtime, "close"):
+                self.runtime.close()
+            self.runtime = self.cfg = None
+            self.state = "unconfigured"
+            return R.SUCCESS
+
+        # ------------------------------------------------------------ parameters
+        def _on_set_parameters(self, params: list[Any]) -> Any:
+            changes = {p.name: p.value for p in params if p.name in self.options}
+            if not changes:
+                return SetParametersResult(successful=True)
+            static = [n for n in changes if not self.options[n].dynamic]
+            if static and self.state != "unconfigured":
+                return SetParametersResult(successful=False, reason=(
+                    f"{', '.join(static)}: read at configure, cannot change while the node is {self.state}; "
+                    "deactivate and clean up the node, set it, then configure again"))
+            values = {**current_values(self), **{n: float(v) if self.options[n].kind is float else v
+                                                  for n, v in changes.items()}}
+            try:
+                validate(values, "parameter set")
+            except ConfigError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            for n in changes:
+                self.problems.pop(n, None)
+            if self.cfg is not None:
+                with self._lock:
+                    self._pending.update({n: values[n] for n in changes})
+            return SetParametersResult(successful=True)
+
+        def _apply_pending(self) -> None:
+            """Dynamic parameters take effect between frames (on the worker) or at activate."""
+            with self._lock:
+                changes, self._pending = self._pending, {}
+            if not changes or self.runtime is None:
+                return
+            self.cfg = self.cfg.model_copy(update=changes)
+            s, cfg = self.runtime.scheduler, self.cfg
+            s.policy, s.dwell, s.quality_per_ms, s.answer_weight = (cfg.policy, cfg.dwell_frames, cfg.quality_per_ms,
+                                                                    cfg.answer_weight)
+            s.budget = dataclasses.replace(s.budget, latency_ms=cfg.budget_ms, memory_mb=cfg.budget_mb)
+            if self.gate is not None:
+                self.gate.every_s = cfg.questions_every_s
+            self.get_logger().info("parameters applied: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+
+        # ------------------------------------------------------------ data
+        def _on_sensor(self, sub: io.Input) -> Any:
+            def callback(data: bytes) -> None:
+                pipeline, transports = self.pipeline, self.transports  # a deactivate may be under way
+                if pipeline is not None and (sub.transport is None or transports.accept(sub.stream, sub.transport)):
+                    pipeline.put(sub.stream, sub.msgtype, data)
+            return callback
+
+        def _on_question(self, msg: Any) -> None:
+            runtime, gate = self.runtime, self.gate
+            if runtime is None or gate is None:
+                return
+            refused = gate.refusal(msg.data)
+            if refused is None:
+                runtime.ask(msg.data)
+                return
+            from std_msgs.msg import String
+
+            now = self.get_clock().now().nanoseconds
+            self._pubs["answer"].publish(String(data=io.answer_json(now, msg.data, "", [], refused)))
+
+        def _publish(self, result: Any) -> None:
+            from std_msgs.msg import String
+
+            grid = io.grid_msg(result, self.runtime.stack.cfg.bev_grid)
+            if grid is not None:
+                self._pubs["bev"].publish(grid)
+            if result.decision.changed:
+                self._pubs["plan"].publish(String(data=io.plan_json(result)))
+            self.tally.add(result, grid is not None)
+            for a in result.answers:
+                self._pubs["answer"].publish(String(data=io.answer_json(
+                    a.get("data_stamp_ns", result.stamp_ns), a["question"], a["response"], a["modalities"],
+                    error=a.get("error"))))
+            self._pubs["diag"].publish(io.diagnostics_msg(result, self.pipeline, self.runtime.dropped,
+                                                          self.transports.ignored))
+
+    return RuntimeNode
+
+
+# ---------------------------------------------------------------- command line
+CLI_PARAMETERS = {"rig": "rig", "policy": "policy", "budget_ms": "budget_ms", "aligners": "aligner_dir",
+                  "backend": "backend"}
+
+
+def ros_arguments(args: argparse.Namespace) -> list[str]:
+    """The node's --ros-args block: the parameters file, then the CLI options given (as -p), then the user's
+    own --ros-args (last wins, so the command line overrides the file)."""
+    out = ["--ros-args"]
+    if args.params_file:
+        out += ["--params-file", ros_params_file(args.params_file)]
+    for dest, key in CLI_PARAMETERS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            out += ["-p", f"{key}:={value}"]
+    if args.no_llm:
+        out += ["-p", "use_llm:=false"]
+    if args.managed:
+        out += ["-p", "autostart:=false"]
+    return out + list(args.ros_args)
+
+
+def ros_params_file(path: str) -> str:
+    """A ROS parameters file as given; `edge run`'s flat YAML (the same keys) wrapped into one for all nodes."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, "<file>", f"cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(path, "<syntax>", "invalid YAML") from None
+    if isinstance(data, dict) and any(isinstance(v, dict) and "ros__parameters" in v for v in data.values()):
+        return path
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(path, "<root>", "expected a mapping at the top level")
+    wrapped = tempfile.NamedTemporaryFile("w", suffix=".param.yaml", prefix="edge_node_", delete=False)
+    with wrapped:
+        yaml.safe_dump({"/**": {"ros__parameters": data or {}}}, wrapped)
+    atexit.register(os.unlink, wrapped.name)
+    return wrapped.name
 
 
 def run_node(args: argparse.Namespace) -> int:
-    import importlib
-
     import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from nav_msgs.msg import OccupancyGrid
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-    from rclpy.node import Node
-    from std_msgs.msg import String
+    from rclpy.lifecycle import LifecycleNode
+    from rclpy.lifecycle import TransitionCallbackReturn as R
 
-    from edge.runtime.runtime import Runtime
-    from edge.runtime.scheduler import Budget
-    from ros_nodes.qos import reliable_qos, sensor_qos
-
-    rig = load_rig(args.rig)
-    answerer = None
-    if not args.no_llm:
-        from edge.runtime.answerer import make_answerer
-
-        answerer = make_answerer(args.aligners, None, 8)
-    runtime = Runtime(policy=args.policy, budget=Budget(latency_ms=args.budget_ms), answerer=answerer, rig=rig,
-                      backend=args.backend)
-    topics = sensor_topics(rig)
-    assembler = SampleAssembler(topics, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce, ground_truth=False),
-                                source="ros")
-    inbox: queue.Queue[BagMessage] = queue.Queue(maxsize=2000)
-
-    rclpy.init(args=["edge node", "--ros-args", *args.ros_args] if args.ros_args else ["edge node"])
-    node = Node("mpnp_edge_runtime")
-    pub_bev = node.create_publisher(OccupancyGrid, T.OUT_BEV, reliable_qos())
-    pub_plan = node.create_publisher(String, T.OUT_PLAN, reliable_qos())
-    pub_answer = node.create_publisher(String, T.ANSWER, reliable_qos())
-    pub_diag = node.create_publisher(DiagnosticArray, T.DIAGNOSTICS, reliable_qos())
-    dropped_in = [0]
-
-    def on_sensor(topic: str, msgtype: str) -> Any:
-        def callback(data: bytes) -> None:
-            try:
-                # The header stamp orders the stream (replayed drives carry their recording time).
-                stamp = cdr_header_stamp(data)
-                if stamp is not None:
-                    inbox.put_nowait(BagMessage(topic, msgtype, stamp, data))
-            except queue.Full:  # the runtime is far behind: drop, never block the executor
-                dropped_in[0] += 1
-        return callback
-
-    for topic, msgtype in topics.items():
-        mod, name = SENSOR_TYPES[msgtype]
-        node.create_subscription(getattr(importlib.import_module(mod), name), topic, on_sensor(topic, msgtype),
-                                 sensor_qos(), raw=True)
-    node.create_subscription(String, T.QUESTION, lambda m: runtime.ask(m.data), reliable_qos())
-
-    def stamp_of(ns: int) -> Any:
-        from builtin_interfaces.msg import Time
-        return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-    def publish(result: Any) -> None:
-        grid = result.occupancy_grid()
-        if grid is not None:
-            g = runtime.stack.cfg.bev_grid
-            msg = OccupancyGrid()
-            msg.header.stamp, msg.header.frame_id = stamp_of(result.stamp_ns), "base_link"
-            msg.info.resolution, msg.info.width, msg.info.height = float(g.resolution), g.nx, g.ny
-            msg.info.origin.position.x, msg.info.origin.position.y = float(g.x_min), float(g.y_min)
-            msg.info.origin.orientation.w = 1.0
-            msg.data = grid.ravel().tolist()
-            pub_bev.publish(msg)
-        if result.decision.changed:
-            plan = result.plan
-            pub_plan.publish(String(data=json.dumps({
-                "stamp_ns": result.stamp_ns, "modalities": list(plan.modalities), "n_blocks": plan.n_blocks,
-                "camera_keep": plan.camera_keep, "backend": plan.backend, "aligners": plan.aligners,
-                "reason": result.decision.reason})))
-        for a in result.answers:
-            pub_answer.publish(String(data=json.dumps({"stamp_ns": result.stamp_ns, "question": a["question"],
-                                                       "answer": a["response"], "modalities": a["modalities"]})))
-        diag = DiagnosticArray()
-        diag.header.stamp = stamp_of(result.stamp_ns)
-        for name, h in result.context.streams.items():
-            status = DiagnosticStatus(name=f"mpnp_edge/{name}", hardware_id=name,
-                                      level=DiagnosticStatus.OK if h.healthy else DiagnosticStatus.WARN,
-                                      message="healthy" if h.healthy else "silent or dropping")
-            status.values = [KeyValue(key="staleness_s", value=f"{h.staleness_s:.3f}"),
-                             KeyValue(key="dropout_rate", value=f"{h.dropout_rate:.3f}"),
-                             KeyValue(key="input_drops", value=str(dropped_in[0] + runtime.dropped))]
-            diag.status.append(status)
-        pub_diag.publish(diag)
-
-    stop = threading.Event()
-
-    def incoming() -> Any:
-        """Sensor messages until shutdown; what is still queued then is not waited for."""
-        while not stop.is_set():
-            try:
-                msg = inbox.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            yield msg
-
-    def work() -> None:
-        for sample in build_samples(assembler.feed(incoming()), assembler, assembler.cfg, []):
-            runtime.submit(sample)
-            for result in runtime.drain():
-                if stop.is_set():
-                    return
-                publish(result)
-
-    worker = threading.Thread(target=work, name="edge-runtime", daemon=True)
-    worker.start()
-    print(f"edge node: subscribed to {len(topics)} sensor topics; publishing {T.OUT_BEV}, {T.OUT_PLAN}, "
-          f"{T.ANSWER}, {T.DIAGNOSTICS}", file=sys.stderr, flush=True)
+    rclpy.init(args=["edge node", *ros_arguments(args)])
+    node = make_node(LifecycleNode)()
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != R.SUCCESS or node.trigger_activate() != R.SUCCESS:
+                print(f"edge node: autostart stopped in state {node.state} (reason logged above); the node stays "
+                      "up: fix the parameter and drive it with its lifecycle services", file=sys.stderr, flush=True)
+        else:
+            print(f"edge node: unconfigured, waiting for lifecycle transitions on "
+                  f"{node.get_fully_qualified_name()}/change_state", file=sys.stderr, flush=True)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         # Order matters: the worker finishes the frame in hand before the publishers it uses are destroyed, and
         # the executor's threads are joined before the context goes away (else the process aborts on exit).
-        stop.set()
-        worker.join(timeout=30)
+        node.release()
         executor.shutdown()
         node.destroy_node()
         if rclpy.ok():
@@ -171,15 +357,21 @@ def run_node(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("node", help="run the runtime as a ROS 2 node on live or replayed topics")
-    p.add_argument("--rig", default=None, help="rig YAML [calibration/default_rig.yaml]")
-    p.add_argument("--policy", default="adaptive", choices=("adaptive", "camera", "all"))
-    p.add_argument("--budget-ms", type=float, default=100.0)
-    p.add_argument("--aligners", default=str(DEFAULT_ALIGNERS), help="aligner checkpoints [models/aligners]")
-    p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
-    p.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "tensorrt"),
-                   help="encoders' network parts on this backend (engines built and cached at start) [eager]")
+    p = sub.add_parser("node", help="run the runtime as a managed ROS 2 node on live or replayed topics",
+                       description="Options below set the node's ROS parameters (docs/ros.md lists them all); "
+                                   "the command line overrides --params-file.")
+    p.add_argument("--params-file", default=None, metavar="YAML",
+                   help=f"parameters: a ROS 2 parameters file or edge run's YAML config [{PARAM_FILE.name}'s defaults]")
+    p.add_argument("--rig", default=None, help="rig YAML (parameter rig) [calibration/default_rig.yaml]")
+    p.add_argument("--policy", default=None, choices=POLICIES, help="parameter policy [adaptive]")
+    p.add_argument("--budget-ms", type=float, default=None, help="parameter budget_ms [100]")
+    p.add_argument("--aligners", default=None, help="aligner checkpoints (parameter aligner_dir) [models/aligners]")
+    p.add_argument("--no-llm", action="store_true", help="perception and scheduling only (use_llm:=false)")
+    p.add_argument("--backend", default=None, choices=("eager", "onnxruntime", "tensorrt"),
+                   help="encoders' network parts on this backend (parameter backend) [eager]")
+    p.add_argument("--managed", action="store_true",
+                   help="start unconfigured and wait for lifecycle transitions (autostart:=false)")
     p.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], dest="ros_args", metavar="ARG",
                    help="ROS 2 arguments for rclpy, last on the line, as any ROS 2 executable takes them "
-                        "(e.g. -p use_sim_time:=true, -r /audio/raw:=/mic/raw)")
+                        "(e.g. -p use_sim_time:=true, -r audio/raw:=/mic/raw, --params-file F)")
     p.set_defaults(func=run_node)
