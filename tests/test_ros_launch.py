@@ -307,7 +307,7 @@ ROSDEP_KEYS = {"numpy": "python3-numpy", "pyyaml": "python3-yaml", "pydantic": "
                "tqdm": "python3-tqdm", "opencv-python-headless": "python3-opencv", "rosbags": "python3-rosbags-pip",
                "onnxruntime": "python3-onnxruntime-pip", "transformers": "python3-transformers-pip",
                "mcap": None, "safetensors": None, "onnx": None, "onnxscript": None, "torch": None, "gguf": None,
-               "accelerate": None}
+               "accelerate": None, "zstandard": None}
 
 
 def test_package_xml_python_dependencies_follow_pyproject() -> None:
