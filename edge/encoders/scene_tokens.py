@@ -55,18 +55,28 @@ def side_of_points(x: np.ndarray, y: np.ndarray, footprint: tuple[float, float, 
     return side
 
 
+def body_distance(x: np.ndarray, y: np.ndarray, footprint: tuple[float, float, float, float]) -> np.ndarray:
+    """Distance of base_link points from the vehicle body rectangle (0 inside), as the QA distances are measured."""
+    x0, x1, y0, y1 = footprint
+    dx = np.maximum(np.maximum(x0 - x, x - x1), 0.0)
+    dy = np.maximum(np.maximum(y0 - y, y - y1), 0.0)
+    return np.hypot(dx, dy)
+
+
+def ring_of(distance: np.ndarray) -> np.ndarray:
+    """Ring index of a distance: ring k covers [0.5 k - 0.25, 0.5 k + 0.25) m, centred on the answer bins."""
+    return np.floor((distance + RING_WIDTH / 2) / RING_WIDTH).astype(np.int64)
+
+
 class SectorPooling:
     """(K, nx, ny) BEV class posteriors -> (BEV_TOKENS, d_enc) tokens; the geometry is computed once per grid."""
 
     def __init__(self, grid: BevGrid, footprint: tuple[float, float, float, float], d_enc: int) -> None:
-        x0, x1, y0, y1 = footprint
         centres = grid.cell_centres()  # (nx, ny, 2)
         cx, cy = centres[..., 0], centres[..., 1]
-        dx = np.maximum.reduce([x0 - cx, np.zeros_like(cx), cx - x1])
-        dy = np.maximum.reduce([y0 - cy, np.zeros_like(cy), cy - y1])
-        self.dist = np.hypot(dx, dy)
+        self.dist = body_distance(cx, cy, footprint)
         side = side_of_points(cx, cy, footprint)
-        ring = np.floor((self.dist + RING_WIDTH / 2) / RING_WIDTH).astype(np.int64)
+        ring = ring_of(self.dist)
         self.side = side
         self.d_enc = d_enc
         # Cells grouped by (side, ring) once, so pooling is one reduceat per measure over all 4 x N_RINGS groups.
@@ -146,15 +156,12 @@ class EchoFeatures:
         echo = np.isfinite(r) | (r == -np.inf)
         near = np.where(r == -np.inf, 0.0, np.where(echo, r, 0.0))
         points = self.positions + self.axes * near[:, None]
-        x0, x1, y0, y1 = self.footprint
-        dx = np.maximum.reduce([x0 - points[:, 0], np.zeros(len(r)), points[:, 0] - x1])
-        dy = np.maximum.reduce([y0 - points[:, 1], np.zeros(len(r)), points[:, 1] - y1])
-        dist = np.hypot(dx, dy)
+        dist = body_distance(points[:, 0], points[:, 1], self.footprint)
         side = side_of_points(points[:, 0], points[:, 1], self.footprint)
         for s in range(len(SIDES)):
             here = echo & (side == s)
             if here.any():
-                ring = min(int(np.floor((dist[here].min() + RING_WIDTH / 2) / RING_WIDTH)), N_RINGS - 1)
+                ring = min(int(ring_of(dist[here].min())), N_RINGS - 1)
                 out[s, ring] = 1.0
                 out[s, N_RINGS + ring:2 * N_RINGS] = 1.0
                 out[s, 2 * N_RINGS] = 1.0

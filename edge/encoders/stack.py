@@ -177,11 +177,12 @@ class PerceptionStack(nn.Module):
         return self._bev_modality(out[0], self.fusion(out[0], None)[1], None)
 
     def _ultrasonic(self, sample: Any, diag: Diagnostics) -> _BevModality | None:
-        out = self.ultrasonic.encode(sample, diag)
+        ranges = self.ultrasonic.preprocess(sample, diag)
+        out = self.ultrasonic.encode_ranges(ranges)
         if out is None:
             return None
         bev = self._bev_modality(out[0], self.fusion(None, out[0], out[2])[1], out[2])
-        echoes = torch.from_numpy(self.echoes(self.ultrasonic.preprocess(sample)))
+        echoes = torch.from_numpy(self.echoes(ranges))
         bev.tokens[0, : echoes.shape[0], ECHO_OFFSET: ECHO_OFFSET + echoes.shape[1]] = echoes
         return bev
 

@@ -109,7 +109,10 @@ class UltrasonicEncoder(nn.Module, NetworkPart):
 
     def encode(self, sample: Any, diag: Diagnostics | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
         """One Sample -> (bev (1, C, nx/2, ny/2), tokens (1, T, d_enc), raster), or None when no sensor reported."""
-        ranges = self.preprocess(sample, diag)
+        return self.encode_ranges(self.preprocess(sample, diag))
+
+    def encode_ranges(self, ranges: np.ndarray) -> tuple[Tensor, Tensor, Tensor] | None:
+        """`encode` on ranges already preprocessed (the stack also reads them for the echo tokens)."""
         if np.isnan(ranges).all():
             return None
         with torch.no_grad():

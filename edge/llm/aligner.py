@@ -13,7 +13,7 @@ blocks it was trained on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -58,9 +58,10 @@ class AlignerSpec:
         if meta.get("format") != FORMAT:
             raise LLMError(f"{source}: not an mpnp-edge aligner checkpoint (metadata 'format' is {meta.get('format')!r})")
         values: dict[str, object] = {}
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}  # keys added later; older files lack them
         for name, kind in cls.__annotations__.items():
             if name not in meta:
-                if name == "token_layout":
+                if name in optional:
                     continue
                 raise LLMError(f"{source}: aligner metadata lacks key '{name}'")
             if kind == "str":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,15 +128,23 @@ def evaluate(bags: list[Path], out: Path, use_llm: bool, budget_ms: float, polic
 
 
 def budget_markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| drive | policy | budget ms | load | within budget (after 2 s) | p50 / p95 / p99 ms | obstacle IoU 5 m | "
-            "EM (prior) | changes/min (after 2 s) | plan most run (share) | recovery s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {r['drive']} | {r['policy']} | {r['budget_ms']:g} | {r['load']} | {_f(r['within_budget'])} | "
-        f"{_f(r['latency_p50_ms'], 1)} / {_f(r['latency_p95_ms'], 1)} / {_f(r['latency_p99_ms'], 1)} | "
-        f"{_f(r['obstacle_iou_near5m'])} | {_f(r['exact_match'], 2)} ({_f(r.get('blind_prior_exact_match'), 2)}) | "
-        f"{_f(r['changes_per_min'], 1)} ({_f(r.get('changes_per_min_after_2s'), 1)}) | {r['top_plan'] or 'none'} ({_f(r['top_plan_share'], 2)}) | "
-        f"{_f(r['recovery_s'], 1)} |\n" for r in rows)
-    return head + body
+    return _table(["drive", "policy", "budget ms", "load", "within budget (after 2 s)", "p50 / p95 / p99 ms",
+                   "obstacle IoU 5 m", "EM (prior)", "changes/min (after 2 s)", "plan most run (share)", "recovery s"],
+                  ([r["drive"], r["policy"], f"{r['budget_ms']:g}", str(r["load"]), _f(r["within_budget"]),
+                    f"{_f(r['latency_p50_ms'], 1)} / {_f(r['latency_p95_ms'], 1)} / {_f(r['latency_p99_ms'], 1)}",
+                    _f(r["obstacle_iou_near5m"]),
+                    f"{_f(r['exact_match'], 2)} ({_f(r.get('blind_prior_exact_match'), 2)})",
+                    f"{_f(r['changes_per_min'], 1)} ({_f(r.get('changes_per_min_after_2s'), 1)})",
+                    f"{r['top_plan'] or 'none'} ({_f(r['top_plan_share'], 2)})", _f(r["recovery_s"], 1)]
+                   for r in rows))
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    """A markdown table, every line ending in a newline."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |\n"
+
+    return line(header) + "|" + "---|" * len(header) + "\n" + "".join(line(cells) for cells in rows)
 
 
 def _correct(frames: list[dict[str, Any]]) -> int:
@@ -160,10 +169,10 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def pooled_lines(p: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["| policy (all drives) | questions | exact match | obstacle IoU 5 m | compute ms/frame | plan changes |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {k} | {v['questions']} | {_f(v['exact_match'])} | {_f(v['obstacle_iou_near5m'])} | "
-              f"{_f(v['mean_compute_ms'], 1)} | {v['switches']} |" for k, v in p.items()]
+    lines = _table(["policy (all drives)", "questions", "exact match", "obstacle IoU 5 m", "compute ms/frame",
+                    "plan changes"],
+                   ([k, str(v["questions"]), _f(v["exact_match"]), _f(v["obstacle_iou_near5m"]),
+                     _f(v["mean_compute_ms"], 1), str(v["switches"])] for k, v in p.items())).splitlines()
     ad = p.get("adaptive")
     static = {k: v for k, v in p.items() if k != "adaptive" and v["exact_match"] is not None}
     if ad and ad["exact_match"] is not None and static:
@@ -180,13 +189,11 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| drive | policy | obstacle IoU 5 m | audio event acc. | event frames without audio | exact match | "
-            "compute ms/frame | plan changes | reaction s |\n|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {r['drive']} | {r['policy']} | {_f(r['obstacle_iou_near5m'])} | {_f(r['audio_event_accuracy'])} | "
-        f"{_f(r['audio_event_frames_missed'], 2)} | {_f(r['exact_match'], 2)} | {_f(r['mean_compute_ms'], 1)} | "
-        f"{r['switches']} | {_f(r['reaction_s_mean'], 2)} |\n" for r in rows)
-    return head + body
+    return _table(["drive", "policy", "obstacle IoU 5 m", "audio event acc.", "event frames without audio",
+                   "exact match", "compute ms/frame", "plan changes", "reaction s"],
+                  ([r["drive"], r["policy"], _f(r["obstacle_iou_near5m"]), _f(r["audio_event_accuracy"]),
+                    _f(r["audio_event_frames_missed"], 2), _f(r["exact_match"], 2), _f(r["mean_compute_ms"], 1),
+                    str(r["switches"]), _f(r["reaction_s_mean"], 2)] for r in rows))
 
 
 def add_parser(sub: Any) -> None:
