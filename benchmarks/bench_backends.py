@@ -30,6 +30,7 @@ import torch
 
 from timing import timed_pair  # benchmarks/timing.py
 from edge.backends.trt import missing_requirements
+from edge.names import BackendName
 from edge.drives.sync import SyncConfig, Synchronizer
 from edge.encoders import PerceptionStack
 from edge.encoders.base import image_tensor
@@ -118,7 +119,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     missing = missing_requirements()
-    backends = ["onnxruntime"] + ([] if missing else ["tensorrt"])
+    backends = [BackendName.ONNXRUNTIME] + ([] if missing else [BackendName.TENSORRT])
     report: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                               "torch": torch.__version__, "results": []}
     try:

@@ -9,12 +9,13 @@ file serves both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge.errors import ConfigError
+from edge.names import BackendName, Policy
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -78,10 +79,7 @@ def unwrap_ros_parameters(data: dict[str, Any]) -> dict[str, Any]:
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKOUT_DIRS = {"perception_dir": REPO / "models" / "perception", "aligner_dir": REPO / "models" / "aligners"}
-Policy = Literal["adaptive", "camera", "all"]
-Backend = Literal["eager", "onnxruntime", "tensorrt"]
 CameraTransport = Literal["auto", "raw", "compressed"]
-POLICIES: tuple[str, ...] = get_args(Policy)
 
 
 def _opt(description: str, *, dynamic: bool = False, scope: str = "both") -> dict[str, Any]:
@@ -90,16 +88,21 @@ def _opt(description: str, *, dynamic: bool = False, scope: str = "both") -> dic
 
 
 class RuntimeConfig(StrictModel):
-    """Every option of the runtime; each key is optional. Read by `edge run --config` and `edge node`."""
+    """Every option of the runtime; each key is optional. Read by `edge run --config` and `edge node`.
+
+    A field's `scope` says which front end reads it. `edge run` accepts a node-only key (so that one parameters
+    file serves both) and says on stderr that it ignores it when it is set; the node refuses run-only keys."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # every number is bounded: NaN is named as such, not as a bound
 
     perception_dir: str = Field("", **_opt("perception checkpoints; empty = models/perception of the checkout"))
     aligner_dir: str = Field("", **_opt("aligner checkpoints; empty = models/aligners of the checkout"))
     llm: str | None = Field(None, **_opt("LLM: a Hugging Face directory or a GGUF file; empty = the embedded SmolLM2"))
     use_llm: bool = Field(True, **_opt("load the LLM and answer questions; false = perception and scheduling only"))
     policy: Policy = Field(
-        "adaptive", **_opt("modality policy: adaptive (the scheduler) or a static baseline", dynamic=True))
-    backend: Backend = Field(
-        "eager", **_opt("encoders' network parts on eager PyTorch, ONNX Runtime or TensorRT (engines built at start)"))
+        Policy.ADAPTIVE, **_opt("modality policy: adaptive (the scheduler) or a static baseline", dynamic=True))
+    backend: BackendName = Field(BackendName.EAGER, **_opt(
+        "encoders' network parts on eager PyTorch, ONNX Runtime or TensorRT (engines built at start)"))
     engine_cache: str | None = Field(None, **_opt("compiled engines with manifests; empty = .cache/engines of the checkout"))
     budget_ms: float = Field(100.0, ge=1.0, le=10000.0, **_opt("latency budget per frame, ms", dynamic=True))
     budget_percentile: float = Field(95.0, ge=50.0, le=100.0, **_opt("percentile of frame latency held to budget_ms"))

@@ -48,11 +48,12 @@ def _ensure_drive(path: Path, duration: float) -> Path:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from edge.runtime.cli import RunConfig, print_summary, run_drive
+    from edge.config import RuntimeConfig
+    from edge.runtime.cli import print_summary, run_drive
 
     path = Path(args.drive)
     path = _ensure_drive(path, args.duration)
-    cfg = RunConfig(use_llm=not args.no_llm)
+    cfg = RuntimeConfig(use_llm=not args.no_llm)
     summary = run_drive(path, cfg, Path("reports") / "demo")
     doc = json.loads((Path(summary["report"]) / "report.json").read_text())
     print("\nplan changes:")

@@ -15,6 +15,7 @@ import json
 import sys
 import typing
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,13 @@ def node_options() -> list[Option]:
     for name, f in options("node").items():
         args = [a for a in typing.get_args(f.annotation) if a is not type(None)]
         choices = tuple(args) if typing.get_origin(f.annotation) is typing.Literal else None
+        if isinstance(f.annotation, type) and issubclass(f.annotation, Enum):  # edge.names: a string parameter
+            choices = tuple(m.value for m in f.annotation)
         kind = str if choices or f.annotation in (str, str | None) else f.annotation
+        default = f.default.value if isinstance(f.default, Enum) else f.default
         lo = next((m.ge for m in f.metadata if hasattr(m, "ge")), None)  # pydantic's Field(ge=..., le=...)
         hi = next((m.le for m in f.metadata if hasattr(m, "le")), None)
-        out.append(Option(name, kind, "" if f.default is None else f.default, f.description or "", lo, hi, choices,
+        out.append(Option(name, kind, "" if default is None else default, f.description or "", lo, hi, choices,
                           bool((f.json_schema_extra or {}).get("dynamic"))))
     return out
 

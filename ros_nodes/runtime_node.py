@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from edge.config import POLICIES
 from edge.errors import ConfigError, EdgeError
+from edge.names import BACKENDS, POLICIES
 from ros_nodes import node_io as io
 from ros_nodes.parameters import NODE_NAME, PARAM_FILE, current_values, declare, node_options, validate
 
@@ -367,7 +367,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-ms", type=float, default=None, help="parameter budget_ms [100]")
     p.add_argument("--aligners", default=None, help="aligner checkpoints (parameter aligner_dir) [models/aligners]")
     p.add_argument("--no-llm", action="store_true", help="perception and scheduling only (use_llm:=false)")
-    p.add_argument("--backend", default=None, choices=("eager", "onnxruntime", "tensorrt"),
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="encoders' network parts on this backend (parameter backend) [eager]")
     p.add_argument("--managed", action="store_true",
                    help="start unconfigured and wait for lifecycle transitions (autostart:=false)")

@@ -17,12 +17,13 @@ from edge.backends import (BackendError, BackendUnavailable, EngineCache, Verifi
                            get_backend, key_fields, key_of, prepare_engine)
 from edge.backends.ort import OnnxRuntimeBackend
 from edge.backends.trt import device_fields, missing_requirements, output_order
+from edge.config import RuntimeConfig
 from edge.drives.generate import generate_drive
 from edge.drives.sync import SyncConfig, Synchronizer
 from edge.encoders import PerceptionStack
 from edge.encoders.base import image_tensor
 from edge.encoders.camera import keep_variant
-from edge.runtime.cli import RunConfig, run_drive
+from edge.runtime.cli import run_drive
 from edge.runtime.runtime import Runtime
 from edge.runtime.scheduler import Budget
 
@@ -259,10 +260,10 @@ def test_run_config_backend_is_validated(tmp_path: Path) -> None:
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("backend: onnxruntime\n")
-    assert load_yaml_model(cfg, RunConfig).backend == "onnxruntime"
+    assert load_yaml_model(cfg, RuntimeConfig).backend == "onnxruntime"
     cfg.write_text("backend: fast\n")
     with pytest.raises(ConfigError, match="key 'backend'"):
-        load_yaml_model(cfg, RunConfig)
+        load_yaml_model(cfg, RuntimeConfig)
 
 
 # ---------------------------------------------------------------- the runtime on ONNX Runtime
@@ -297,7 +298,7 @@ def test_runtime_on_onnxruntime_agrees_with_eager(drive: Path, stack: Perception
         return ort
 
     monkeypatch.setattr("edge.runtime.runtime.Runtime", reuse)
-    summary = run_drive(drive, RunConfig(use_llm=False, backend="onnxruntime", engine_cache=str(engine_dir),
+    summary = run_drive(drive, RuntimeConfig(use_llm=False, backend="onnxruntime", engine_cache=str(engine_dir),
                                          max_frames=2), tmp_path / "rep", progress=False)
     assert made["backend"] == "onnxruntime" and made["engine_cache"] == str(engine_dir)
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())

@@ -274,9 +274,10 @@ def _run(bag: Path, out: Path) -> dict[str, Any]:
     thread (a shared CPU stalls multi-threaded GEMMs)."""
     import torch
 
-    from edge.runtime.cli import RunConfig, run_drive
+    from edge.config import RuntimeConfig
+    from edge.runtime.cli import run_drive
 
-    cfg = RunConfig(use_llm=False, policy="all", budget_ms=10_000.0, quality_per_ms=0.0)
+    cfg = RuntimeConfig(use_llm=False, policy="all", budget_ms=10_000.0, quality_per_ms=0.0)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import typing
 from pathlib import Path
 
 import pytest
@@ -53,14 +52,26 @@ def test_the_same_file_configures_edge_run_and_the_node(tmp_path: Path) -> None:
         load_yaml_model(bad, RuntimeConfig)
 
 
-def test_edge_run_config_keys_are_the_shared_model_s() -> None:
-    """edge/runtime/cli.py's RunConfig must hold the same keys and defaults as RuntimeConfig until it is replaced
-    by it (one source); a key added to one and not the other fails here."""
-    from edge.runtime.cli import RunConfig
+def test_edge_run_reads_the_shared_model_and_ignores_node_keys_aloud(tmp_path: Path, capsys) -> None:
+    """edge run --config validates with RuntimeConfig (the one model); keys only the node reads are accepted, so
+    that one file configures both, and named on stderr when set; report.json records the run keys as before."""
+    import argparse
 
-    run_keys = set(options("run"))
-    assert set(RunConfig.model_fields) == run_keys
-    assert RunConfig().model_dump() == RuntimeConfig().model_dump(include=run_keys)
+    from edge.runtime.cli import load_config, run_options
+
+    def args(config: Path, policy: str | None = None, backend: str | None = None) -> argparse.Namespace:
+        return argparse.Namespace(config=config, policy=policy, no_llm=False, backend=backend, max_frames=None)
+
+    assert load_config(args(P.PARAM_FILE)) == RuntimeConfig()
+    assert capsys.readouterr().err == ""  # the shipped file sets node keys to their defaults: nothing to say
+    f = tmp_path / "both.yaml"
+    f.write_text("rig: calibration/default_rig.yaml\ncamera_transport: raw\nbudget_ms: 50\n")
+    cfg = load_config(args(f, policy="camera", backend="onnxruntime"))
+    assert (cfg.budget_ms, cfg.policy, cfg.backend) == (50.0, "camera", "onnxruntime")
+    assert f"edge run: {f}: ignoring camera_transport, rig (read by edge node only)" in capsys.readouterr().err
+    dumped = run_options(cfg)
+    assert list(dumped) == list(options("run"))  # declaration order, node-only keys left out
+    assert json.dumps(dumped["policy"]) == '"camera"' and type(dumped["backend"]) is str
 
 
 def test_every_node_option_has_a_type_description_and_range_where_numeric() -> None:
@@ -73,7 +84,9 @@ def test_every_node_option_has_a_type_description_and_range_where_numeric() -> N
     assert {o.name for o in opts if o.dynamic} == {"policy", "budget_ms", "budget_mb", "dwell_frames",
                                                    "quality_per_ms", "answer_weight", "questions_every_s"}
     policy = next(o for o in opts if o.name == "policy")
-    assert policy.choices == typing.get_args(RuntimeConfig.model_fields["policy"].annotation)
+    assert policy.choices == ("adaptive", "camera", "all") and policy.default == "adaptive"
+    backend = next(o for o in opts if o.name == "backend")
+    assert backend.choices == ("eager", "onnxruntime", "tensorrt") and type(backend.default) is str
 
 
 def test_question_gate_refuses_with_a_reason() -> None:

@@ -156,12 +156,12 @@ def test_a_bad_budget_is_a_configuration_error_naming_the_key(value: float, tmp_
     with pytest.raises(EdgeError, match="'budget_percentile'"):
         Budget(percentile=40.0)
     from edge.config import load_yaml_model
-    from edge.runtime.cli import RunConfig
+    from edge.config import RuntimeConfig
 
     bad = tmp_path / "run.yaml"
     bad.write_text(f"budget_ms: {'.nan' if math.isnan(value) else '.inf' if math.isinf(value) else value}\n")
     with pytest.raises(ConfigError, match="key 'budget_ms'"):
-        load_yaml_model(bad, RunConfig)
+        load_yaml_model(bad, RuntimeConfig)
 
 
 def test_a_plan_left_over_budget_is_not_re_chosen_voluntarily_until_its_tabu_ends() -> None:

@@ -17,8 +17,6 @@ from torch import Tensor, nn
 
 from edge.errors import EdgeError
 
-BACKENDS = ("eager", "onnxruntime", "tensorrt")
-
 # A loaded engine: positional tensors in, tuple of tensors out (as the eager network part returns them).
 RunFn = Callable[..., tuple[Tensor, ...]]
 Signature = list[list[Any]]  # per input: [dtype name, shape], lists so that it equals its JSON round trip

@@ -16,28 +16,29 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from edge.backends.base import (BACKENDS, Backend, BackendError, RunFn, Signature, eval_mode_required,
-                                probe_outputs, signature)
+from edge.backends.base import (Backend, BackendError, RunFn, Signature, eval_mode_required, probe_outputs,
+                                signature)
 from edge.backends.cache import EngineCache
 from edge.backends.key import key_fields
 from edge.backends.verify import verify
 from edge.kernels.onnx_export import onnx_decompositions
+from edge.names import BACKENDS, BackendName
 
 log = logging.getLogger(__name__)
 
 
 def get_backend(name: str, **options: Any) -> Backend:
     """The backend called `name` (onnxruntime, tensorrt), checked to be runnable here (BackendUnavailable if not)."""
-    if name == "onnxruntime":
+    if name == BackendName.ONNXRUNTIME:
         from edge.backends.ort import OnnxRuntimeBackend
 
         backend: Backend = OnnxRuntimeBackend(**options)
-    elif name == "tensorrt":
+    elif name == BackendName.TENSORRT:
         from edge.backends.trt import TensorRTBackend
 
         backend = TensorRTBackend(**options)
     else:
-        raise BackendError(f"unknown backend {name!r}; one of {', '.join(BACKENDS)} (eager needs no engine)")
+        raise BackendError(f"unknown backend '{name}'; one of {', '.join(BACKENDS)} (eager needs no engine)")
     backend.require()
     return backend
 

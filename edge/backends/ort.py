@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from edge.backends.base import BackendError, BackendUnavailable, RunFn, Tolerance
 from edge.backends.export import DEFAULT_OPSET, export_onnx_fixed
+from edge.names import BackendName
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -73,7 +74,7 @@ class OrtRunner:
 class OnnxRuntimeBackend:
     """Export with `export_onnx_fixed`, run with `OrtRunner`."""
 
-    name = "onnxruntime"
+    name = BackendName.ONNXRUNTIME
     suffix = ".onnx"
     tolerance = Tolerance(atol=1e-3, rtol=1e-3)
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from edge.backends.base import BackendError, BackendUnavailable, RunFn, Tolerance
 from edge.backends.export import exported_program, quiet_exporter
+from edge.names import BackendName
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -107,7 +108,7 @@ class TrtRunner:
 class TensorRTBackend:
     """Compile with torch_tensorrt, run with TensorRT's runtime."""
 
-    name = "tensorrt"
+    name = BackendName.TENSORRT
     suffix = ".engine"
 
     def __init__(self, precision: str = "fp32", workspace_bytes: int = 1 << 30) -> None:

@@ -36,10 +36,7 @@ BEV_TOKENS = len(SIDES) + 1  # one token per side, one for the whole surround
 ECHO_OFFSET = 7 * N_RINGS + 2  # side-token slots after the pooled posteriors and the two blob counts
 ECHO_WIDTH = 2 * N_RINGS + 3
 AUDIO_TOKENS = 1
-# What each modality's tokens mean, slot by slot. An aligner records the layout it was trained on and is refused
-# under another one (edge/llm/aligner.py): the shapes may match while the slots mean something else.
-TOKEN_LAYOUTS = {"fisheye": "sector-posteriors-v2", "ultrasonic": "sector-posteriors-echoes-v3",
-                 "audio": "event-direction-v2", "camera": "vit-pruned-v1"}
+# What each modality's tokens mean, slot by slot, is versioned in edge/token_layouts.py: bump it when they change.
 _FREE, _STATIC, _VEHICLE, _VRU, _UNKNOWN = (BEV_CLASSES.index(c) for c in
                                             ("free", "static", "vehicle", "pedestrian_cyclist", "unknown"))
 

@@ -33,6 +33,7 @@ from edge.encoders.fusion import BevFusionHead
 from edge.encoders.scene_tokens import ECHO_OFFSET, EchoFeatures, SectorPooling
 from edge.encoders.ultrasonic import UltrasonicEncoder
 from edge.errors import EdgeError
+from edge.names import BackendName
 
 MODULES = ("fisheye", "ultrasonic", "audio", "camera", "fusion")
 Timer = Callable[[str, Callable[[], Any]], Any]  # timer(name, fn) -> fn(): how a caller times each stage
@@ -86,11 +87,11 @@ class PerceptionStack(nn.Module):
         self.sectors = SectorPooling(cfg.bev_grid, self.footprint, cfg.d_enc)
         self.echoes = EchoFeatures(np.array([s.position[:2] for s in rig.ultrasonic]),
                                    np.array([s.yaw for s in rig.ultrasonic]), self.footprint)
-        self.backends: dict[str, str] = {name: "eager" for name in MODULES}
+        self.backends: dict[str, str] = {name: BackendName.EAGER for name in MODULES}
         self.engines: Any = None  # the edge.backends.EngineSet in use, if any
 
     # ------------------------------------------------------------------ backends
-    def set_backend(self, backend: str = "eager", modules: Iterable[str] = MODULES,
+    def set_backend(self, backend: str = BackendName.EAGER, modules: Iterable[str] = MODULES,
                     cache_dir: str | Path | None = None, progress: bool = False, **options: Any) -> None:
         """Run the network parts of `modules` on `backend` (eager, onnxruntime, tensorrt); the others keep theirs.
 
@@ -103,10 +104,10 @@ class PerceptionStack(nn.Module):
         unknown = [m for m in modules if m not in MODULES]
         if unknown:
             raise EdgeError(f"set_backend: unknown modules {unknown}; known: {', '.join(MODULES)}")
-        if backend == "eager":
+        if backend == BackendName.EAGER:
             for name in modules:
                 getattr(self, name).engine_for = None
-                self.backends[name] = "eager"
+                self.backends[name] = BackendName.EAGER
             return
         from edge.backends import EngineSet  # here: importing the encoders must not pull in onnx / onnxruntime
 

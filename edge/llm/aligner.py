@@ -23,6 +23,7 @@ from torch import nn
 
 from edge.llm.arch import LLMShape
 from edge.llm.errors import LLMError
+from edge.token_layouts import TOKEN_LAYOUTS
 
 FORMAT = "mpnp-edge-aligner"
 FORMAT_VERSION = "1"
@@ -42,7 +43,7 @@ class AlignerSpec:
     head_dim: int
     n_blocks: int
     hidden: int
-    token_layout: str = "unversioned"  # edge.encoders.scene_tokens.TOKEN_LAYOUTS; absent in files before it existed
+    token_layout: str = "unversioned"  # edge.token_layouts.TOKEN_LAYOUTS; absent in files before it existed
 
     @property
     def kv_dim(self) -> int:
@@ -152,8 +153,6 @@ class ModalityAligner(nn.Module):
 
 def current_token_layout(modality: str) -> str:
     """The layout the encoders give `modality`'s tokens in now ("unversioned" for a modality without one)."""
-    from edge.encoders.scene_tokens import TOKEN_LAYOUTS  # here: the connector core stays light to import
-
     return TOKEN_LAYOUTS.get(modality, "unversioned")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from edge.errors import EdgeError
+from edge.names import BACKENDS, POLICIES, BackendName, Policy
 
 DROP_LIMIT = 0.05
 
@@ -131,7 +132,7 @@ def peak_throughput(runtime: Any, samples: list[Any], warmup: int, lo: float = 1
 
 
 def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: str, use_llm: bool,
-              peak: bool, backend: str = "eager") -> dict[str, Any]:
+              peak: bool, backend: str = BackendName.EAGER) -> dict[str, Any]:
     from edge.drives.sync import SyncConfig, Synchronizer
     from edge.runtime.runtime import Runtime
     from edge.runtime.scheduler import Budget
@@ -141,7 +142,7 @@ def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: s
         from edge.runtime.answerer import make_answerer
 
         answerer = make_answerer(Path(__file__).resolve().parents[2] / "models" / "aligners", None, 8)
-    # Static "all" by default: the benchmark measures the pipeline, not the scheduler's choice.
+    # Static Policy.ALL by default: the benchmark measures the pipeline, not the scheduler's choice.
     runtime = Runtime(policy=policy, budget=Budget(latency_ms=1e9), answerer=answerer, queue_depth=2, backend=backend,
                       progress=True)
     print(f"preloading {frames} samples from {bag} ...", file=sys.stderr)
@@ -168,8 +169,8 @@ def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: s
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> str:
     """Side-by-side p50/p99 latency and throughput of two bench reports, with B/A ratios."""
-    lines = [f"A: {a['meta'].get('cpu')} / {a['meta'].get('gpu')}, {a.get('backend', 'eager')}  ({a['bag']})",
-             f"B: {b['meta'].get('cpu')} / {b['meta'].get('gpu')}, {b.get('backend', 'eager')}  ({b['bag']})",
+    lines = [f"A: {a['meta'].get('cpu')} / {a['meta'].get('gpu')}, {a.get('backend', BackendName.EAGER)}  ({a['bag']})",
+             f"B: {b['meta'].get('cpu')} / {b['meta'].get('gpu')}, {b.get('backend', BackendName.EAGER)}  ({b['bag']})",
              f"{'rate':>8} {'A p50':>9} {'B p50':>9} {'B/A':>6} {'A p99':>9} {'B p99':>9} {'B/A':>6} {'A drop':>7} {'B drop':>7}"]
     by_rate = {r["rate_hz"]: r for r in b["fixed_rate"]}
     for ra in a["fixed_rate"]:
@@ -195,8 +196,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rates", type=float, nargs="+", default=[10.0, 30.0], help="fixed rates in Hz [10 30]")
     p.add_argument("--frames", type=int, default=120, help="samples to preload [120]")
     p.add_argument("--warmup", type=int, default=10, help="frames excluded from the statistics [10]")
-    p.add_argument("--policy", default="all", choices=("all", "adaptive", "camera"), help="[all]")
-    p.add_argument("--backend", default="eager", choices=("eager", "onnxruntime", "tensorrt"),
+    p.add_argument("--policy", default=Policy.ALL.value, choices=POLICIES, help="[all]")
+    p.add_argument("--backend", default=BackendName.EAGER.value, choices=BACKENDS,
                    help="encoders' network parts on this backend [eager]")
     p.add_argument("--llm", action="store_true", help="also attach modalities to the LLM each frame")
     p.add_argument("--no-peak", action="store_true", help="skip the peak-throughput search")

@@ -6,69 +6,49 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from pydantic import Field
-
-from edge.config import StrictModel, load_yaml_model
+from edge.config import RuntimeConfig, load_yaml_model, options
 from edge.errors import EdgeError
+from edge.names import BACKENDS, POLICIES, BackendName, Policy
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class RunConfig(StrictModel):
-    """Keys of the YAML given with --config (every key optional; unknown keys are errors)."""
-
-    perception_dir: str = str(REPO / "models" / "perception")
-    aligner_dir: str = str(REPO / "models" / "aligners")
-    llm: str | None = None  # HF directory or GGUF file; None = the embedded SmolLM2
-    use_llm: bool = True
-    policy: Literal["adaptive", "camera", "all"] = "adaptive"
-    backend: Literal["eager", "onnxruntime", "tensorrt"] = "eager"  # encoders' network parts (docs/runtime.md)
-    engine_cache: str | None = None  # compiled engines with manifests; None = .cache/engines at the repository root
-    budget_ms: float = Field(100.0, gt=0, allow_inf_nan=False)  # whole frame, at budget_percentile
-    budget_percentile: float = Field(95.0, ge=50, le=100)
-    budget_mb: float = Field(2048.0, gt=0, allow_inf_nan=False)
-    answer_budget_ms: float = Field(1000.0, gt=0, allow_inf_nan=False)  # question asked -> answer ready
-    max_estimate_age_s: float = Field(5.0, gt=0, le=60)  # no plan rests longer on a cost nobody re-measured
-    max_plan_changes_per_min: int = Field(6, ge=1, le=600)  # voluntary changes; forced ones always happen
-    adapt_threads: bool = True  # eager encoders: the plan may choose 1 thread (under contention) or all
-    dwell_frames: int = Field(5, ge=1, le=1000)
-    quality_per_ms: float = Field(1e-3, ge=0)  # what a millisecond of compute is worth (0: quality only)
-    questions_every_s: float = Field(5.0, gt=0)
-    ask_all_questions: bool = False  # every recorded QA item (evaluation) instead of one every questions_every_s
-    max_new_tokens: int = Field(8, ge=1, le=256)
-    max_frames: int | None = Field(None, ge=1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the runtime over a drive and write a report")
     p.add_argument("bag", help="rosbag2 bag directory")
-    p.add_argument("--config", help="YAML with RunConfig keys (see edge/runtime/cli.py)")
+    p.add_argument("--config", help="YAML with edge.config.RuntimeConfig keys, flat or a ROS parameters file "
+                                    "(keys only edge node reads are ignored, with a note)")
     p.add_argument("--report", default=None, help="directory for report.json and report.html [reports/<bag name>]")
-    p.add_argument("--policy", choices=("adaptive", "camera", "all"), help="override the config's policy")
-    p.add_argument("--backend", choices=("eager", "onnxruntime", "tensorrt"),
+    p.add_argument("--policy", choices=POLICIES, help="override the config's policy")
+    p.add_argument("--backend", choices=BACKENDS,
                    help="run the encoders' network parts on this backend (override the config's) [eager]")
     p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.set_defaults(func=main)
 
 
-def load_config(args: argparse.Namespace) -> RunConfig:
-    cfg = load_yaml_model(args.config, RunConfig) if args.config else RunConfig()
+def load_config(args: argparse.Namespace) -> RuntimeConfig:
+    cfg = load_yaml_model(args.config, RuntimeConfig) if args.config else RuntimeConfig()
+    ignored = [k for k in set(RuntimeConfig.model_fields) - set(options("run"))
+               if getattr(cfg, k) != RuntimeConfig.model_fields[k].default]
+    if ignored:  # the node's own keys (rig, topics, lifecycle): one file configures both front ends
+        print(f"edge run: {args.config}: ignoring {', '.join(sorted(ignored))} (read by edge node only)",
+              file=sys.stderr)
     over: dict[str, Any] = {}
     if args.policy:
-        over["policy"] = args.policy
+        over["policy"] = Policy(args.policy)
     if args.no_llm:
         over["use_llm"] = False
     if getattr(args, "backend", None):
-        over["backend"] = args.backend
+        over["backend"] = BackendName(args.backend)
     if args.max_frames:
         over["max_frames"] = args.max_frames
     return cfg.model_copy(update=over)
 
 
-def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, progress: bool = True,
+def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None, progress: bool = True,
               on_frame: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
     """Run the runtime over `bag`; returns the report summary (and writes the report). `on_frame(i, result)` is
     called after each frame (the scheduler evaluation times frames against its CPU hog with it)."""
@@ -95,7 +75,7 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
     bag_handle = open_bag(bag)
     sync = Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce))
     report = ReportBuilder(runtime.stack.cfg, runtime.stack.footprint,
-                           {"bag": str(bag), "config": cfg.model_dump(), "policy": cfg.policy,
+                           {"bag": str(bag), "config": run_options(cfg), "policy": cfg.policy,
                             "backend": runtime.stack.backend,
                             "aligners": sorted(answerer.aligners) if answerer else []})
     count = bag_handle.topics.get("/fisheye/front/image_raw/compressed")
@@ -137,6 +117,11 @@ def run_drive(bag: str | Path, cfg: RunConfig, report_dir: str | Path | None, pr
     return summary
 
 
+def run_options(cfg: RuntimeConfig) -> dict[str, Any]:
+    """The options edge run reads, as report.json records them (plain JSON values; node-only keys left out)."""
+    return cfg.model_dump(mode="json", include=set(options("run")))
+
+
 def _bar(total: int | None, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -146,7 +131,7 @@ def _bar(total: int | None, enabled: bool) -> Any:
 def print_summary(s: dict[str, Any]) -> None:
     lat = s["latency_ms"]
     fmt = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
-    print(f"{s['frames']} frames ({s.get('backend', 'eager')} backend), {s['switches']} plan changes; "
+    print(f"{s['frames']} frames ({s.get('backend', BackendName.EAGER)} backend), {s['switches']} plan changes; "
           f"end-to-end latency p50 {fmt(lat['p50'])} ms, "
           f"p99 {fmt(lat['p99'])} ms; peak memory {fmt(s['peak_rss_mb'], 0)} MB")
     print("per stage (p50 / p99 ms): " + ", ".join(f"{k} {fmt(v['p50'])}/{fmt(v['p99'])}"

@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from edge.names import BackendName
+
 
 Key = tuple[str, str, int]  # (component, backend, threads)
 OVERHEAD = "overhead"  # per-frame work outside the encoders: context, planning, token hand-off
@@ -50,7 +52,7 @@ class CostModel:
 
     def __init__(self, memory_mb: dict[str, float] | None = None, window: int = 20, max_age_s: float = 5.0,
                  percentile: float = 95.0, clock: Callable[[], float] = time.monotonic,
-                 backend: str = "eager", threads: int = 1) -> None:
+                 backend: str = BackendName.EAGER, threads: int = 1) -> None:
         if not (0 < max_age_s <= 60 and math.isfinite(max_age_s)):
             raise ValueError(f"max_age_s must be in (0, 60] s, got {max_age_s!r}")
         self.memory_mb = dict(memory_mb or {})

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.runtime.cli import RunConfig, run_drive
+from edge.config import RuntimeConfig, parse_model
+from edge.names import POLICIES, Policy
+from edge.runtime.cli import run_drive
 from edge.runtime.hog import CpuHog
-
-POLICIES = ("adaptive", "camera", "all")
 
 
 def reaction_delays(frames: list[dict[str, Any]], switches: list[dict[str, Any]]) -> list[float]:
@@ -96,7 +96,8 @@ def evaluate(bags: list[Path], out: Path, use_llm: bool, budget_ms: float, polic
     rows = []
     for bag in bags:
         for policy in policies:
-            cfg = RunConfig(policy=policy, use_llm=use_llm, budget_ms=budget_ms, ask_all_questions=True)
+            cfg = parse_model({"policy": policy, "use_llm": use_llm, "budget_ms": budget_ms, "ask_all_questions": True},
+                              RuntimeConfig, "edge eval scheduler")
             wall: list[float] = []
             with CpuHog(load, load_stop_s) as hog:
                 summary = run_drive(bag, cfg, out / f"{Path(bag).name}-{policy}-b{budget_ms:g}-k{load}",
@@ -173,8 +174,8 @@ def pooled_lines(p: dict[str, dict[str, Any]]) -> list[str]:
                     "plan changes"],
                    ([k, str(v["questions"]), _f(v["exact_match"]), _f(v["obstacle_iou_near5m"]),
                      _f(v["mean_compute_ms"], 1), str(v["switches"])] for k, v in p.items())).splitlines()
-    ad = p.get("adaptive")
-    static = {k: v for k, v in p.items() if k != "adaptive" and v["exact_match"] is not None}
+    ad = p.get(Policy.ADAPTIVE)
+    static = {k: v for k, v in p.items() if k != Policy.ADAPTIVE and v["exact_match"] is not None}
     if ad and ad["exact_match"] is not None and static:
         name, best = max(static.items(), key=lambda kv: (kv[1]["exact_match"], -kv[1]["mean_compute_ms"]))
         ok = ad["exact_match"] >= best["exact_match"] and ad["mean_compute_ms"] < best["mean_compute_ms"]
@@ -214,6 +215,7 @@ def _main(args: Any) -> int:
     from edge.runtime.scheduler import Budget
 
     Budget(latency_ms=args.budget_ms)  # a bad budget is a configuration error naming the key, before any run
+    parse_model({"budget_ms": args.budget_ms}, RuntimeConfig, "edge eval scheduler --budget-ms")  # and its range
     if args.load < 0:
         raise EdgeError(f"--load: {args.load} busy processes; give 0 or more")
     result = evaluate([Path(b) for b in args.bags], Path(args.out), args.llm, args.budget_ms,

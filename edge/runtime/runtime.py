@@ -26,6 +26,7 @@ import torch
 
 from edge.encoders.stack import OCCUPANCY_VALUES, PerceptionStack
 from edge.errors import EdgeError
+from edge.names import BackendName, Policy
 from edge.runtime.answer_worker import AnswerWorker
 from edge.runtime.context import Context, ContextEstimator
 from edge.runtime.cost_model import OVERHEAD, CostModel, Key, timed_call
@@ -79,9 +80,9 @@ class Runtime:
     `clock` (seconds) ages the cost estimates and paces plan changes; `stopwatch` times each stage (wall and
     thread-CPU ms). Both are injectable so that tests can replay a slow measurement without sleeping."""
 
-    def __init__(self, perception_dir: str | Path = DEFAULT_PERCEPTION, policy: str = "adaptive",
+    def __init__(self, perception_dir: str | Path = DEFAULT_PERCEPTION, policy: Policy | str = Policy.ADAPTIVE,
                  budget: Budget | None = None, answerer: Any = None, queue_depth: int = 4, dwell: int = 5,
-                 quality_per_ms: float = 1e-3, rig: Any = None, backend: str = "eager",
+                 quality_per_ms: float = 1e-3, rig: Any = None, backend: BackendName | str = BackendName.EAGER,
                  engine_cache: str | Path | None = None, progress: bool = False, max_estimate_age_s: float = 5.0,
                  max_changes_per_min: int = 6, adapt_threads: bool = True,
                  clock: Callable[[], float] = time.monotonic, stopwatch: Stopwatch | None = None) -> None:
@@ -93,7 +94,7 @@ class Runtime:
         self.estimator = ContextEstimator()
         n = self._threads_at_start = torch.get_num_threads()
         # ONNX Runtime / TensorRT sessions fix their threads when built; eager can change per frame
-        self.thread_options = tuple(sorted({1, n})) if backend == "eager" and adapt_threads else (n,)
+        self.thread_options = tuple(sorted({1, n})) if backend == BackendName.EAGER and adapt_threads else (n,)
         self.costs = CostModel(memory_mb={m: param_mb(getattr(self.stack, m)) for m in MODALITIES},
                                max_age_s=max_estimate_age_s, percentile=budget.percentile, clock=clock,
                                backend=backend, threads=n)
@@ -150,7 +151,7 @@ class Runtime:
         """Measure every component with data, at every thread count a plan may use, so that the first plan is
         chosen on measured costs. A first pass warms up (lazy tables, allocator, first-call dispatch) and is not
         counted; repeats the other job preempted are dropped while a clean one remains (CostModel.calibrate)."""
-        static = self.scheduler.policy != "adaptive"  # runs at the default thread count, reads no estimate
+        static = self.scheduler.policy != Policy.ADAPTIVE  # runs at the default thread count, reads no estimate
         for threads in self.thread_options[-1:] if static else self.thread_options:
             self._measure(sample, MODALITIES, threads, 1 if static else repeats)
         probe = ContextEstimator()  # the context's own cost, on a throwaway estimator (it keeps state)
@@ -190,7 +191,7 @@ class Runtime:
     def _probe(self, sample: Any, ctx: Context, total_ms: float) -> dict[str, float]:
         """After the frame: measure what arrived unmeasured, else re-measure the stage whose estimate is due
         (adaptive policy only: a static plan reads no estimate)."""
-        if self.scheduler.policy != "adaptive":
+        if self.scheduler.policy != Policy.ADAPTIVE:
             return {}
         usable = self.scheduler.healthy(ctx)
         now = self.costs.clock()

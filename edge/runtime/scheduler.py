@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
+from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.context import Context
 from edge.runtime.cost_model import CostModel
 
@@ -30,9 +31,8 @@ __all__ = ["AlignerSet", "Budget", "CostModel", "Decision", "Plan", "QualityTabl
 
 MODALITIES = ("fisheye", "ultrasonic", "audio", "camera")
 KEEP_RATIOS = (1.0, 0.5, 0.25)
-POLICIES = ("adaptive", "camera", "all")
 # Static baselines: "camera" is the camera setup (every camera: the surround fisheyes and the front camera).
-STATIC = {"camera": ("fisheye", "camera"), "all": MODALITIES}
+STATIC = {Policy.CAMERA: ("fisheye", "camera"), Policy.ALL: MODALITIES}
 TABU_S = 15.0  # a plan left for running over budget is not chosen again voluntarily for this long
 
 
@@ -41,7 +41,7 @@ class Plan:
     modalities: tuple[str, ...]  # encoders run
     n_blocks: int  # LLM blocks connected
     camera_keep: float  # token-pruning keep ratio of the front camera ViT
-    backend: str = "eager"
+    backend: str = BackendName.EAGER
     aligners: str = ""  # the aligner set attached to the LLM ("" = none: the LLM answers from text alone)
     threads: int = 0  # intra-op threads of the encoders (0: the process default)
 
@@ -140,7 +140,7 @@ class Decision:
 
 
 class Scheduler:
-    """Chooses plans; `policy` = "adaptive" or a static baseline ("camera", "all").
+    """Chooses plans; `policy` = Policy.ADAPTIVE or a static baseline (Policy.CAMERA, Policy.ALL).
 
     Changes the scheduler is forced to make (first plan, a sensor lost, the current plan over budget for `dwell`
     frames) happen at once; changes for a better plan wait `dwell` frames, need the better plan to fit with
@@ -148,9 +148,9 @@ class Scheduler:
     `max_changes_per_min` changes already happened in the last minute of `clock`."""
 
     def __init__(self, quality: QualityTable, costs: CostModel, budget: Budget, available: tuple[str, ...],
-                 n_blocks: int, policy: str = "adaptive", dwell: int = 5, margin: float = 0.01,
+                 n_blocks: int, policy: Policy | str = Policy.ADAPTIVE, dwell: int = 5, margin: float = 0.01,
                  quality_per_ms: float = 1e-3, aligner_sets: tuple[AlignerSet, ...] = (),
-                 answer_weight: float = 1.0, backend: str = "eager", threads: tuple[int, ...] = (),
+                 answer_weight: float = 1.0, backend: str = BackendName.EAGER, threads: tuple[int, ...] = (),
                  max_changes_per_min: int = 6, headroom: float = 0.1) -> None:
         if policy not in POLICIES:
             raise EdgeError(f"unknown scheduling policy '{policy}' ({', '.join(POLICIES)})")
@@ -158,7 +158,7 @@ class Scheduler:
         if unknown:
             raise EdgeError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")
         self.quality, self.costs, self.budget = quality, costs, budget
-        self.available, self.n_blocks, self.policy = tuple(available), n_blocks, policy
+        self.available, self.n_blocks, self.policy = tuple(available), n_blocks, Policy(policy)
         self.dwell, self.margin, self.headroom = dwell, margin, headroom
         self.quality_per_ms = quality_per_ms  # what a millisecond of compute is worth in quality (IoU) units
         self.aligner_sets = {a.name: a for a in aligner_sets}
@@ -258,7 +258,7 @@ class Scheduler:
         self._scores.clear()
         self._eventful = self._audio_active(ctx)
         usable = self.healthy(ctx)
-        if self.policy != "adaptive":
+        if self.policy != Policy.ADAPTIVE:
             mods = tuple(m for m in self.available if m in STATIC[self.policy] and m in usable)
             # static encoders; the LLM uses the best aligner set they allow (as mPnP switches by hand)
             plan = max((Plan(mods, self.n_blocks, 1.0, self.backend, n, self.threads[-1])
