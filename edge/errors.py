@@ -17,3 +17,12 @@ class ConfigError(EdgeError):
 
 class BagError(EdgeError):
     """A bag cannot be read or written as asked; the message names the bag and, where known, the topic."""
+
+
+class PluginError(EdgeError):
+    """A modality plugin cannot be used: it fails to import, declares a malformed interface, or claims a name or a
+    topic another plugin has. `plugin` names it (the entry point `name = module:attr`, or the declaration)."""
+
+    def __init__(self, plugin: str, problem: str) -> None:
+        self.plugin, self.problem = plugin, problem
+        super().__init__(f"modality plugin {plugin}: {problem}")

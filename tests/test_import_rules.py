@@ -38,6 +38,8 @@ RULES = (
          re.compile(r"^edge\.(drives|sensors|encoders|runtime)(\.|$)")),
     Rule("encoders never import the runtime", ("edge.encoders",), re.compile(r"^edge\.runtime(\.|$)")),
     Rule("kernels never import the runtime or the LLM", ("edge.kernels",), re.compile(r"^edge\.(runtime|llm)(\.|$)")),
+    Rule("modality declarations never import what iterates them (encoders, perception, runtime, LLM)",
+         ("edge.modalities",), re.compile(r"^edge\.(encoders|perception|runtime|llm)(\.|$)")),
 )
 # Known violations allowed for now, as (rule name, importing module, imported module), each with the reason and
 # the issue that removes it. Empty: keep it so.

@@ -1,5 +1,8 @@
 """The topic contract of DESIGN.md: names, message types and roles of every topic in a drive.
 
+Which sensor topics the contract holds is declared by the modality plugins (edge.modalities, docs/plugins.md):
+`known_topics` asks the registry; the names below are the ones the built-in plugins use.
+
 Images follow the image_transport convention: a recorder stores `<base>/compressed`
 (sensor_msgs/CompressedImage, JPEG) beside or instead of `<base>` (sensor_msgs/Image); readers accept either.
 
@@ -15,6 +18,7 @@ lacks it. The BEV class values in the OccupancyGrid are documented in `edge.driv
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 FISHEYE_CAMERAS: tuple[str, ...] = ("front", "rear", "left", "right")
@@ -38,8 +42,16 @@ def fisheye_info_topic(camera: str) -> str:
     return f"/fisheye/{camera}/camera_info"
 
 
-FRONT_CAMERA_IMAGE = "/camera/front/image_raw"
-FRONT_CAMERA_INFO = "/camera/front/camera_info"
+def camera_image_topic(camera: str) -> str:
+    return f"/camera/{camera}/image_raw"
+
+
+def camera_info_topic(camera: str) -> str:
+    return f"/camera/{camera}/camera_info"
+
+
+FRONT_CAMERA_IMAGE = camera_image_topic("front")
+FRONT_CAMERA_INFO = camera_info_topic("front")
 AUDIO = "/audio/raw"
 ODOM = "/odom"
 CLOCK_TOPIC = "/clock"
@@ -79,18 +91,23 @@ def image_topics(base: str) -> tuple[TopicSpec, TopicSpec]:
     return (TopicSpec(base, (IMAGE,), True), TopicSpec(base + COMPRESSED_SUFFIX, (COMPRESSED_IMAGE,), True))
 
 
-def known_topics(ultrasonic_names: list[str] | tuple[str, ...]) -> dict[str, TopicSpec]:
-    """Every topic of the contract for a rig with these ultrasonic sensor names."""
-    specs: list[TopicSpec] = []
-    for cam in FISHEYE_CAMERAS:
-        specs += image_topics(fisheye_image_topic(cam))
-        specs.append(TopicSpec(fisheye_info_topic(cam), (CAMERA_INFO,), True))
-    specs += image_topics(FRONT_CAMERA_IMAGE)
-    specs.append(TopicSpec(FRONT_CAMERA_INFO, (CAMERA_INFO,), True))
-    specs += [TopicSpec(ultrasonic_topic(n), (RANGE,), True) for n in ultrasonic_names]
-    specs.append(TopicSpec(AUDIO, (IMAGE,), True))
-    specs.append(TopicSpec(ODOM, (ODOMETRY,), True))
+def known_topics(sensors: Sequence[str] | Mapping[str, Sequence[str]] = ()) -> dict[str, TopicSpec]:
+    """Every topic of the contract: each installed modality plugin's sensor topics (edge.modalities), odometry and
+    the ground truth.
+
+    `sensors`: per modality, the names of its sensors on the rig (`registry().rig_sensors(rig)`); a modality left
+    out declares its defaults (the rig not known). A plain sequence, the historic form, names the range sensors
+    (the sensors of the plugins that synchronise as latest-value range sensors, e.g. a rig's ultrasonic names: all
+    a bag's topic names show of its rig)."""
+    from edge.modalities.interface import SyncKind  # here: the plugins' declarations import this module
+    from edge.modalities.registry import registry
+
+    plugins = registry()
+    if not isinstance(sensors, Mapping):
+        sensors = {p.name: tuple(sensors) for p in plugins if p.sync is SyncKind.LATEST}
+    specs = [s for p in plugins for s in p.topics(tuple(sensors.get(p.name, p.default_sensors)))]
     specs += [
+        TopicSpec(ODOM, (ODOMETRY,), True),
         TopicSpec(GT_BEV, (OCCUPANCY_GRID,), False),
         TopicSpec(GT_OBJECTS, (MARKER_ARRAY,), False),
         TopicSpec(GT_AUDIO_EVENTS, (MARKER_ARRAY,), False),

@@ -33,9 +33,13 @@ from edge.encoders.fusion import BevFusionHead
 from edge.encoders.scene_tokens import ECHO_OFFSET, EchoFeatures, SectorPooling
 from edge.encoders.ultrasonic import UltrasonicEncoder
 from edge.errors import EdgeError
+from edge.modalities.registry import registry
 from edge.names import BackendName
 
-MODULES = ("fisheye", "ultrasonic", "audio", "camera", "fusion")
+ENCODERS: tuple[str, ...] = registry().names  # one encoder per installed modality plugin, in registry order
+MODULES: tuple[str, ...] = (*ENCODERS, "fusion")  # the modules saved and loaded; the fusion head is the core's
+# Module -> its weights file in a model directory (a modality's as its plugin declares).
+WEIGHTS: dict[str, str] = {**{p.name: p.weights for p in registry()}, "fusion": "fusion.safetensors"}
 Timer = Callable[[str, Callable[[], Any]], Any]  # timer(name, fn) -> fn(): how a caller times each stage
 OCCUPANCY_VALUES = np.array([0, 100, 90, 80, -1], np.int8)  # BEV_CLASSES -> OccupancyGrid values (docs/drives.md)
 
@@ -134,7 +138,7 @@ class PerceptionStack(nn.Module):
 
     # ------------------------------------------------------------------ inference on a Sample
     @torch.no_grad()
-    def run(self, sample: Any, use: tuple[str, ...] = ("fisheye", "ultrasonic", "audio", "camera"),
+    def run(self, sample: Any, use: tuple[str, ...] = ENCODERS,
             camera_keep: float | None = None, timer: Timer | None = None) -> PerceptionOutput:
         """Encoders in `use` (those with data), fusion of fisheye / ultrasonic, on whichever backends are set.
 
@@ -200,7 +204,7 @@ class PerceptionStack(nn.Module):
         paths = []
         for name in MODULES:
             sd = {k: v.detach().contiguous().clone() for k, v in getattr(self, name).state_dict().items()}
-            path = out / f"{name}.safetensors"
+            path = out / weights_file(name)
             tmp = path.with_suffix(".tmp")
             save_file(sd, str(tmp), metadata={**meta, "module": name})
             tmp.replace(path)
@@ -212,9 +216,9 @@ class PerceptionStack(nn.Module):
              modules: tuple[str, ...] = MODULES) -> PerceptionStack:
         from edge.sensors.rig import load_rig  # here so that importing encoders stays light
         d = Path(directory)
-        first = d / f"{modules[0]}.safetensors"
+        first = d / weights_file(modules[0])
         if not first.exists():
-            raise CheckpointError(f"{d}: no {first.name} (expected {', '.join(m + '.safetensors' for m in modules)})")
+            raise CheckpointError(f"{d}: no {first.name} (expected {', '.join(weights_file(m) for m in modules)})")
         try:
             with safe_open(str(first), "pt") as f:
                 meta = f.metadata() or {}
@@ -224,7 +228,7 @@ class PerceptionStack(nn.Module):
             raise CheckpointError(f"{first}: no 'config' in the safetensors metadata")
         stack = cls(PerceptionConfig.from_json(meta["config"]), rig if rig is not None else load_rig(), table_cache)
         for name in modules:
-            path = d / f"{name}.safetensors"
+            path = d / weights_file(name)
             if not path.exists():
                 raise CheckpointError(f"{path}: missing")
             try:
@@ -235,6 +239,11 @@ class PerceptionStack(nn.Module):
                 raise CheckpointError(f"{path}: does not match the {name} module ({exc})") from exc
         stack.eval()
         return stack
+
+
+def weights_file(module: str) -> str:
+    """File name of a module's weights in a model directory."""
+    return WEIGHTS.get(module, f"{module}.safetensors")
 
 
 def _untimed(name: str, fn: Callable[[], Any]) -> Any:
@@ -248,5 +257,5 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 def checkpoint_metadata(directory: str | Path, module: str = "fusion") -> dict[str, str]:
-    with safe_open(str(Path(directory) / f"{module}.safetensors"), "pt") as f:
+    with safe_open(str(Path(directory) / weights_file(module)), "pt") as f:
         return dict(f.metadata() or {})

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from edge.drives.sync import Sample
+from edge.modalities.registry import registry
 
 # Immerkaer's fast noise estimator: a Laplacian-difference kernel insensitive to image structure.
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -53,7 +54,7 @@ class StreamHealth:
 class Context:
     stamp_ns: int
     cameras: dict[str, CameraHealth]
-    streams: dict[str, StreamHealth]  # "fisheye", "camera", "ultrasonic", "audio"
+    streams: dict[str, StreamHealth]  # the modality plugins' health_streams: "fisheye", "camera", ...
     audio_level_db: float
     ego_speed: float
     lighting: str  # day / dusk / night, from camera brightness
@@ -112,7 +113,7 @@ class ContextEstimator:
     """Feed samples in time order; each call returns the context at that sample."""
 
     def __init__(self, window: int = 20, brightness_smoothing: float = 0.3) -> None:
-        self.trackers = {k: _StreamTracker(window) for k in ("fisheye", "camera", "ultrasonic", "audio")}
+        self.trackers = {k: _StreamTracker(window) for k in registry().health_streams}
         self.alpha = brightness_smoothing
         self._brightness: float | None = None
 

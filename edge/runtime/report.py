@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import platform
 from pathlib import Path
@@ -20,10 +21,11 @@ from edge.encoders.config import BEV_CLASSES, PerceptionConfig
 from edge.perception.labels import IGNORE, bev_targets
 from edge.perception.metrics import near_mask, obstacle_binary
 from edge.runtime.runtime import FrameResult
-from edge.runtime.scheduler import MODALITIES
+from edge.runtime.scheduler import BEV_MODALITIES, MODALITIES
 
 CLASS_COLOURS = np.array([[200, 200, 200], [40, 40, 220], [220, 80, 30], [40, 180, 40], [70, 70, 70]], np.uint8)
-STAGES = ("context+plan", "fisheye", "ultrasonic", "fusion", "audio", "camera", "attach")
+# Stages in frame order: the BEV modalities, their fusion, the other modalities, attaching tokens to the LLM.
+STAGES = ("context+plan", *BEV_MODALITIES, "fusion", *(m for m in MODALITIES if m not in BEV_MODALITIES), "attach")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -247,7 +249,7 @@ peak memory {fmt(s['peak_rss_mb'])} MB &middot; obstacle IoU within 5 m {fmt(s['
         span = max(ts[-1], 1e-6)
         parts, legend = [], []
         base = np.zeros(len(ts))
-        for stage, colour in zip(STAGES, colours):
+        for stage, colour in zip(STAGES, itertools.cycle(colours)):  # more stages with more plugins
             vals = np.array([sum(v for k, v in f["timings_ms"].items() if k == stage or k.startswith(stage + "@"))
                              for f in self.frames])
             if not vals.any():

@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import EdgeError
+from edge.modalities.registry import registry
 from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.context import Context
 from edge.runtime.cost_model import CostModel
 
 __all__ = ["AlignerSet", "Budget", "CostModel", "Decision", "Plan", "QualityTable", "Scheduler"]
 
-MODALITIES = ("fisheye", "ultrasonic", "audio", "camera")
+MODALITIES: tuple[str, ...] = registry().names  # the installed modality plugins, in registry order
+BEV_MODALITIES: tuple[str, ...] = registry().bev_names  # those fused into the BEV map (perception eval subsets)
 KEEP_RATIOS = (1.0, 0.5, 0.25)
 # Static baselines: "camera" is the camera setup (every camera: the surround fisheyes and the front camera).
 STATIC = {Policy.CAMERA: ("fisheye", "camera"), Policy.ALL: MODALITIES}
@@ -101,7 +103,7 @@ class QualityTable:
             raise EdgeError(f"{path}: not a perception evaluation ({exc.__class__.__name__}: {exc})") from None
 
     def bev_quality(self, modalities: tuple[str, ...], lighting: str) -> float:
-        subset = "+".join(m for m in ("fisheye", "ultrasonic") if m in modalities)
+        subset = "+".join(m for m in BEV_MODALITIES if m in modalities)
         if not subset:
             return 0.0
         rows = self.bev.get(subset, {})

@@ -1,0 +1,78 @@
+"""The four built-in modalities, declared through the same interface as any installed plugin.
+
+They reach the registry only through the entry points in pyproject.toml (`[project.entry-points."edge.modalities"]`),
+exactly as an external package's would. `BUILTINS` gives their order (the order of today's lists and report keys);
+the registry puts them first in it. Token counts are those of the encoders (edge/encoders/scene_tokens.py: one
+token per side plus the surround for the BEV modalities, one for audio; the front camera's pruned ViT keeps
+PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that they agree.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edge.drives import topics as T
+from edge.modalities.interface import ModalityPlugin, SyncKind, TokenSpec
+from edge.token_layouts import TOKEN_LAYOUTS
+
+if TYPE_CHECKING:
+    from edge.sensors.rig import Rig
+
+D_ENC = 128  # token width of every built-in encoder (edge.encoders.base.D_ENC)
+
+
+def _image_topics(image: str, info: str) -> tuple[T.TopicSpec, ...]:
+    """Both image_transport forms of one camera and its camera_info."""
+    return (*T.image_topics(image), T.TopicSpec(info, (T.CAMERA_INFO,), True))
+
+
+def _fisheye_sensors(rig: Rig) -> tuple[str, ...]:
+    return tuple(c for c in T.FISHEYE_CAMERAS if c in rig.fisheye)
+
+
+def _fisheye_topics(cameras: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
+    return tuple(s for c in cameras for s in _image_topics(T.fisheye_image_topic(c), T.fisheye_info_topic(c)))
+
+
+def _ultrasonic_sensors(rig: Rig) -> tuple[str, ...]:
+    return tuple(s.name for s in rig.ultrasonic)
+
+
+def _ultrasonic_topics(sensors: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
+    return tuple(T.TopicSpec(T.ultrasonic_topic(n), (T.RANGE,), True) for n in sensors)
+
+
+def _no_sensors(rig: Rig) -> tuple[str, ...]:
+    return ()
+
+
+def _audio_topics(sensors: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
+    return (T.TopicSpec(T.AUDIO, (T.IMAGE,), True),)  # one array, one topic: PCM in an Image (edge.drives.topics)
+
+
+def _camera_sensors(rig: Rig) -> tuple[str, ...]:
+    return ("front",) if "front" in rig.cameras else ()  # the front camera is the one the encoder reads
+
+
+def _camera_topics(cameras: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
+    return tuple(s for c in cameras for s in _image_topics(T.camera_image_topic(c), T.camera_info_topic(c)))
+
+
+FISHEYE = ModalityPlugin(
+    name="fisheye", sensors=_fisheye_sensors, default_sensors=T.FISHEYE_CAMERAS, topics=_fisheye_topics,
+    sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["fisheye"]),
+    weights="fisheye.safetensors", health_streams=("fisheye",))
+ULTRASONIC = ModalityPlugin(
+    name="ultrasonic", sensors=_ultrasonic_sensors, default_sensors=(), topics=_ultrasonic_topics,
+    sync=SyncKind.LATEST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["ultrasonic"]),
+    weights="ultrasonic.safetensors", health_streams=("ultrasonic",))
+AUDIO = ModalityPlugin(
+    name="audio", sensors=_no_sensors, default_sensors=(), topics=_audio_topics,
+    sync=SyncKind.WINDOW, bev=False, tokens=TokenSpec(1, D_ENC, TOKEN_LAYOUTS["audio"]),
+    weights="audio.safetensors", health_streams=("audio",))
+CAMERA = ModalityPlugin(
+    name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
+    sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),
+    weights="camera.safetensors", health_streams=("camera",))
+
+BUILTINS: tuple[ModalityPlugin, ...] = (FISHEYE, ULTRASONIC, AUDIO, CAMERA)

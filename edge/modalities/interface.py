@@ -1,0 +1,88 @@
+"""What a modality plugin declares, so that the core can iterate modalities instead of naming them.
+
+A plugin is one `ModalityPlugin` object that a package exposes as an entry point of the group `edge.modalities`
+(see edge.modalities.registry and docs/plugins.md). This first version holds what the core's declarative lists
+need: topics, synchronisation kind, BEV fusion, LLM tokens, weights file and health streams. Encoder construction,
+decoding, health models, simulator and ground-truth hooks come in the next milestone (issue 11).
+
+Why callables for topics: topic names depend on the rig (one topic per ultrasonic sensor, one per fisheye camera),
+while a bag read without a rig still needs the contract; `sensors(rig)` names a plugin's sensors on a rig and
+`default_sensors` stands in when the rig is not known.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from edge.drives.topics import TopicSpec
+from edge.errors import PluginError
+from edge.names import StrEnum
+
+if TYPE_CHECKING:  # the rig pulls in pydantic models and camera maths; declarations only need its type
+    from edge.sensors.rig import Rig
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a modality name is also a file stem, a report key and a CLI word
+
+
+class SyncKind(StrEnum):
+    """How the frame clock (edge.drives.sync) takes a modality's messages for one frame."""
+
+    NEAREST = "nearest"  # one message per frame: the one nearest the frame stamp within the slop, never reused
+    WINDOW = "window"  # the messages covering a window before the frame stamp, concatenated (audio chunks)
+    LATEST = "latest"  # latest value within the slop, reused by consecutive frames (range sensors)
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """The tokens a modality hands the LLM per frame: (count, width), their slot meaning as a layout version
+    (edge.token_layouts; an aligner trained on one layout is refused under another)."""
+
+    count: int
+    width: int
+    layout: str
+
+
+@dataclass(frozen=True)
+class ModalityPlugin:
+    """One modality, as the core sees it. Validated on construction: a malformed declaration raises PluginError."""
+
+    name: str  # modality name: Plan.modalities, report keys, tokens dict keys, aligner names
+    sensors: Callable[[Rig], tuple[str, ...]]  # names of its sensors on a rig (() when topics do not depend on it)
+    default_sensors: tuple[str, ...]  # its sensors when the rig is not known (a bag's contract read without one)
+    topics: Callable[[tuple[str, ...]], tuple[TopicSpec, ...]]  # sensor names -> the topics it reads, with types
+    sync: SyncKind
+    bev: bool  # produces BEV features for fusion
+    tokens: TokenSpec
+    weights: str  # file name of its perception weights in a model directory (models/perception/<file>)
+    health_streams: tuple[str, ...]  # keys of edge.runtime.context.Context.streams it is judged by
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.name, str) or not NAME.match(self.name):
+            problems.append(f"name {self.name!r} is not a lower-case identifier")
+        if not callable(self.sensors) or not callable(self.topics):
+            problems.append("sensors and topics must be callables")
+        if not isinstance(self.default_sensors, tuple) or not all(isinstance(s, str) for s in self.default_sensors):
+            problems.append("default_sensors must be a tuple of str")
+        if not isinstance(self.sync, SyncKind):
+            problems.append(f"sync {self.sync!r} is not one of {', '.join(SyncKind)}")
+        if not isinstance(self.bev, bool):
+            problems.append("bev must be a bool")
+        t = self.tokens
+        if not isinstance(t, TokenSpec) or not (isinstance(t.count, int) and t.count > 0 and isinstance(t.width, int)
+                                                 and t.width > 0 and isinstance(t.layout, str) and t.layout):
+            problems.append(f"tokens {t!r} must be a TokenSpec with count > 0, width > 0 and a layout name")
+        if not isinstance(self.weights, str) or not self.weights.endswith(".safetensors") or "/" in self.weights:
+            problems.append(f"weights {self.weights!r} must be a file name ending in .safetensors")
+        if not isinstance(self.health_streams, tuple) or not self.health_streams or \
+                not all(isinstance(s, str) and s for s in self.health_streams):
+            problems.append("health_streams must be a non-empty tuple of str")
+        if problems:
+            raise PluginError(f"modality {self.name!r}", "; ".join(problems))
+
+    def topics_for(self, rig: Rig | None = None) -> tuple[TopicSpec, ...]:
+        """The topics it reads on this rig (None: the rig is not known, its default sensors)."""
+        return self.topics(self.default_sensors if rig is None else self.sensors(rig))
