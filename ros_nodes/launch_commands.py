@@ -47,6 +47,8 @@ RUNTIME_ARGUMENTS: dict[str, Arg] = {
     "backend": Arg("", "encoders on eager, onnxruntime or tensorrt; empty = the parameters file's (--backend)"),
     "autostart": Arg("true", "configure and activate at start; false = wait for lifecycle transitions (--managed)"),
     "use_sim_time": Arg("false", "follow /clock instead of the system clock (ROS parameter, via --ros-args)"),
+    "role": Arg("composite", "composite: the whole runtime in one node; perception or llm: one node of the split "
+                             "graph (--role)", ("composite", "perception", "llm")),
 }
 
 # drive.launch.py: the runtime on the replay's /clock; the replay starts once the runtime has subscribed (see
@@ -57,6 +59,10 @@ DRIVE_ARGUMENTS: dict[str, Arg] = {
     **RUNTIME_ARGUMENTS,
     "use_sim_time": Arg("true", "the runtime follows the replay's /clock (ROS parameter, via --ros-args)"),
 }
+
+# split.launch.py: the split graph (perception node + LLM node) on a replayed drive, as drive.launch.py starts the
+# composite; the replay starts once the perception node has subscribed. Each node's role is fixed by the file.
+SPLIT_ARGUMENTS: dict[str, Arg] = {name: a for name, a in DRIVE_ARGUMENTS.items() if name != "role"}
 
 # What `edge node` prints on stderr once it is active (ros_nodes/runtime_node.READY).
 RUNTIME_READY = "edge node: subscribed"
@@ -107,8 +113,16 @@ def runtime_command(values: Mapping[str, str]) -> list[str]:
         cmd.append("--no-llm")
     if not as_bool("autostart", values["autostart"]):
         cmd.append("--managed")
+    role = values.get("role", "composite").strip()
+    if role != "composite":
+        cmd += ["--role", role]
     sim_time = "true" if as_bool("use_sim_time", values["use_sim_time"]) else "false"
     return cmd + ["--ros-args", "-p", f"use_sim_time:={sim_time}"]  # the ROS block comes last
+
+
+def split_commands(values: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The split graph's perception node and LLM node, with the same arguments (each reads its own)."""
+    return runtime_command({**values, "role": "perception"}), runtime_command({**values, "role": "llm"})
 
 
 class ReadyWatch:

@@ -12,9 +12,10 @@ def sensor_qos(depth: int = SENSOR_DEPTH) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE)
 
 
-def reliable_qos(depth: int = DEFAULT_DEPTH) -> QoSProfile:
+def reliable_qos(depth: int = DEFAULT_DEPTH, latched: bool = False) -> QoSProfile:
+    """`latched`: transient local, so a subscriber that joins later (and asks for it) gets the last `depth`."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
 
 def clock_qos() -> QoSProfile:

@@ -38,19 +38,35 @@ import yaml
 from edge.errors import ConfigError, EdgeError
 from edge.names import BACKENDS, POLICIES
 from ros_nodes import node_io as io
+from ros_nodes import split_io
 from ros_nodes.parameters import NODE_NAME, PARAM_FILE, current_values, declare, node_options, validate
 
 READY = "edge node: subscribed"  # printed once a node is active (ros_nodes/launch_commands.RUNTIME_READY)
+ROLES = ("composite", "perception", "llm")  # the whole runtime in one node, or the split graph's two nodes
+PERCEPTION_NODE = "mpnp_edge_perception"
 
 
-def make_node(lifecycle_base: type) -> type:
-    """The node class on rclpy's LifecycleNode (imported late: `edge` without ROS must not import rclpy)."""
+def make_node(lifecycle_base: type, role: str = "composite") -> type:
+    """The node class of a role: the LLM node (ros_nodes/llm_node.py) or this module's runtime node."""
+    if role == "llm":
+        from ros_nodes.llm_node import make_llm_node
+
+        return make_llm_node(lifecycle_base)
+    return make_runtime_node(lifecycle_base, role == "perception")
+
+
+def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> type:
+    """The node class on rclpy's LifecycleNode (imported late: `edge` without ROS must not import rclpy).
+
+    `perception_only`: the split graph's perception node, /mpnp_edge_perception: no LLM, no questions; it
+    publishes each frame's modality tokens (ros_nodes/split_io.py) for the LLM node, and its plans latched
+    (transient local) so that an LLM node started later learns the camera pruning in force."""
     from rcl_interfaces.msg import SetParametersResult
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
     class RuntimeNode(lifecycle_base):
         def __init__(self, **kwargs: Any) -> None:
-            super().__init__(NODE_NAME, **kwargs)
+            super().__init__(PERCEPTION_NODE if perception_only else NODE_NAME, **kwargs)
             self.options = {o.name: o for o in node_options()}
             self.problems = declare(self)  # values refused at declaration: configure fails naming them
             self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -89,36 +105,31 @@ def make_node(lifecycle_base: type) -> type:
                 key, problem = next(iter(self.problems.items()))
                 raise ConfigError(where, key, problem)
             cfg = validate(current_values(self), f"parameters of {self.get_fully_qualified_name()}")
-            from edge.runtime.runtime import Runtime
-            from edge.runtime.scheduler import Budget
-            from edge.sensors.rig import load_rig
             from nav_msgs.msg import OccupancyGrid
             from std_msgs.msg import String
             from diagnostic_msgs.msg import DiagnosticArray
             from ros_nodes.qos import reliable_qos
 
-            rig = load_rig(cfg.rig)
-            answerer = None
-            if cfg.use_llm:
-                from edge.runtime.answerer import make_answerer
-
-                answerer = make_answerer(cfg.aligner_dir, cfg.llm, cfg.max_new_tokens)
-                if not answerer.aligners:
-                    self.get_logger().warning(f"no aligners in {cfg.aligner_dir}: answers without modality context")
-            budget = Budget(cfg.budget_ms, cfg.budget_mb, cfg.budget_percentile, cfg.answer_budget_ms)
-            runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer, dwell=cfg.dwell_frames,
-                              quality_per_ms=cfg.quality_per_ms, rig=rig, backend=cfg.backend,
-                              engine_cache=cfg.engine_cache, max_estimate_age_s=cfg.max_estimate_age_s,
-                              max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads)
-            runtime.scheduler.answer_weight = cfg.answer_weight
+            runtime, rig = build_runtime(cfg, with_llm=not perception_only)
+            if runtime.answerer is not None and not runtime.answerer.aligners:
+                self.get_logger().warning(f"no aligners in {cfg.aligner_dir}: answers without modality context")
             self.cfg, self.runtime, self.rig = cfg, runtime, rig
             self._pubs = {"bev": self.create_lifecycle_publisher(OccupancyGrid, io.OUT_BEV, reliable_qos()),
-                          "plan": self.create_lifecycle_publisher(String, io.OUT_PLAN, reliable_qos()),
-                          "answer": self.create_lifecycle_publisher(String, io.ANSWER, reliable_qos()),
+                          "plan": self.create_lifecycle_publisher(String, io.OUT_PLAN, reliable_qos(
+                              latched=perception_only)),
                           "diag": self.create_lifecycle_publisher(DiagnosticArray, io.DIAGNOSTICS, reliable_qos())}
+            if perception_only:
+                from edge.runtime.scheduler import MODALITIES
+                from sensor_msgs.msg import Image
+
+                for m in MODALITIES:
+                    self._pubs[f"tokens/{m}"] = self.create_lifecycle_publisher(Image, split_io.token_topic(m),
+                                                                                reliable_qos())
+            else:
+                self._pubs["answer"] = self.create_lifecycle_publisher(String, io.ANSWER, reliable_qos())
             self.state = "inactive"
             self.get_logger().info(f"configured: policy {cfg.policy}, backend {runtime.stack.backend}, "
-                                   f"LLM {'on' if answerer else 'off'}")
+                                   f"LLM {'on' if runtime.answerer else 'off'}")
             return R.SUCCESS
 
         def on_activate(self, state: Any) -> Any:
@@ -141,16 +152,24 @@ def make_node(lifecycle_base: type) -> type:
                 module, name = io.MESSAGE_CLASSES[sub.msgtype]
                 cls = getattr(importlib.import_module(module), name)
                 self._subs.append(self.create_subscription(cls, sub.name, self._on_sensor(sub), sensor_qos(), raw=True))
-            self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, reliable_qos()))
+            if not perception_only:  # the split graph's LLM node takes the questions
+                self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, reliable_qos()))
             self.gate = io.QuestionGate(self.runtime.answerer is not None, self.cfg.questions_every_s)
             result = super().on_activate(state)  # activates the lifecycle publishers
             self.pipeline.start()
             self.state = "active"
             cams = ", ".join(f"{b.strip('/').removesuffix('/image_raw')} {f or 'first to arrive'}" for b, f in chosen.items())
             print(f"{READY} to {len(subscriptions)} sensor topics (cameras: {cams}); publishing "
-                  f"{', '.join(self.resolve_topic_name(t) for t in (io.OUT_BEV, io.OUT_PLAN, io.ANSWER))}, "
+                  f"{', '.join(self._outputs())}, "
                   f"{io.DIAGNOSTICS}", file=sys.stderr, flush=True)
             return result
+
+        def _outputs(self) -> list[str]:
+            """The resolved output topics (remaps and namespace applied), for the ready line."""
+            if perception_only:
+                return [self.resolve_topic_name(t) for t in (io.OUT_BEV, io.OUT_PLAN)] + \
+                    [self.resolve_topic_name(split_io.TOKENS_PREFIX.rstrip("/")) + "/<modality>"]
+            return [self.resolve_topic_name(t) for t in (io.OUT_BEV, io.OUT_PLAN, io.ANSWER)]
 
         def _discover_transports(self) -> dict[str, str | None]:
             """camera_transport raw/compressed: that form; auto: the form published now (raw preferred), else
@@ -269,6 +288,10 @@ def make_node(lifecycle_base: type) -> type:
             grid = io.grid_msg(result, self.runtime.stack.cfg.bev_grid)
             if grid is not None:
                 self._pubs["bev"].publish(grid)
+            if perception_only:  # every frame's tokens, stamped as its grid, for the LLM node
+                stamp = io.stamp_msg(result.stamp_ns)
+                for m, tokens in result.tokens.items():
+                    self._pubs[f"tokens/{m}"].publish(split_io.token_msg(stamp, tokens))
             if result.decision.changed:
                 self._pubs["plan"].publish(String(data=io.plan_json(result)))
             self.tally.add(result, grid is not None)
@@ -280,6 +303,28 @@ def make_node(lifecycle_base: type) -> type:
                                                           self.transports.ignored))
 
     return RuntimeNode
+
+
+def build_runtime(cfg: Any, with_llm: bool = True) -> tuple[Any, Any]:
+    """(edge.runtime.Runtime, rig) as the node configures them from its parameters (a RuntimeConfig); the LLM
+    only when `with_llm` and cfg.use_llm. benchmarks/bench_dds.py builds its in-process baseline with this too."""
+    from edge.runtime.runtime import Runtime
+    from edge.runtime.scheduler import Budget
+    from edge.sensors.rig import load_rig
+
+    rig = load_rig(cfg.rig)
+    answerer = None
+    if cfg.use_llm and with_llm:
+        from edge.runtime.answerer import make_answerer
+
+        answerer = make_answerer(cfg.aligner_dir, cfg.llm, cfg.max_new_tokens)
+    budget = Budget(cfg.budget_ms, cfg.budget_mb, cfg.budget_percentile, cfg.answer_budget_ms)
+    runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer, dwell=cfg.dwell_frames,
+                      quality_per_ms=cfg.quality_per_ms, rig=rig, backend=cfg.backend,
+                      engine_cache=cfg.engine_cache, max_estimate_age_s=cfg.max_estimate_age_s,
+                      max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads)
+    runtime.scheduler.answer_weight = cfg.answer_weight
+    return runtime, rig
 
 
 # ---------------------------------------------------------------- command line
@@ -330,7 +375,7 @@ def run_node(args: argparse.Namespace) -> int:
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
     rclpy.init(args=["edge node", *ros_arguments(args)])
-    node = make_node(LifecycleNode)()
+    node = make_node(LifecycleNode, args.role)()
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
@@ -369,6 +414,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-llm", action="store_true", help="perception and scheduling only (use_llm:=false)")
     p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="encoders' network parts on this backend (parameter backend) [eager]")
+    p.add_argument("--role", default="composite", choices=ROLES,
+                   help="composite: the whole runtime in one node; perception / llm: the split graph's perception "
+                        "node (sensors -> occupancy, plan, modality tokens) or LLM node (questions -> answers) "
+                        "[composite]")
     p.add_argument("--managed", action="store_true",
                    help="start unconfigured and wait for lifecycle transitions (autostart:=false)")
     p.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], dest="ros_args", metavar="ARG",

@@ -33,7 +33,8 @@ from ros_nodes import launch_commands as L
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_DIR = ROOT / "ros_nodes" / "launch"
-TABLES = {"replay": L.REPLAY_ARGUMENTS, "runtime": L.RUNTIME_ARGUMENTS, "drive": L.DRIVE_ARGUMENTS}
+TABLES = {"replay": L.REPLAY_ARGUMENTS, "runtime": L.RUNTIME_ARGUMENTS, "drive": L.DRIVE_ARGUMENTS,
+          "split": L.SPLIT_ARGUMENTS}
 EDGE = [sys.executable, "-m", "edge.cli"]
 
 
@@ -157,7 +158,7 @@ def test_runtime_launch_defaults_are_the_cli_defaults(monkeypatch: pytest.Monkey
           delay="0.25", wait_for_subscribers="4", linger="0.1", raw_images="yes")),
     ("node", L.RUNTIME_ARGUMENTS, L.runtime_command,
      dict(params_file="/p.param.yaml", rig="/r.yaml", policy="all", budget_ms="50", aligners="/al", llm="false",
-          backend="onnxruntime", autostart="false", use_sim_time="1")),
+          backend="onnxruntime", autostart="false", use_sim_time="1", role="perception")),
 ])
 def test_every_launch_argument_reaches_one_cli_option_and_every_option_has_one(command, table, builder, given):
     """Every launch argument set away from its default changes the parsed CLI namespace, and every option of the
@@ -193,6 +194,19 @@ def test_drive_launch_starts_the_replay_once_the_runtime_has_subscribed(monkeypa
     assert on_stderr(chunk(text=L.RUNTIME_READY.encode())) is None  # started once
     rns = parse_command("replay", replay.kwargs["cmd"])
     assert rns.bag == "/d" and rns.delay == 2.0 and "--ros-args" not in replay.kwargs["cmd"]  # replay: wall clock
+
+
+def test_split_launch_starts_both_nodes_and_the_replay_once_perception_has_subscribed(monkeypatch) -> None:
+    ld = load_launch_file("split", monkeypatch).generate_launch_description()
+    perception, llm, handler = started(ld, defaults(L.SPLIT_ARGUMENTS, bag="/d", policy="all"))
+    for proc, role in ((perception, "perception"), (llm, "llm")):
+        ns = parse_command("node", proc.kwargs["cmd"])
+        assert ns.role == role and ns.policy == "all" and ns.ros_args == ["-p", "use_sim_time:=true"]
+        assert type(proc.kwargs["on_exit"]).__name__ == "Shutdown"
+    [on_io] = handler.args
+    assert on_io.kwargs["target_action"] is perception
+    [replay] = on_io.kwargs["on_stderr"](types.SimpleNamespace(text=L.RUNTIME_READY.encode() + b" to 19 topics\n"))
+    assert parse_command("replay", replay.kwargs["cmd"]).delay == 2.0
 
 
 def test_ready_marker_is_what_edge_node_prints() -> None:

@@ -55,6 +55,7 @@ class FrameResult:
     answers: list[dict[str, Any]] = field(default_factory=list)  # finished since the previous frame
     diagnostics: list[str] = field(default_factory=list)
     probes_ms: dict[str, float] = field(default_factory=dict)  # stages re-measured after this frame ("fisheye/1")
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # LLM tokens of the modalities run (split graph)
 
     def occupancy_grid(self) -> np.ndarray | None:
         """(rows y, columns x) int8 in the nav_msgs/OccupancyGrid values of docs/drives.md."""
@@ -276,7 +277,7 @@ class Runtime:
         answers = self.answers.collect() if self.answers is not None else []
         return FrameResult(sample.stamp_ns, dict(sample.source_stamps), decision.plan, decision, ctx, timings,
                            rss_mb(), out["bev_classes"], self.stack.cfg.bev_grid.resolution, out["bev_modalities"], out["audio"],
-                           out["camera"], answers, out["diagnostics"], probes)
+                           out["camera"], answers, out["diagnostics"], probes, out["tokens"])
 
     def _perceive(self, sample: Any, plan: Plan, timings: dict[str, float]) -> dict[str, Any]:
         """Run the plan's encoders and the fusion head (PerceptionStack.run), each stage timed, costs observed."""
