@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("qa", help="QA exact match / token F1 per condition; --table DIR: the whole mPnP-style table")
     p.add_argument("runs", nargs="*", type=Path, help="run directories (edge train aligners / edge adapt)")
     p.add_argument("--table", type=Path, default=None, help="train + evaluate the full grid into this directory")
-    p.add_argument("--n", nargs="+", type=int, default=[2, 4, 8, 16, 30], help="N grid for --table (30 = all)")
+    p.add_argument("--n", nargs="+", type=int, default=[2, 4, 8, 16],
+                   help="mPnP N grid for --table (N = all is the full-LLM row)")
     p.add_argument("--epochs", type=int, default=3, help="--table: epochs of each training")
     p.add_argument("--adapt-epochs", type=int, default=4, help="--table: epochs of each adaptation (add/switch)")
     p.add_argument("--adapt-samples", type=int, default=300, help="--table: night samples for add/switch")
@@ -99,7 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chosen-n", type=int, default=8, help="--table: the N whose targets are checked")
     p.add_argument("--mpnp-lora-rank", type=int, default=0,
                    help="--table: LoRA rank on k/v of the connected blocks in the mPnP rows (0 = aligners and gates only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="item sampling (--eval-items) and, for --table, the first training seed")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="--table: training seeds of the chosen N and the full LLM (default: --seed only)")
+    p.add_argument("--jobs", type=int, default=1, help="--table: trainings and evaluations run this many at a time")
     p.add_argument("--drives", nargs="+", default=list(EVAL_DRIVES), help="held-out drives (specs or bag dirs)")
     p.add_argument("--train-drives", nargs="+", default=list(TRAIN_DRIVES),
                    help="drives the blind prior (majority answer per template) and the probes are fitted on")
