@@ -10,7 +10,10 @@ a fault is reproducible. Works on any rosbag2 bag (MCAP or sqlite3), users' own 
 Message faults (the bag is re-written message by message, definitions kept):
   gap, duplicate, reorder (stamps out of order within blocks), backwards (header stamps shifted back),
   audio_channels (chunks with fewer microphones), audio_format (chunks in an encoding the reader rejects),
-  foreign_definitions (every message re-encoded with another ROS 2 distro's definitions, e.g. Humble's Range).
+  foreign_definitions (every message re-encoded with another ROS 2 distro's definitions, e.g. Humble's Range),
+  ultrasonic_stuck (Range readings of `topic`, or of every ultrasonic sensor, replaced by `value`: default +inf,
+  "no echo"; NaN or a constant in metres also work), camera_frozen (every image of `topic` in the span is the
+  span's first image again, with its own header stamp: a driver re-sending its last buffer).
 Container faults (the files are damaged in place on a copy):
   truncate (storage file cut at `fraction`), corrupt_chunk (bytes overwritten inside an MCAP chunk).
 """
@@ -32,7 +35,8 @@ from edge.drives.bag import BagMessage, BagWriter, open_bag
 from edge.errors import EdgeError
 
 _Out = tuple[str, str, int, bytes]  # topic, msgtype, bag time, CDR
-MESSAGE_FAULTS = ("gap", "duplicate", "reorder", "backwards", "audio_channels", "audio_format", "foreign_definitions")
+MESSAGE_FAULTS = ("gap", "duplicate", "reorder", "backwards", "audio_channels", "audio_format", "foreign_definitions",
+                  "ultrasonic_stuck", "camera_frozen")
 CONTAINER_FAULTS = ("truncate", "corrupt_chunk")
 FAULTS = MESSAGE_FAULTS + CONTAINER_FAULTS
 
@@ -127,6 +131,25 @@ def _message_fault(
             msg.data = np.ascontiguousarray(pcm).view(np.uint8).reshape(-1)
             return [(m.topic, m.msgtype, m.stamp_ns, M.serialize(msg, m.msgtype))]
         return ts, each(float_pcm)
+    if fault == "ultrasonic_stuck":
+        value = float(params.get("value", float("inf")))
+
+        def stuck(m: BagMessage) -> list[_Out]:
+            if m.msgtype != T.RANGE:
+                return [plain(m)]
+            msg = ts.deserialize_cdr(m.msg, m.msgtype)
+            msg.range = value
+            return [(m.topic, m.msgtype, m.stamp_ns, bytes(ts.serialize_cdr(msg, m.msgtype)))]
+        return ts, each(stuck)
+    if fault == "camera_frozen":
+        first: dict[str, bytes] = {}
+
+        def frozen(m: BagMessage) -> list[_Out]:
+            if m.msgtype not in (T.COMPRESSED_IMAGE, T.IMAGE):
+                return [plain(m)]
+            held = first.setdefault(m.topic, m.msg)
+            return [(m.topic, m.msgtype, m.stamp_ns, _restamp(held, _stamp_ns(m.msg) - _stamp_ns(held)))]
+        return ts, each(frozen)
     if fault == "foreign_definitions":
         distro = str(params.get("distro", "humble")).upper()
         if distro not in Stores.__members__ and f"ROS2_{distro}" not in Stores.__members__:
@@ -145,6 +168,12 @@ def _message_fault(
                     yield (m.topic, m.msgtype, m.stamp_ns, bytes(dst.serialize_cdr(obj, m.msgtype)))
         return dst, convert
     raise FaultError(f"unknown message fault '{fault}'")
+
+
+def _stamp_ns(data: bytes) -> int:
+    """header.stamp of a header-first message's CDR, in ns."""
+    sec, nsec = struct.unpack_from(("<" if data[1] == 1 else ">") + "iI", data, 4)
+    return sec * 1_000_000_000 + nsec
 
 
 def _restamp(data: bytes, delta_ns: int) -> bytes:

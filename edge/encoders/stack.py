@@ -58,6 +58,8 @@ class PerceptionOutput:
     camera: dict[str, Any] | None
     tokens: dict[str, Tensor] = field(default_factory=dict)
     diagnostics: list[str] = field(default_factory=list)
+    fisheye_probs: np.ndarray | None = None       # (K, nx, ny) what the fisheyes alone see (a witness for health)
+    failures: dict[str, str] = field(default_factory=dict)  # stage -> exception it raised (left out this frame)
 
     def occupancy_grid(self) -> np.ndarray | None:
         """(ny rows, nx columns) int8 in nav_msgs/OccupancyGrid convention (row = y, column = x), as the GT."""
@@ -139,15 +141,18 @@ class PerceptionStack(nn.Module):
     # ------------------------------------------------------------------ inference on a Sample
     @torch.no_grad()
     def run(self, sample: Any, use: tuple[str, ...] = ENCODERS,
-            camera_keep: float | None = None, timer: Timer | None = None) -> PerceptionOutput:
+            camera_keep: float | None = None, timer: Timer | None = None, isolate: bool = False) -> PerceptionOutput:
         """Encoders in `use` (those with data), fusion of fisheye / ultrasonic, on whichever backends are set.
 
         `timer(name, fn)` wraps each stage (names fisheye, ultrasonic, fusion, audio, camera@<keep>: the runtime's
-        cost model measures them this way); it must return fn()'s result."""
+        cost model measures them this way); it must return fn()'s result. With `isolate` (the runtime), an exception
+        in one stage (its preprocessing or network) leaves that modality out of this frame, named in `failures`, and
+        the others run; without, it propagates."""
         self.eval()
-        timed = timer or _untimed
         diag = Diagnostics()
         tokens: dict[str, Tensor] = {}
+        failures: dict[str, str] = {}
+        timed = _isolated(timer or _untimed, failures) if isolate else timer or _untimed
         fe = timed("fisheye", lambda: self._fisheye(sample, diag)) if "fisheye" in use else None
         us = timed("ultrasonic", lambda: self._ultrasonic(sample, diag)) if "ultrasonic" in use else None
         bev_classes = probs = None
@@ -156,10 +161,11 @@ class PerceptionStack(nn.Module):
             if out is not None:
                 tokens[name] = out.tokens
                 mods.append(name)
-        if fe is not None and us is not None:
-            _, fine = timed("fusion", lambda: self.fusion(fe.bev, us.bev, us.raster))
-            probs = torch.softmax(fine, 1)[0].numpy()
-        elif fe is not None or us is not None:  # one BEV modality: its own posterior is the map
+        fused = timed("fusion", lambda: self.fusion(fe.bev, us.bev, us.raster)) \
+            if fe is not None and us is not None else None
+        if fused is not None:
+            probs = torch.softmax(fused[1], 1)[0].numpy()
+        elif fe is not None or us is not None:  # one BEV modality (or a failed fusion head): its own posterior
             probs = (fe or us).probs  # type: ignore[union-attr]
         if probs is not None:
             bev_classes = probs.argmax(0).astype(np.uint8)
@@ -172,7 +178,8 @@ class PerceptionStack(nn.Module):
             camera = timed(f"camera@{keep:g}", lambda: self.camera.encode(sample, diag, keep))
         if camera is not None:
             tokens["camera"] = camera.pop("tokens")
-        return PerceptionOutput(sample.stamp_ns, bev_classes, probs, mods, audio, camera, tokens, diag.messages)
+        return PerceptionOutput(sample.stamp_ns, bev_classes, probs, mods, audio, camera, tokens, diag.messages,
+                                fe.probs if fe is not None else None, failures)
 
     def _fisheye(self, sample: Any, diag: Diagnostics) -> _BevModality | None:
         """Fisheye BEV features, the BEV it alone sees (fusion head with ultrasonic absent) and its sector tokens."""
@@ -248,6 +255,20 @@ def weights_file(module: str) -> str:
 
 def _untimed(name: str, fn: Callable[[], Any]) -> Any:
     return fn()
+
+
+def _isolated(timer: Timer, failures: dict[str, str]) -> Timer:
+    """`timer` with each stage's exception caught: the stage returns None (no output, no cost measurement) and
+    its exception is kept in `failures` under the stage name."""
+    def run(name: str, fn: Callable[[], Any]) -> Any:
+        def guarded() -> Any:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - any fault of one modality must not stop the others
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                return None
+        return timer(name, guarded)
+    return run
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

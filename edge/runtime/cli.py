@@ -107,9 +107,10 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
     bar.close()
     report.add_answers(runtime.finish())  # answers still being generated when the drive ended
     runtime.close()
-    for d in sync.diagnostics:
+    for d in sync.diagnostics + runtime.diagnostics:
         print(f"edge run: diagnostic: {d}", file=sys.stderr)
     report.add_degradations(sync.degradations, sync.diagnostics)
+    report.add_degradations(runtime.degradations, runtime.diagnostics)  # implausible sensors, detached modalities
     out = report.write(report_dir or REPO / "reports" / Path(bag).name)
     summary = report.summary()
     summary.update({"report": str(out), "wall_s": time.perf_counter() - started, "dropped": runtime.dropped,

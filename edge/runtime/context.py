@@ -1,21 +1,25 @@
 """What the scheduler knows about the world right now, estimated from the sensor data itself.
 
 Per camera: brightness, noise and glare from the image; per sensor stream: staleness and dropout rate over a
-sliding window; audio level; ego speed from odometry. Nothing here reads ground truth: the same estimates come
-from a live vehicle.
+sliding window, and plausibility of the range readings (edge.runtime.plausibility: stuck values, "no echo" against
+the previous frame's fisheye BEV); audio level; ego speed from odometry. Nothing here reads ground truth: the same
+estimates come from a live vehicle.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import cv2
 import numpy as np
 
 from edge.drives.sync import Sample
 from edge.modalities.registry import registry
+from edge.runtime.plausibility import Beam, FrozenImages, ObstacleView, RangePlausibility
 
 # Immerkaer's fast noise estimator: a Laplacian-difference kernel insensitive to image structure.
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -44,10 +48,11 @@ class StreamHealth:
     present: bool  # delivered data in the current sample
     staleness_s: float  # time since the last valid data (inf if never)
     dropout_rate: float  # share of recent samples without valid data
+    implausible: bool = False  # delivers, but most of it is implausible (e.g. most of the ultrasonic ring)
 
     @property
     def healthy(self) -> bool:
-        return self.present and self.staleness_s < 0.5 and self.dropout_rate < 0.5
+        return self.present and self.staleness_s < 0.5 and self.dropout_rate < 0.5 and not self.implausible
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Context:
     audio_level_db: float
     ego_speed: float
     lighting: str  # day / dusk / night, from camera brightness
+    implausible: tuple[str, ...] = ()  # "ultrasonic/<name>", "fisheye/<name>", "camera/front": ignored now
 
     @property
     def glare_cameras(self) -> list[str]:
@@ -110,26 +116,49 @@ class _StreamTracker:
 
 
 class ContextEstimator:
-    """Feed samples in time order; each call returns the context at that sample."""
+    """Feed samples in time order; each call returns the context at that sample. `ultrasonic` (the rig's
+    UltrasonicSensor list) gives the beams against which "no echo" is checked."""
 
-    def __init__(self, window: int = 20, brightness_smoothing: float = 0.3) -> None:
+    def __init__(self, window: int = 20, brightness_smoothing: float = 0.3, ultrasonic: Sequence[Any] = ()) -> None:
         self.trackers = {k: _StreamTracker(window) for k in registry().health_streams}
+        self.plausibility = RangePlausibility([Beam.of(s) for s in ultrasonic])
+        self.frozen = FrozenImages()
         self.alpha = brightness_smoothing
         self._brightness: float | None = None
 
-    def update(self, sample: Sample) -> Context:
+    @property
+    def degradations(self) -> list[dict[str, Any]]:
+        """Implausible and frozen spans so far, as the report's degradation records."""
+        return self.plausibility.open_records() + self.frozen.open_records()
+
+    @property
+    def diagnostics(self) -> list[str]:
+        return self.plausibility.diagnostics + self.frozen.diagnostics
+
+    def update(self, sample: Sample, obstacles: ObstacleView | None = None) -> Context:
+        """`obstacles`: what the fisheyes saw on the previous frame, to check "no echo" readings against."""
         cams = {f"fisheye/{name}": image_health(img) for name, img in sample.fisheye.items()}
         cams["camera/front"] = image_health(sample.front)
         t = sample.stamp_ns
         src = sample.source_stamps
+        images = {**{f"fisheye/{n}": img for n, img in sample.fisheye.items()}, "camera/front": sample.front}
+        frozen = self.frozen.update(t, images, {k: src.get("front" if k == "camera/front" else k) for k in images})
         fisheye_stamps = [src[k] for k in src if k.startswith("fisheye/")]
+        moving = [k for k in src if k.startswith("fisheye/") and k not in frozen]
+        implausible = self.plausibility.update(t, sample.ultrasonic, obstacles)
+        # (implausible readings arrive on time: they do not count as dropout, which would delay recovery by the
+        # window; a ring mostly implausible is unhealthy through StreamHealth.implausible)
         us_valid = [r for r in sample.ultrasonic.values() if r is not None and r.get("status") in ("ok", "no_echo")]
         us_stamps = [src[k] for k in src if k.startswith("ultrasonic/")]
         streams = {
-            "fisheye": self.trackers["fisheye"].update(t, len(fisheye_stamps) >= 2, max(fisheye_stamps, default=None)),
-            "camera": self.trackers["camera"].update(t, sample.front is not None, src.get("front")),
-            "ultrasonic": self.trackers["ultrasonic"].update(t, len(us_valid) >= max(1, len(sample.ultrasonic) // 2),
-                                                             max(us_stamps, default=None)),
+            "fisheye": replace(self.trackers["fisheye"].update(t, len(fisheye_stamps) >= 2,
+                                                               max(fisheye_stamps, default=None)),
+                               implausible=len(moving) < 2 <= len(fisheye_stamps)),
+            "camera": replace(self.trackers["camera"].update(t, sample.front is not None, src.get("front")),
+                              implausible="camera/front" in frozen),
+            "ultrasonic": replace(self.trackers["ultrasonic"].update(
+                t, len(us_valid) >= max(1, len(sample.ultrasonic) // 2), max(us_stamps, default=None)),
+                implausible=2 * len(implausible) > max(1, len(sample.ultrasonic))),
             "audio": self.trackers["audio"].update(t, sample.audio is not None,
                                                    (t if sample.audio is not None else None)),
         }
@@ -143,4 +172,5 @@ class ContextEstimator:
             self._brightness = b if self._brightness is None else (1 - self.alpha) * self._brightness + self.alpha * b
         lighting = lighting_from_brightness(self._brightness) if self._brightness is not None else "unknown"
         speed = abs(float(sample.odometry["vx"])) if sample.odometry else 0.0
-        return Context(t, cams, streams, level, speed, lighting)
+        return Context(t, cams, streams, level, speed, lighting,
+                       tuple(f"ultrasonic/{n}" for n in implausible) + frozen)

@@ -17,7 +17,7 @@ import resource
 import statistics
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +30,8 @@ from edge.names import BackendName, Policy
 from edge.runtime.answer_worker import AnswerWorker
 from edge.runtime.context import Context, ContextEstimator
 from edge.runtime.cost_model import OVERHEAD, CostModel, Key, timed_call
+from edge.runtime.isolation import Detacher
+from edge.runtime.plausibility import ObstacleView
 from edge.runtime.scheduler import KEEP_RATIOS, MODALITIES, Budget, Decision, Plan, QualityTable, Scheduler
 
 PROBE_DUTY = 0.1  # share of wall time re-measurement may take beyond the frames' slack
@@ -92,7 +94,12 @@ class Runtime:
         self.stack = PerceptionStack.load(perception_dir, rig=rig)
         self.backend = backend  # network parts on eager PyTorch / ONNX Runtime / TensorRT (docs/runtime.md, Backends)
         self.stack.set_backend(backend, cache_dir=engine_cache, progress=progress)
-        self.estimator = ContextEstimator()
+        from edge.sensors.rig import load_rig  # as PerceptionStack.load: the default rig unless one is given
+
+        self.estimator = ContextEstimator(ultrasonic=(rig if rig is not None else load_rig()).ultrasonic)
+        self.detacher = Detacher()  # modalities left out after an exception, retried with back-off
+        self._obstacles: ObstacleView | None = None  # the previous frame's fisheye BEV: a witness for range sensors
+        self._diag_sent: set[str] = set()  # runtime diagnostics already attached to a frame
         n = self._threads_at_start = torch.get_num_threads()
         # ONNX Runtime / TensorRT sessions fix their threads when built; eager can change per frame
         self.thread_options = tuple(sorted({1, n})) if backend == BackendName.EAGER and adapt_threads else (n,)
@@ -147,6 +154,16 @@ class Runtime:
             self.answers.close()
         torch.set_num_threads(self._threads_at_start)
 
+    @property
+    def degradations(self) -> list[dict[str, Any]]:
+        """Implausible sensor spans and detached modality spans so far, as the report's degradation records."""
+        return self.estimator.degradations + self.detacher.open_records()
+
+    @property
+    def diagnostics(self) -> list[str]:
+        """One line per implausible sensor and per detached modality (first occurrence each)."""
+        return self.estimator.diagnostics + self.detacher.diagnostics
+
     # ---------------------------------------------------------------- costs
     def calibrate(self, sample: Any, repeats: int = 3) -> None:
         """Measure every component with data, at every thread count a plan may use, so that the first plan is
@@ -180,7 +197,7 @@ class Runtime:
             if rep == 1:
                 runs.clear()
             for use, keep in passes:
-                self.stack.run(sample, use, keep, timer=record)
+                self.stack.run(sample, use, keep, timer=record, isolate=True)
         return {name: statistics.median(self.costs.calibrate(name, r, self.backend, threads))
                 for name, r in runs.items()}
 
@@ -239,7 +256,7 @@ class Runtime:
 
         self._use_threads(threads)
         t = time.perf_counter()
-        self.stack.run(sample, use, keep, timer=record)
+        self.stack.run(sample, use, keep, timer=record, isolate=True)
         spent = (time.perf_counter() - t) * 1e3
         if spent > slack:
             self._forced.append((now, spent - max(slack, 0.0)))
@@ -257,10 +274,13 @@ class Runtime:
         self._stamps.append(sample.stamp_ns)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        ctx = self.estimator.update(sample)
+        ctx = self.estimator.update(sample, self._obstacles)
         decision = self.scheduler.step(ctx)
         timings["context+plan"] = (time.perf_counter() - t0) * 1e3
-        out = self._perceive(sample, decision.plan, timings)
+        out = self._perceive(_without(sample, ctx.implausible), decision.plan, timings)
+        new = [d for d in self.diagnostics if d not in self._diag_sent]
+        self._diag_sent.update(new)
+        out["diagnostics"] = new + out["diagnostics"]
         if self.answers is not None and self.questions:
             t = time.perf_counter()
             asked = []
@@ -291,8 +311,23 @@ class Runtime:
             return result
 
         self._use_threads(threads)
-        out = self.stack.run(sample, plan.modalities, plan.camera_keep, timer=timed)
+        use = self.detacher.allowed(plan.modalities, sample.stamp_ns)
+        out = self.stack.run(sample, use, plan.camera_keep, timer=timed, isolate=True)
+        self.detacher.observe(sample.stamp_ns, use, out.failures)
+        self._obstacles = None if out.fisheye_probs is None else \
+            ObstacleView.from_probs(out.fisheye_probs, self.stack.cfg.bev_grid, sample.stamp_ns)
         if out.camera is not None:
             out.camera.pop("front_map", None)
         return {"bev_classes": out.bev_classes, "bev_modalities": out.modalities, "audio": out.audio,
                 "camera": out.camera, "tokens": out.tokens, "diagnostics": out.diagnostics}
+
+
+def _without(sample: Any, streams: tuple[str, ...]) -> Any:
+    """`sample` with the implausible streams ("ultrasonic/<name>", "fisheye/<name>", "camera/front", as
+    Context.implausible names them) treated as missing."""
+    if not streams:
+        return sample
+    return replace(sample, ultrasonic={n: None if f"ultrasonic/{n}" in streams else r
+                                       for n, r in sample.ultrasonic.items()},
+                   fisheye={n: None if f"fisheye/{n}" in streams else img for n, img in sample.fisheye.items()},
+                   front=None if "camera/front" in streams else sample.front)
