@@ -50,6 +50,10 @@ def test_pooled_policies_and_the_target_line() -> None:
     assert "best static 'all' EM 0.850 at 30.0 ms: met" in pooled_lines(p)[-1]
     rows[1]["correct"] = 7  # adaptive now answers worse than `all`
     assert pooled_lines(pooled(rows))[-1].endswith("MISSED")
+    assert p["adaptive"]["blind_prior_exact_match"] is None  # not measured: never shown as a figure
+    rows[0]["blind_prior_exact_match"], rows[1]["blind_prior_exact_match"] = 0.5, 0.3
+    assert abs(pooled(rows)["adaptive"]["blind_prior_exact_match"] - 0.4) < 1e-9  # pooled over the questions
+    assert "| adaptive | 20 | 0.750 (0.400) |" in "\n".join(pooled_lines(pooled(rows)))
 
 
 def test_budget_scores_settle_changes_top_plan_and_recovery() -> None:

@@ -163,6 +163,9 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ious = [(r["obstacle_iou_near5m"], r["frames"]) for r in rs if r["obstacle_iou_near5m"] is not None]
         out[policy] = {
             "questions": q, "exact_match": sum(r["correct"] for r in rs) / q if q else None,
+            # the blind prior on the same questions (majority answer per template): what no sensor scores
+            "blind_prior_exact_match": sum((r.get("blind_prior_exact_match") or 0.0) * r["questions"] for r in rs) / q
+            if q and all(r.get("blind_prior_exact_match") is not None for r in rs if r["questions"]) else None,
             "obstacle_iou_near5m": sum(v * n for v, n in ious) / sum(n for _, n in ious) if ious else None,
             "mean_compute_ms": sum(r["mean_compute_ms"] * r["frames"] for r in rs) / frames if frames else None,
             "switches": sum(r["switches"] for r in rs)}
@@ -170,10 +173,11 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def pooled_lines(p: dict[str, dict[str, Any]]) -> list[str]:
-    lines = _table(["policy (all drives)", "questions", "exact match", "obstacle IoU 5 m", "compute ms/frame",
-                    "plan changes"],
-                   ([k, str(v["questions"]), _f(v["exact_match"]), _f(v["obstacle_iou_near5m"]),
-                     _f(v["mean_compute_ms"], 1), str(v["switches"])] for k, v in p.items())).splitlines()
+    lines = _table(["policy (all drives)", "questions", "exact match (blind prior)", "obstacle IoU 5 m",
+                    "compute ms/frame", "plan changes"],
+                   ([k, str(v["questions"]), f"{_f(v['exact_match'])} ({_f(v.get('blind_prior_exact_match'))})",
+                     _f(v["obstacle_iou_near5m"]), _f(v["mean_compute_ms"], 1), str(v["switches"])]
+                    for k, v in p.items())).splitlines()
     ad = p.get(Policy.ADAPTIVE)
     static = {k: v for k, v in p.items() if k != Policy.ADAPTIVE and v["exact_match"] is not None}
     if ad and ad["exact_match"] is not None and static:
@@ -191,9 +195,10 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     return _table(["drive", "policy", "obstacle IoU 5 m", "audio event acc.", "event frames without audio",
-                   "exact match", "compute ms/frame", "plan changes", "reaction s"],
+                   "exact match (blind prior)", "compute ms/frame", "plan changes", "reaction s"],
                   ([r["drive"], r["policy"], _f(r["obstacle_iou_near5m"]), _f(r["audio_event_accuracy"]),
-                    _f(r["audio_event_frames_missed"], 2), _f(r["exact_match"], 2), _f(r["mean_compute_ms"], 1),
+                    _f(r["audio_event_frames_missed"], 2),
+                    f"{_f(r['exact_match'], 2)} ({_f(r.get('blind_prior_exact_match'), 2)})", _f(r["mean_compute_ms"], 1),
                     str(r["switches"]), _f(r["reaction_s_mean"], 2)] for r in rows))
 
 
