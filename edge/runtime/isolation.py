@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.drives.sync import Degradation  # the report's degradation record, one shape for every kind
+
 
 @dataclass
 class _Detached:
@@ -71,5 +73,5 @@ class Detacher:
 
     @staticmethod
     def _record(m: str, d: _Detached) -> dict[str, Any]:
-        return {"kind": "detached", "source": m, "count": d.frames, "first_ns": d.first_ns, "last_ns": d.last_ns,
-                "detail": f"left out after an exception ({d.error}); retried with back-off"}
+        return Degradation("detached", m, d.frames, d.first_ns, d.last_ns,
+                           f"left out after an exception ({d.error}); retried with back-off").as_dict()

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.drives.sync import Degradation  # the report's degradation record, one shape for every kind
 from edge.kernels.grid import BevGrid
 
 OBSTACLE_CLASSES = (1, 2, 3)  # BEV_CLASSES static, vehicle, pedestrian_cyclist
@@ -172,8 +173,8 @@ class RangePlausibility:
 
     @staticmethod
     def _record(name: str, s: _Sensor) -> dict[str, Any]:
-        return {"kind": "implausible", "source": f"ultrasonic/{name}", "count": s.frames, "first_ns": s.first_ns,
-                "last_ns": s.last_ns, "detail": f"{s.reason}; readings ignored"}
+        return Degradation("implausible", f"ultrasonic/{name}", s.frames, s.first_ns, s.last_ns,
+                           f"{s.reason}; readings ignored").as_dict()
 
 
 @dataclass
@@ -228,5 +229,5 @@ class FrozenImages:
 
     @staticmethod
     def _record(key: str, s: _Frozen) -> dict[str, Any]:
-        return {"kind": "frozen", "source": key, "count": s.frames, "first_ns": s.first_ns, "last_ns": s.last_ns,
-                "detail": "the identical image frame after frame; ignored"}
+        return Degradation("frozen", key, s.frames, s.first_ns, s.last_ns,
+                           "the identical image frame after frame; ignored").as_dict()
