@@ -20,13 +20,10 @@ import json
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
-from edge.errors import ConfigError, EdgeError
 from ros_nodes import node_io as io
 from ros_nodes import split_io
-from ros_nodes.parameters import current_values, declare, node_options, validate
 
 LLM_NODE = "mpnp_edge_llm"
 MAX_QUEUED = 4  # questions accepted and not yet answered; more are refused at once (the LLM's backlog bound)
@@ -34,48 +31,25 @@ READY = "edge node: subscribed"  # ros_nodes/runtime_node.READY: `edge launch` w
 
 
 def make_llm_node(lifecycle_base: type) -> type:
-    from rcl_interfaces.msg import SetParametersResult
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
-    class LLMNode(lifecycle_base):
+    from ros_nodes.lifecycle import managed_base
+
+    class LLMNode(managed_base(lifecycle_base)):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(LLM_NODE, **kwargs)
-            self.options = {o.name: o for o in node_options()}
-            self.problems = declare(self)
-            self.add_on_set_parameters_callback(self._on_set_parameters)
-            self.state = "unconfigured"
-            self.cfg: Any = None
             self.answerer: Any = None
             self.worker: Any = None
             self.gate: io.QuestionGate | None = None
             self.frames = split_io.TokenFrames()
             self.camera_keep = 1.0
             self.counts = {"answered": 0, "refused": 0}
-            self._pubs: dict[str, Any] = {}
-            self._subs: list[Any] = []
             self._timer: Any = None
             self._lock = threading.Lock()  # the answer publisher: timer and question callbacks
 
-        # ------------------------------------------------------------ transitions
-        def _guard(self, what: str, fn: Any) -> Any:
-            try:
-                return fn()
-            except (EdgeError, OSError) as exc:
-                self.get_logger().error(f"{what} failed: {exc}")
-                return R.FAILURE
-            except Exception:  # noqa: BLE001 - reported through the lifecycle (ERROR), never a crash
-                self.get_logger().error(f"{what} failed unexpectedly:\n{traceback.format_exc()}")
-                return R.ERROR
-
-        def on_configure(self, state: Any) -> Any:
-            return self._guard("configure", self._configure)
-
+        # ------------------------------------------------------------ transitions (ros_nodes/lifecycle.py)
         def _configure(self) -> Any:
-            where = f"parameters of {self.get_fully_qualified_name()}"
-            if self.problems:
-                key, problem = next(iter(self.problems.items()))
-                raise ConfigError(where, key, problem)
-            cfg = validate(current_values(self), where)
+            cfg = self.validated_parameters()
             from std_msgs.msg import String
 
             from ros_nodes.qos import reliable_qos
@@ -93,9 +67,6 @@ def make_llm_node(lifecycle_base: type) -> type:
             self.get_logger().info(f"configured: LLM {'on' if self.answerer else 'off'}, aligner sets {sets}")
             return R.SUCCESS
 
-        def on_activate(self, state: Any) -> Any:
-            return self._guard("activate", lambda: self._activate(state))
-
         def _activate(self, state: Any) -> Any:
             from edge.runtime.scheduler import MODALITIES
             from sensor_msgs.msg import Image
@@ -111,7 +82,7 @@ def make_llm_node(lifecycle_base: type) -> type:
             self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, reliable_qos()))
             self.gate = io.QuestionGate(self.answerer is not None, self.cfg.questions_every_s)
             self._timer = self.create_timer(0.05, self._publish_answers)
-            result = super().on_activate(state)
+            result = self._activate_publishers(state)
             self.state = "active"
             print(f"{READY} to {len(MODALITIES)} token topics "
                   f"({self.resolve_topic_name(split_io.TOKENS_PREFIX.rstrip('/'))}/<modality>) and "
@@ -119,39 +90,18 @@ def make_llm_node(lifecycle_base: type) -> type:
                   file=sys.stderr, flush=True)
             return result
 
-        def on_deactivate(self, state: Any) -> Any:
-            return self._guard("deactivate", lambda: self._deactivate(state))
-
-        def _deactivate(self, state: Any) -> Any:
-            self._stop_io()
-            self.state = "inactive"
-            return super().on_deactivate(state)
-
         def _stop_io(self) -> None:
-            for sub in self._subs:
-                self.destroy_subscription(sub)
-            self._subs = []
+            self._destroy_subscriptions()
             if self._timer is not None:
                 self.destroy_timer(self._timer)
                 self._timer = None
-
-        def on_cleanup(self, state: Any) -> Any:
-            return self._guard("cleanup", self.release)
-
-        def on_shutdown(self, state: Any) -> Any:
-            return self._guard("shutdown", self.release)
-
-        def on_error(self, state: Any) -> Any:
-            self.release()
-            return R.SUCCESS
 
         def release(self) -> Any:
             self._stop_io()
             if self.worker is not None:
                 self.worker.close()
-            for pub in self._pubs.values():
-                self.destroy_lifecycle_publisher(pub)
-            self._pubs, self.worker, self.answerer, self.cfg = {}, None, None, None
+            self._destroy_publishers()
+            self.worker, self.answerer, self.cfg = None, None, None
             if self.state != "unconfigured":
                 print(f"edge node: llm: {self.counts['answered']} answered, {self.counts['refused']} refused, "
                       f"{self.frames.received} token messages received", file=sys.stderr, flush=True)
@@ -159,24 +109,9 @@ def make_llm_node(lifecycle_base: type) -> type:
             return R.SUCCESS
 
         # ------------------------------------------------------------ parameters
-        def _on_set_parameters(self, params: list[Any]) -> Any:
-            changes = {p.name: p.value for p in params if p.name in self.options}
-            static = [n for n in changes if not self.options[n].dynamic]
-            if static and self.state != "unconfigured":
-                return SetParametersResult(successful=False, reason=(
-                    f"{', '.join(static)}: read at configure, cannot change while the node is {self.state}; "
-                    "deactivate and clean up the node, set it, then configure again"))
-            values = {**current_values(self), **{n: float(v) if self.options[n].kind is float else v
-                                                  for n, v in changes.items()}}
-            try:
-                cfg = validate(values, "parameter set")
-            except ConfigError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-            for n in changes:
-                self.problems.pop(n, None)
+        def _accept_parameters(self, changes: dict[str, Any], cfg: Any) -> None:
             if self.gate is not None:
                 self.gate.every_s = cfg.questions_every_s
-            return SetParametersResult(successful=True)
 
         # ------------------------------------------------------------ data
         def _on_tokens(self, modality: str) -> Any:

@@ -29,17 +29,16 @@ import importlib
 import sys
 import tempfile
 import threading
-import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError
 from edge.names import BACKENDS, POLICIES
 from ros_nodes import node_io as io
 from ros_nodes import split_io
-from ros_nodes.parameters import NODE_NAME, PARAM_FILE, current_values, declare, node_options, validate
+from ros_nodes.parameters import NODE_NAME, PARAM_FILE
 
 READY = "edge node: subscribed"  # printed once a node is active (ros_nodes/launch_commands.RUNTIME_READY)
 ROLES = ("composite", "perception", "llm")  # the whole runtime in one node, or the split graph's two nodes
@@ -61,50 +60,25 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
     `perception_only`: the split graph's perception node, /mpnp_edge_perception: no LLM, no questions; it
     publishes each frame's modality tokens (ros_nodes/split_io.py) for the LLM node, and its plans latched
     (transient local) so that an LLM node started later learns the camera pruning in force."""
-    from rcl_interfaces.msg import SetParametersResult
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
-    class RuntimeNode(lifecycle_base):
+    from ros_nodes.lifecycle import managed_base
+
+    class RuntimeNode(managed_base(lifecycle_base)):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(PERCEPTION_NODE if perception_only else NODE_NAME, **kwargs)
-            self.options = {o.name: o for o in node_options()}
-            self.problems = declare(self)  # values refused at declaration: configure fails naming them
-            self.add_on_set_parameters_callback(self._on_set_parameters)
-            self.state = "unconfigured"
-            self.cfg: Any = None
             self.runtime: Any = None
             self.rig: Any = None
             self.pipeline: io.Pipeline | None = None
             self.gate: io.QuestionGate | None = None
             self.transports: io.TransportChoice | None = None
             self.tally = io.Tally()
-            self._pubs: dict[str, Any] = {}
-            self._subs: list[Any] = []
             self._pending: dict[str, Any] = {}
             self._lock = threading.Lock()
 
-        # ------------------------------------------------------------ transitions
-        def _guard(self, what: str, fn: Any) -> Any:
-            try:
-                return fn()
-            except (EdgeError, OSError) as exc:
-                self.get_logger().error(f"{what} failed: {exc}")
-                return R.FAILURE
-            except Exception:  # noqa: BLE001 - reported through the lifecycle (ERROR), never a crash
-                self.get_logger().error(f"{what} failed unexpectedly:\n{traceback.format_exc()}")
-                return R.ERROR
-
-        def on_configure(self, state: Any) -> Any:
-            return self._guard("configure", self._configure)
-
+        # ------------------------------------------------------------ transitions (ros_nodes/lifecycle.py)
         def _configure(self) -> Any:
-            if self.problems:
-                where = f"parameters of {self.get_fully_qualified_name()}"
-                for key, problem in list(self.problems.items())[1:]:
-                    self.get_logger().error(str(ConfigError(where, key, problem)))
-                key, problem = next(iter(self.problems.items()))
-                raise ConfigError(where, key, problem)
-            cfg = validate(current_values(self), f"parameters of {self.get_fully_qualified_name()}")
+            cfg = self.validated_parameters()
             from nav_msgs.msg import OccupancyGrid
             from std_msgs.msg import String
             from diagnostic_msgs.msg import DiagnosticArray
@@ -132,9 +106,6 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
                                    f"LLM {'on' if runtime.answerer else 'off'}")
             return R.SUCCESS
 
-        def on_activate(self, state: Any) -> Any:
-            return self._guard("activate", lambda: self._activate(state))
-
         def _activate(self, state: Any) -> Any:
             from std_msgs.msg import String
             from ros_nodes.qos import reliable_qos, sensor_qos
@@ -155,7 +126,7 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
             if not perception_only:  # the split graph's LLM node takes the questions
                 self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, reliable_qos()))
             self.gate = io.QuestionGate(self.runtime.answerer is not None, self.cfg.questions_every_s)
-            result = super().on_activate(state)  # activates the lifecycle publishers
+            result = self._activate_publishers(state)  # activates the lifecycle publishers
             self.pipeline.start()
             self.state = "active"
             cams = ", ".join(f"{b.strip('/').removesuffix('/image_raw')} {f or 'first to arrive'}" for b, f in chosen.items())
@@ -184,39 +155,17 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
                 out[b] = "raw" if raw else "compressed" if compressed else None
             return out
 
-        def on_deactivate(self, state: Any) -> Any:
-            return self._guard("deactivate", lambda: self._deactivate(state))
-
-        def _deactivate(self, state: Any) -> Any:
-            self._stop_io()
-            self.state = "inactive"
-            return super().on_deactivate(state)
-
         def _stop_io(self) -> None:
-            for sub in self._subs:
-                self.destroy_subscription(sub)
-            self._subs = []
+            self._destroy_subscriptions()
             if self.pipeline is not None:
                 self.pipeline.stop()  # the frame in hand finishes and is published
                 self.pipeline = None
                 self.tally.flush(final=True)
 
-        def on_cleanup(self, state: Any) -> Any:
-            return self._guard("cleanup", self.release)
-
-        def on_shutdown(self, state: Any) -> Any:
-            return self._guard("shutdown", self.release)
-
-        def on_error(self, state: Any) -> Any:
-            self.release()
-            return R.SUCCESS  # back to unconfigured: configure may be tried again
-
         def release(self) -> Any:
             """Stop the flow and drop the models and publishers (cleanup, shutdown, error, exit)."""
             self._stop_io()
-            for pub in self._pubs.values():
-                self.destroy_lifecycle_publisher(pub)
-            self._pubs = {}
+            self._destroy_publishers()
             if self.runtime is not None and hasattr(self.runtime, "close"):
                 self.runtime.close()
             self.runtime = self.cfg = None
@@ -224,27 +173,10 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
             return R.SUCCESS
 
         # ------------------------------------------------------------ parameters
-        def _on_set_parameters(self, params: list[Any]) -> Any:
-            changes = {p.name: p.value for p in params if p.name in self.options}
-            if not changes:
-                return SetParametersResult(successful=True)
-            static = [n for n in changes if not self.options[n].dynamic]
-            if static and self.state != "unconfigured":
-                return SetParametersResult(successful=False, reason=(
-                    f"{', '.join(static)}: read at configure, cannot change while the node is {self.state}; "
-                    "deactivate and clean up the node, set it, then configure again"))
-            values = {**current_values(self), **{n: float(v) if self.options[n].kind is float else v
-                                                  for n, v in changes.items()}}
-            try:
-                validate(values, "parameter set")
-            except ConfigError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-            for n in changes:
-                self.problems.pop(n, None)
-            if self.cfg is not None:
+        def _accept_parameters(self, changes: dict[str, Any], cfg: Any) -> None:
+            if self.cfg is not None:  # applied between frames by _apply_pending
                 with self._lock:
-                    self._pending.update({n: values[n] for n in changes})
-            return SetParametersResult(successful=True)
+                    self._pending.update(changes)
 
         def _apply_pending(self) -> None:
             """Dynamic parameters take effect between frames (on the worker) or at activate."""
