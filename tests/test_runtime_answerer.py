@@ -130,3 +130,32 @@ def test_a_failing_answer_is_reported_and_the_worker_goes_on() -> None:
     assert second["response"] == "2.0 meters" and second["data_stamp_ns"] == 42 and second["modalities"] == ["audio"]
     assert second["within_budget"] and second["answer"] == "2.0 meters"
     w.close()
+
+
+def test_aligners_trained_on_other_encoder_weights_are_named(tmp_path: Path) -> None:
+    """Retrained encoders keep token shapes and layouts, so only the recorded weight hashes show the aligners
+    learnt other tokens: the set is named once, and only for the modalities whose weights changed."""
+    import shutil
+
+    from edge.encoders.fingerprint import token_fingerprints
+    from edge.llm import load_llm
+    from edge.llm.qa_model import QAConfig, QAModel
+
+    perception = Path(__file__).resolve().parents[1] / "models" / "perception"
+    before = token_fingerprints(perception)
+    assert set(before) == {"fisheye", "ultrasonic", "audio", "camera"}
+    changed = tmp_path / "perception"
+    shutil.copytree(perception, changed)
+    fusion = changed / "fusion.safetensors"
+    fusion.write_bytes(fusion.read_bytes()[:-1] + b"\x01")  # the fusion head makes both BEV modalities' tokens
+    after = token_fingerprints(changed)
+    assert {m for m in before if before[m] != after[m]} == {"fisheye", "ultrasonic"}
+
+    torch.set_num_threads(1)
+    model = QAModel(load_llm(), QAConfig("mpnp", ("ultrasonic", "audio"), n_blocks=2))
+    model.save(tmp_path / "aligners" / "yard", {"perception_weights": before})
+    model.close()
+    a = Answerer(tmp_path / "aligners", max_new_tokens=2)
+    assert a.stale_sets(before) == []
+    notes = a.stale_sets(after)
+    assert len(notes) == 1 and "'yard'" in notes[0] and "ultrasonic" in notes[0] and "audio" not in notes[0]

@@ -24,7 +24,7 @@ from edge.llm.qa_data import MODALITIES, TRAIN_DRIVES, QADataset, check_modaliti
 from edge.llm.qa_model import RUN_FILE, QAConfig, QAModel
 from edge.llm.qa_text import QATokenizer
 from edge.llm.train_aligners import (
-    add_data_args, add_train_args, load_data, sequence_stats, train,
+    perception_fingerprints, add_data_args, add_train_args, load_data, sequence_stats, train,
 )
 
 
@@ -180,7 +180,8 @@ def _main(args: argparse.Namespace) -> int:
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                 time_budget_s=args.budget_seconds, progress=not args.quiet,
                 extra={"drives": args.drives, "lighting": args.lighting, "adapt_from": str(args.base),
-                       "n_reason": reason, "budget_flops": args.budget_flops, "budget_seconds": args.budget_seconds})
+                       "n_reason": reason, "budget_flops": args.budget_flops, "budget_seconds": args.budget_seconds,
+                       "perception_weights": perception_fingerprints(args.perception)})
     print(json.dumps({k: rec[k] for k in ("n_blocks", "items", "train_flops", "train_seconds", "peak_rss_mb",
                                           "train_added_rss_mb", "loss_per_epoch", "stopped")}))
     return 0

@@ -229,10 +229,18 @@ def _main(args: argparse.Namespace) -> int:
     model = QAModel(llm, cfg, init_from=args.init)
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                 progress=not args.quiet, extra={"drives": args.drives, "lighting": args.lighting,
-                                                "command": "edge train aligners " + " ".join(_argv(args))})
+                                                "command": "edge train aligners " + " ".join(_argv(args)),
+                                                "perception_weights": perception_fingerprints(args.perception)})
     print(json.dumps({k: rec[k] for k in ("items", "samples_seen", "train_flops", "train_seconds", "peak_rss_mb",
                                           "train_added_rss_mb", "loss_per_epoch")}))
     return 0
+
+
+def perception_fingerprints(perception_dir: Path) -> dict[str, str]:
+    """Hashes of the encoder weights whose tokens the aligners learn to read (checked by the runtime)."""
+    from edge.encoders.fingerprint import token_fingerprints
+
+    return token_fingerprints(perception_dir)
 
 
 def _argv(args: argparse.Namespace) -> list[str]:

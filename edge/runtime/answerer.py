@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from edge.encoders.fingerprint import mismatched
 from edge.errors import EdgeError
 from edge.llm import MPnPConnector, load_aligner, load_llm
 from edge.llm.qa_text import prompt_text
@@ -34,6 +35,9 @@ class Answerer:
         self.set_lora: dict[str, KVLoRA] = {}  # LoRA on k/v trained with a set, active only while it is attached
         self.prior: dict[str, str] = {}  # majority answer per template of the training drives (run.json)
         trained_for: dict[str, tuple[str, ...]] = {}  # the conditions each set was trained on (run.json)
+        # hashes of the encoder weights each set learnt to read (run.json `perception_weights`; {} before they were
+        # recorded): the runtime names the sets whose encoders have changed since
+        self.trained_on: dict[str, dict[str, str]] = {}
         accuracy: dict[str, dict[str, float]] = {}  # measured exact match (0..1) per lighting (eval.json)
         root = Path(aligner_dir) if aligner_dir is not None else None
         if root is not None and root.is_dir():
@@ -47,6 +51,7 @@ class Answerer:
                     self.sets[folder.name] = found
                     record = _run_record(folder)
                     trained_for[folder.name] = _run_lighting(record)
+                    self.trained_on[folder.name] = dict(record.get("perception_weights") or {})
                     self.prior.update(record.get("blind_prior") or {})
                     if (folder / "lora.safetensors").exists():
                         self.set_lora[folder.name] = load_kv_lora(self.llm.model, folder / "lora.safetensors")
@@ -64,6 +69,7 @@ class Answerer:
                     name = f"{run}:{sub}"
                     self.sets[name] = {m: self.sets[run][m] for m in mods}
                     trained_for[name] = trained_for[run]
+                    self.trained_on[name] = self.trained_on[run]
                     if run in self.set_lora:
                         self.set_lora[name] = self.set_lora[run]
         self._aligner_sets = tuple(AlignerSet(name, tuple(group), accuracy.get(name, {}), trained_for[name])
@@ -72,6 +78,18 @@ class Answerer:
         depth = min((al.spec.n_blocks for al in every), default=min(8, self.llm.shape.n_layers))
         self.connector = MPnPConnector(self.llm.model, depth)
         self.max_new_tokens = max_new_tokens
+
+    def stale_sets(self, current: dict[str, str]) -> list[str]:
+        """One line per aligner set trained on tokens of other encoder weights than `current` (token_fingerprints
+        of the loaded perception directory): its shapes fit, but its answers were measured on other tokens."""
+        out = []
+        for name, group in self.sets.items():
+            stale = mismatched(self.trained_on.get(name, {}), current, tuple(group))
+            if stale and ":" not in name:  # composable subsets share their run's record: named once
+                out.append(f"aligner set '{name}' was trained on tokens of other perception weights for "
+                           f"{', '.join(stale)} (run.json perception_weights differ from the loaded encoders): its "
+                           f"answers may be worse than its measured accuracy; retrain it (edge train aligners)")
+        return out
 
     @property
     def aligners(self) -> dict[str, Any]:

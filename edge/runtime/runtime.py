@@ -13,6 +13,7 @@ start-up is measured on its first sample.
 
 from __future__ import annotations
 
+import logging
 import resource
 import statistics
 import time
@@ -24,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from edge.encoders.fingerprint import token_fingerprints
 from edge.encoders.stack import OCCUPANCY_VALUES, PerceptionStack
 from edge.errors import EdgeError
 from edge.names import BackendName, Policy
@@ -34,6 +36,7 @@ from edge.runtime.isolation import Detacher
 from edge.runtime.plausibility import ObstacleView
 from edge.runtime.scheduler import KEEP_RATIOS, MODALITIES, Budget, Decision, Plan, QualityTable, Scheduler
 
+log = logging.getLogger(__name__)
 PROBE_DUTY = 0.1  # share of wall time re-measurement may take beyond the frames' slack
 Stopwatch = Callable[[str, Callable[[], Any]], tuple[Any, float, float]]  # (stage, fn) -> (fn(), wall ms, cpu ms)
 
@@ -111,6 +114,11 @@ class Runtime:
         if not eval_path.exists():
             raise EdgeError(f"{eval_path}: missing; the scheduler needs the measured per-condition accuracy table")
         self.answerer = answerer
+        # aligners trained on other encoder weights: named once (their measured accuracy no longer holds)
+        self.notes: list[str] = answerer.stale_sets(token_fingerprints(perception_dir)) \
+            if hasattr(answerer, "stale_sets") else []
+        for note in self.notes:
+            log.warning("%s", note)
         self.scheduler = Scheduler(QualityTable.from_perception_eval(eval_path), self.costs, budget,
                                    MODALITIES, answerer.n_blocks if answerer is not None else 0, policy, dwell,
                                    quality_per_ms=quality_per_ms,
@@ -162,7 +170,7 @@ class Runtime:
     @property
     def diagnostics(self) -> list[str]:
         """One line per implausible sensor and per detached modality (first occurrence each)."""
-        return self.estimator.diagnostics + self.detacher.diagnostics
+        return self.notes + self.estimator.diagnostics + self.detacher.diagnostics
 
     # ---------------------------------------------------------------- costs
     def calibrate(self, sample: Any, repeats: int = 3) -> None:
