@@ -99,8 +99,8 @@ def bench_backend(backend: str, model: Path, sample: Any, repeat: int, cache: Pa
         rows.append({"module": name + (f" {variant}" if variant else ""), "eager_ms": t_eager * 1e3,
                      "engine_ms": t_engine * 1e3, "ratio": t_engine / t_eager, "max_abs_err": err,
                      "engine": engine.path.name, "threads": engine.info.get("intra_op_threads")})
-    t_eager, t_engine = timed_pair(lambda: eager.run(sample, camera_keep=0.5),
-                                   lambda: stack.run(sample, camera_keep=0.5), repeat)
+    t_eager, t_engine = timed_pair(lambda: eager.run(sample, settings={"camera": 0.5}),
+                                   lambda: stack.run(sample, settings={"camera": 0.5}), repeat)
     rows.append({"module": "PerceptionStack.run (all, keep 0.5)", "eager_ms": t_eager * 1e3,
                  "engine_ms": t_engine * 1e3, "ratio": t_engine / t_eager, "max_abs_err": None, "engine": "",
                  "threads": None})

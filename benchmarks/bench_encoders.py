@@ -145,7 +145,8 @@ def run(model: Path | None, repeat: int, device: str) -> list[dict[str, Any]]:
 
     add("camera ViT keep 0.5 (prune kernel)", lambda: stack.camera(front, 0.5),
         "camera ViT keep 0.5 (PyTorch reference pruning)", camera_ref_prune)
-    add("fusion head", lambda: stack.fusion(fe, us, raster), "fisheye (bev_pool kernel)", fisheye)
+    add("fusion head", lambda: stack.fusion({"fisheye": fe, "ultrasonic": us}, {"ultrasonic": raster}),
+        "fisheye (bev_pool kernel)", fisheye)
     return rows
 
 

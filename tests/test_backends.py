@@ -110,13 +110,13 @@ def test_stack_outputs_contract_is_the_same_on_onnxruntime(stack: PerceptionStac
         calls.append(name)
         return fn()
 
-    got = stack.run(sample, camera_keep=0.5, timer=timer)
+    got = stack.run(sample, settings={"camera": 0.5}, timer=timer)
     assert calls == ["fisheye", "ultrasonic", "fusion", "audio", "camera@0.5"]
     assert stack.backend == "onnxruntime"
     stack.set_backend("eager")
     try:
         assert stack.backend == "eager" and stack.fusion.engine_for is None
-        ref = stack.run(sample, camera_keep=0.5)
+        ref = stack.run(sample, settings={"camera": 0.5})
     finally:
         stack.set_backend("onnxruntime")  # engines are kept by the stack: no rebuild
     assert got.modalities == ref.modalities and set(got.tokens) == set(ref.tokens)
@@ -124,8 +124,9 @@ def test_stack_outputs_contract_is_the_same_on_onnxruntime(stack: PerceptionStac
         assert got.tokens[k].shape == ref.tokens[k].shape and got.tokens[k].dtype == ref.tokens[k].dtype
         torch.testing.assert_close(got.tokens[k], ref.tokens[k], atol=1e-4, rtol=1e-4)
     assert got.bev_classes.dtype == ref.bev_classes.dtype and float((got.bev_classes == ref.bev_classes).mean()) > 0.999
-    assert got.audio["event"] == ref.audio["event"] and got.camera["lighting"] == ref.camera["lighting"]
-    assert set(got.camera) == set(ref.camera) and set(got.audio) == set(ref.audio)
+    assert got.outputs["audio"]["event"] == ref.outputs["audio"]["event"]
+    assert got.outputs["camera"]["lighting"] == ref.outputs["camera"]["lighting"]
+    assert {m: set(o) for m, o in got.outputs.items()} == {m: set(o) for m, o in ref.outputs.items()}
 
 
 # ---------------------------------------------------------------- keys and the cache, on a small module
@@ -281,10 +282,10 @@ def test_runtime_on_onnxruntime_agrees_with_eager(drive: Path, stack: Perception
         r = ort.step(s)
         stack.set_backend("eager")
         try:
-            ref = stack.run(s, r.plan.modalities, r.plan.camera_keep)
+            ref = stack.run(s, r.plan.modalities, {"camera": r.plan.camera_keep})
         finally:
             stack.set_backend("onnxruntime", cache_dir=engine_dir)  # the engines are kept: nothing is rebuilt
-        assert r.modalities_used == ref.modalities and (r.audio or {}).get("event") == (ref.audio or {}).get("event")
+        assert r.modalities_used == ref.modalities and (r.audio or {}).get("event") == ref.outputs.get("audio", {}).get("event")
         agree.append(float((r.bev_classes == ref.bev_classes).mean()))
     assert min(agree) >= 0.99, agree
     assert set(r.plan.modalities) == {"fisheye", "ultrasonic", "audio", "camera"}

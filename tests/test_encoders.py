@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,10 +17,13 @@ from edge.drives.sync import Sample
 from edge.encoders import (AUDIO_EVENTS, BEV_CLASSES, CheckpointError, Diagnostics, InputError, PerceptionConfig,
                            PerceptionStack, audio_features)
 from edge.encoders.audio import ROTATE_PERM, permute_features
-from edge.encoders.base import to_bgr
+from edge.encoders.base import BevFeatures, EncoderOutput, ModalityEncoder, to_bgr
+from edge.modalities import TokenSpec
+from edge.modalities.registry import registry
 from edge.sensors.rig import load_rig
 
 CFG = PerceptionConfig()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,7 @@ def test_module_shapes(stack: PerceptionStack) -> None:
     us, ut, raster = stack.ultrasonic(torch.full((2, 12), 1.5))
     assert us.shape == (2, CFG.ultrasonic_channels, g.nx // 2, g.ny // 2) and ut.shape == (2, 8, CFG.d_enc)
     assert raster.shape == (2, 3, g.nx, g.ny)
-    coarse, fine = stack.fusion(fe, us, raster)
+    coarse, fine = stack.fusion({"fisheye": fe, "ultrasonic": us}, {"ultrasonic": raster})
     assert coarse.shape == (2, len(BEV_CLASSES), g.nx // 4, g.ny // 4) and fine.shape == (2, len(BEV_CLASSES), g.nx, g.ny)
     f = {k: torch.from_numpy(v)[None].repeat(2, *[1] * v.ndim) for k, v in audio_features(np.zeros((4, 15360))).items()}
     ev, dr, at = stack.audio(f["logmel"], f["gcc"], f["gcc_avg"])
@@ -61,10 +67,10 @@ def test_fusion_missing_modalities(stack: PerceptionStack) -> None:
     fe, _ = stack.fisheye(torch.randn(1, 4, 3, *CFG.fisheye_hw))
     us, _, raster = stack.ultrasonic(torch.full((1, 12), 2.0))
     for f, u, r in ((fe, None, None), (None, us, raster), (fe, us, raster)):
-        _, fine = stack.fusion(f, u, r)
+        _, fine = stack.fusion({"fisheye": f, "ultrasonic": u}, {"ultrasonic": r})
         assert fine.shape[-2:] == (CFG.bev_grid.nx, CFG.bev_grid.ny) and torch.isfinite(fine).all()
     with pytest.raises(ValueError, match="at least one"):
-        stack.fusion(None, None)
+        stack.fusion({})
 
 
 @pytest.mark.parametrize("present", [
@@ -163,3 +169,87 @@ def test_encoders_do_not_import_runtime_or_ros() -> None:
     code = ("import sys, edge.encoders; bad = [m for m in sys.modules if m.split('.')[0] == 'rclpy' or "
             "m.startswith(('edge.runtime', 'edge.scheduler', 'ros_nodes'))]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class FakeLidar(ModalityEncoder):
+    """A fifth BEV modality from outside the core: features made from the stamp, none on odd stamps."""
+
+    name = "lidar"
+    bev_channels = 8
+
+    def __init__(self, cfg: PerceptionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.conv = torch.nn.Conv2d(1, self.bev_channels, 1)
+
+    @property
+    def n_tokens(self) -> int:
+        return 5
+
+    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+               ) -> EncoderOutput | None:
+        if sample.stamp_ns % 2:
+            return None
+        g = self.cfg.bev_grid
+        x = torch.rand(1, 1, g.nx // 2, g.ny // 2, generator=torch.Generator().manual_seed(sample.stamp_ns))
+        return EncoderOutput(bev=BevFeatures(torch.relu(self.conv(x))))
+
+
+def build_lidar(cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> FakeLidar:
+    return FakeLidar(cfg)
+
+
+LIDAR = dataclasses.replace(registry()["fisheye"], name="lidar", topics=lambda sensors: (), default_sensors=(),
+                            tokens=TokenSpec(5, 128, "fake-v1"), weights="lidar.safetensors",
+                            health_streams=("lidar",), encoder=f"{__name__}:build_lidar")
+
+
+def test_a_fifth_bev_plugin_joins_the_stack_and_the_fusion(tmp_path: Path) -> None:
+    broken = dataclasses.replace(LIDAR, name="radar", weights="radar.safetensors", health_streams=("radar",),
+                                 encoder="no_such_radar_package.encoder:build")
+    torch.manual_seed(0)
+    squatter = dataclasses.replace(LIDAR, name="sectors", weights="sectors.safetensors", health_streams=("sectors",))
+    five = PerceptionStack(CFG, load_rig(), plugins=(*registry(), LIDAR, broken, squatter)).eval()
+    assert tuple(five.encoders) == ("fisheye", "ultrasonic", "audio", "camera", "lidar")
+    assert len(five.problems) == 2 and "modality 'radar' (encoder no_such_radar_package.encoder:build): failed to " \
+        "import: ModuleNotFoundError" in str(five.problems[0])  # named and left out, the others built
+    assert "modality 'sectors': its name is taken by the perception stack" in str(five.problems[1])
+    assert five.fusion.names == ("fisheye", "ultrasonic", "lidar")
+    assert five.fusion.coarse[0][0].weight.shape[1] == CFG.fisheye_channels + CFG.ultrasonic_channels + 8 + 3
+    even = dataclasses.replace(make_sample(np.random.default_rng(7)), stamp_ns=2)
+    calls: list[str] = []
+
+    def timer(name: str, fn: Any) -> Any:
+        calls.append(name)
+        return fn()
+
+    out = five.run(even, settings={"camera": 0.5}, timer=timer)
+    assert calls == ["fisheye", "ultrasonic", "lidar", "fusion", "audio", "camera@0.5"]
+    assert out.modalities == ["fisheye", "ultrasonic", "lidar"] and set(out.alone) == set(out.modalities)
+    assert out.tokens["lidar"].shape == (1, 5, CFG.d_enc) and set(out.outputs) == {"audio", "camera"}
+    for use in (("lidar",), ("ultrasonic", "lidar"), ("fisheye", "lidar")):  # any subset
+        got = five.run(even, use)
+        assert got.modalities == list(use) and got.bev_classes is not None
+        if len(use) == 1:  # one BEV modality: the map is its own posterior
+            np.testing.assert_array_equal(got.bev_probs, got.alone["lidar"])
+    odd = dataclasses.replace(even, stamp_ns=3)  # no lidar data: fused from the others, as without the plugin
+    assert five.run(odd).modalities == ["fisheye", "ultrasonic"]
+    five.save(tmp_path / "five")
+    again = PerceptionStack.load(tmp_path / "five", plugins=(*registry(), LIDAR))
+    torch.testing.assert_close(again.run(even).tokens["lidar"], out.tokens["lidar"])
+    with pytest.raises(CheckpointError, match="lidar.safetensors: missing"):  # the shipped models have no lidar
+        PerceptionStack.load(ROOT / "models" / "perception", plugins=(*registry(), LIDAR))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(ROOT / "models" / "perception", mixed)
+    shutil.copy(tmp_path / "five" / "lidar.safetensors", mixed)
+    with pytest.raises(CheckpointError, match="fusion.safetensors: does not match the fusion module"):
+        PerceptionStack.load(mixed, plugins=(*registry(), LIDAR))  # a fusion head trained for two BEV inputs
+
+
+def test_fusion_masked_form_checks_its_inputs(stack: PerceptionStack) -> None:
+    args = stack.fusion.network_inputs()
+    assert len(args) == 5  # fisheye, ultrasonic features; the ultrasonic raster; two presence flags
+    with pytest.raises(ValueError, match="5 tensors expected"):
+        stack.fusion.forward_masked(*args[:4])
+    with pytest.raises(ValueError, match="no input \\['lidar'\\]"):
+        stack.fusion({"lidar": args[0]})

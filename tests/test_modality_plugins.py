@@ -9,6 +9,8 @@ Fake plugins are modules written to a tmp dir and reached through `importlib.met
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -108,6 +110,20 @@ def test_core_lists_read_from_the_registry_are_as_before() -> None:
     assert weights_file("fusion") == "fusion.safetensors"
 
 
+def test_builtin_encoders_are_built_from_their_plugins() -> None:
+    """Each built-in names its encoder factory as a string; the stack builds one encoder per plugin from it."""
+    from edge.encoders import AudioEncoder, CameraEncoder, FisheyeEncoder, PerceptionConfig, UltrasonicEncoder
+    from edge.encoders.stack import build_encoder
+
+    kinds = {"fisheye": FisheyeEncoder, "ultrasonic": UltrasonicEncoder, "audio": AudioEncoder, "camera": CameraEncoder}
+    cfg, rig = PerceptionConfig(), load_rig()
+    for p in registry():
+        assert p.encoder == f"edge.encoders.{p.name}:build"
+        encoder = build_encoder(p, cfg, rig)
+        assert type(encoder) is kinds[p.name] and (encoder.bev_channels > 0) == p.bev
+        assert encoder.n_tokens == p.tokens.count
+
+
 FAKE_PLUGINS = {
     "fake_lidar": '''
         import dataclasses
@@ -119,7 +135,7 @@ FAKE_PLUGINS = {
 
         LIDAR = ModalityPlugin(name="lidar", sensors=lambda rig: ("roof",), default_sensors=("roof",), topics=points,
                                sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(8, 128, "pillars-v1"),
-                               weights="lidar.safetensors", health_streams=("lidar",))
+                               weights="lidar.safetensors", health_streams=("lidar",), encoder="fake_lidar_encoder:build")
         NOT_A_PLUGIN = {"name": "radar"}
         SECOND_CAMERA = dataclasses.replace(LIDAR, name="camera", topics=lambda s: ())
         FRONT_THIEF = dataclasses.replace(
@@ -135,7 +151,7 @@ FAKE_PLUGINS = {
 
         BAD = ModalityPlugin(name="Thermal Cam", sensors=lambda rig: (), default_sensors=(), topics=lambda s: (),
                              sync="nearest", bev=False, tokens=TokenSpec(0, 128, ""), weights="thermal.pt",
-                             health_streams=())
+                             health_streams=(), encoder="thermal.encoder")
     ''',
 }
 # entry point name -> (value, what the problem must say); "lidar" is the valid fifth plugin.
@@ -193,7 +209,11 @@ def test_declaration_is_checked_and_no_plugins_is_a_problem() -> None:
     with pytest.raises(PluginError, match="sync 'sweep' is not one of nearest, window, latest"):
         ModalityPlugin(name="radar", sensors=lambda rig: (), default_sensors=(), topics=lambda s: (),
                        sync="sweep", bev=False, tokens=TokenSpec(4, 128, "radar-v1"),  # type: ignore[arg-type]
-                       weights="radar.safetensors", health_streams=("radar",))
+                       weights="radar.safetensors", health_streams=("radar",), encoder="edge_radar:build")
+    with pytest.raises(PluginError, match="encoder 'edge_radar.build' must be 'module:callable'"):
+        ModalityPlugin(name="radar", sensors=lambda rig: (), default_sensors=(), topics=lambda s: (),
+                       sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(4, 128, "radar-v1"),
+                       weights="radar.safetensors", health_streams=("radar",), encoder="edge_radar.build")
     empty = build([])
     assert empty.names == () and "no plugin installed" in str(empty.problems[0])
 
@@ -206,3 +226,24 @@ def test_registry_stays_light() -> None:
             "'edge.perception'))}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_perception_stack_and_fusion_name_no_modality() -> None:
+    """The stack and the fusion head iterate the plugins: no built-in's name as a string, attribute or variable in
+    their code (docstrings and comments may give examples)."""
+    for rel in ("edge/encoders/stack.py", "edge/encoders/fusion.py"):
+        tree = ast.parse((ROOT / rel).read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        found = []
+        for node in ast.walk(tree):
+            words: list[str] = []
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                words = re.findall(r"[a-z]+", node.value)
+            elif isinstance(node, ast.Attribute):
+                words = [node.attr]
+            elif isinstance(node, (ast.Name, ast.arg)):
+                words = [node.id if isinstance(node, ast.Name) else node.arg]
+            found += [(w, node.lineno) for w in words if w in BUILTIN_NAMES]
+        assert not found, f"{rel} names modalities: {found}"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import Cost, Diagnostics, InputError, NetworkPart, count_macs, n_params
+from edge.encoders.base import Cost, Diagnostics, EncoderOutput, InputError, ModalityEncoder, count_macs, n_params
 from edge.encoders.config import AUDIO_EVENTS, DIRECTIONS, PerceptionConfig
 from edge.encoders.scene_tokens import AUDIO_TOKENS, audio_tokens
 
@@ -120,7 +120,13 @@ def steering_matrix(mic_xy: np.ndarray, rate: int, n_angles: int = 72, speed: fl
     return w
 
 
-class AudioEncoder(nn.Module, NetworkPart):
+def build(cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> AudioEncoder:
+    """The audio plugin's encoder factory (edge.modalities.builtin.AUDIO.encoder): the rig's microphones, centred."""
+    mic = np.asarray(rig.microphones.positions)[:, :2]
+    return AudioEncoder(cfg, mic - mic.mean(0))
+
+
+class AudioEncoder(ModalityEncoder):
     """Audio features -> event logits (B, 3), direction logits (B, 4), tokens (B, n_tokens, d_enc).
 
     Direction uses a fixed SRP-PHAT layer (steered response over 72 bearings from the GCC-PHAT of every time
@@ -188,8 +194,10 @@ class AudioEncoder(nn.Module, NetworkPart):
         tok = nn.functional.adaptive_avg_pool1d(h, self.pos.shape[1]).transpose(1, 2)
         return event, direction, self.token_proj(tok) + self.pos
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None) -> dict[str, Any] | None:
-        """One Sample -> {'event', 'event_prob', 'direction', 'direction_prob', 'tokens'} or None without audio."""
+    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+               ) -> EncoderOutput | None:
+        """One Sample -> tokens and extras {'event', 'event_prob', 'direction', 'direction_prob'}, or None without
+        audio."""
         feats = self.preprocess(sample, diag)
         if feats is None:
             return None
@@ -197,9 +205,9 @@ class AudioEncoder(nn.Module, NetworkPart):
         with torch.no_grad():
             ev, dr, tok = self.run_network("", self, t["logmel"], t["gcc"], t["gcc_avg"])
         pe, pd = torch.softmax(ev, -1)[0], torch.softmax(dr, -1)[0]
-        return {"event": AUDIO_EVENTS[int(pe.argmax())], "event_prob": float(pe.max()),
-                "direction": DIRECTIONS[int(pd.argmax())], "direction_prob": float(pd.max()),
-                "tokens": audio_tokens(pe.numpy(), pd.numpy(), self.cfg.d_enc)[None]}
+        return EncoderOutput(audio_tokens(pe.numpy(), pd.numpy(), self.cfg.d_enc)[None], extras={
+            "event": AUDIO_EVENTS[int(pe.argmax())], "event_prob": float(pe.max()),
+            "direction": DIRECTIONS[int(pd.argmax())], "direction_prob": float(pd.max())})
 
     def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Features of a seeded noise window of the configured length (real feature statistics, not random ones)."""

@@ -1,14 +1,15 @@
 """What every modality encoder plugin shares: a config, input checks, token output and cost figures.
 
-A plugin (DESIGN.md: one modality = one plugin) turns a synchronised `Sample` into model inputs
-(`preprocess`), runs its network (`forward`), and exposes features for BEV fusion (where it has any) and a fixed
-number of `n_tokens` tokens of width `d_enc` for the LLM connections. Encoders never import the runtime.
+A modality's encoder (DESIGN.md: one modality = one plugin; its plugin names the factory that builds it,
+`ModalityPlugin.encoder`) turns a synchronised `Sample` into model inputs (`preprocess`), runs its network
+(`forward`) and hands back one `EncoderOutput`: a fixed number of `n_tokens` tokens of width `d_enc` for the LLM
+connections, or `BevFeatures` for the fusion head, and the decoded outputs it has. Encoders never import the runtime.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cv2
@@ -161,6 +162,58 @@ class NetworkPart:
         if self.engine_for is None:
             return eager(*args)
         return self.engine_for(variant)(*args)
+
+
+@dataclass
+class BevFeatures:
+    """What a BEV-producing encoder hands the fusion head (edge.encoders.fusion) and the stack's scene tokens."""
+
+    features: Tensor  # (1, bev_channels, nx/2, ny/2): the grid at half its resolution
+    detail: Tensor | None = None  # (1, detail_channels, nx, ny): full-resolution evidence for the fusion's last layer
+    # (sides, w) per-side measurements the stack writes into this modality's side tokens after the pooled posteriors
+    # (edge.encoders.scene_tokens: ECHO_OFFSET; the ultrasonic echoes), or None
+    side_features: np.ndarray | None = None
+
+
+@dataclass
+class EncoderOutput:
+    """One encoder's result for one sample, whatever the modality.
+
+    A BEV modality gives `bev` and no tokens: its LLM tokens are the scene tokens the stack pools from the posterior
+    it alone gives through the fusion head (edge.encoders.scene_tokens), so that they mean the same for every BEV
+    modality. Any other gives `tokens`. `extras` holds its decoded outputs, as the report and the runtime read them
+    (audio: event, event_prob, direction, direction_prob; camera: lighting, lighting_prob, front_map)."""
+
+    tokens: Tensor | None = None  # (1, n_tokens, d_enc)
+    bev: BevFeatures | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class ModalityEncoder(nn.Module, NetworkPart):
+    """The base of every modality's encoder: what the perception stack calls, whatever the modality.
+
+    `bev_channels` / `detail_channels` size its inputs to the fusion head (0: no BEV features / no full-resolution
+    detail). `setting` is the one run-time knob the scheduler may turn per frame (the front camera's token keep
+    ratio); an encoder without one ignores it. `stage(setting)` names the stage the runtime times and costs."""
+
+    name: str = ""
+    bev_channels: int = 0
+    detail_channels: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+               ) -> EncoderOutput | None:
+        """One sample -> its output, or None when the sample holds none of this modality's data."""
+        raise NotImplementedError
+
+    def stage(self, setting: float | None = None) -> str:
+        return self.name
+
+    def cost(self) -> Cost:
+        raise NotImplementedError
 
 
 @dataclass

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import BoundMethod, Cost, Diagnostics, NetworkPart, count_macs, image_tensor, n_params, to_bgr
+from edge.encoders.base import (BoundMethod, Cost, Diagnostics, EncoderOutput, ModalityEncoder, count_macs, image_tensor,
+                                n_params, to_bgr)
 from edge.encoders.config import LIGHTING, PerceptionConfig
 from edge.kernels import prune_tokens
 
@@ -56,11 +57,18 @@ class Block(nn.Module):
         return x, q[:, :, 0].contiguous(), k.contiguous()
 
 
-class CameraEncoder(nn.Module, NetworkPart):
+def build(cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> CameraEncoder:
+    """The camera plugin's encoder factory (edge.modalities.builtin.CAMERA.encoder): the rig's front camera."""
+    front = rig.cameras.get("front")
+    return CameraEncoder(cfg, (front.height, front.width) if front is not None else None)
+
+
+class CameraEncoder(ModalityEncoder):
     """Front image (B, 3, H, W) -> tokens (B, n_tokens, d_enc), lighting logits (B, 3), front map logits (B, 8, 8).
 
     Network part for engines: `forward` at one keep ratio (the token counts after each pruning stage depend on it,
-    so each ratio is its own fixed-shape engine, variant `keep<ratio>`; pruning in its standard-op form, TopK)."""
+    so each ratio is its own fixed-shape engine, variant `keep<ratio>`; pruning in its standard-op form, TopK).
+    Its run-time setting is the keep ratio (None: `keep`); each ratio is its own stage, `camera@<ratio>`."""
 
     ENGINE_KEEPS = (1.0, 0.5, 0.25)  # the ratios the scheduler plans with: engines built up front
 
@@ -121,16 +129,22 @@ class CameraEncoder(nn.Module, NetworkPart):
         return (self.token_proj(x), self.light_head(cls),
                 self.map_head(cls).reshape(-1, *FRONT_MAP))
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None, keep: float | None = None) -> dict[str, Any] | None:
+    def stage(self, setting: float | None = None) -> str:
+        return f"{self.name}@{self.keep if setting is None else setting:g}"
+
+    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+               ) -> EncoderOutput | None:
+        """One Sample at keep ratio `setting` -> tokens and extras {'lighting', 'lighting_prob', 'front_map'}, or None
+        without a front image."""
         img = self.preprocess(sample, diag)
         if img is None:
             return None
-        keep = self.keep if keep is None else float(keep)
+        keep = self.keep if setting is None else float(setting)
         with torch.no_grad():
             tok, light, fmap = self.run_network(keep_variant(keep), lambda x: self(x, keep), image_tensor(img)[None])
         p = torch.softmax(light, -1)[0]
-        return {"tokens": tok, "lighting": LIGHTING[int(p.argmax())], "lighting_prob": float(p.max()),
-                "front_map": torch.sigmoid(fmap)[0]}
+        return EncoderOutput(tok, extras={"lighting": LIGHTING[int(p.argmax())], "lighting_prob": float(p.max()),
+                                          "front_map": torch.sigmoid(fmap)[0]})
 
     def variants(self) -> tuple[str, ...]:
         return tuple(keep_variant(k) for k in self.ENGINE_KEEPS)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import (Cost, Diagnostics, NetworkPart, TokenPool, count_macs, image_tensor, n_params,
-                                to_bgr)
+from edge.encoders.base import (BevFeatures, Cost, Diagnostics, EncoderOutput, ModalityEncoder, TokenPool, count_macs,
+                                image_tensor, n_params, to_bgr)
 from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.encoders.config import FISHEYE_CAMERAS, PerceptionConfig
 from edge.kernels import BevProjector, TableSpec, load_or_build_table
@@ -61,7 +61,12 @@ class FisheyeBackbone(nn.Module):
         return self.out(self.lat4(f4) + up)
 
 
-class FisheyeEncoder(nn.Module, NetworkPart):
+def build(cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> FisheyeEncoder:
+    """The fisheye plugin's encoder factory (edge.modalities.builtin.FISHEYE.encoder)."""
+    return FisheyeEncoder(cfg, rig, table_cache)
+
+
+class FisheyeEncoder(ModalityEncoder):
     """Four fisheye images -> BEV features (B, C, nx/2, ny/2) and tokens (B, n_tokens, d_enc).
 
     Network part for engines: `forward` (backbone, BEV projection in its standard-op form, BEV convs, tokens)."""
@@ -71,7 +76,7 @@ class FisheyeEncoder(nn.Module, NetworkPart):
     def __init__(self, cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        c = cfg.fisheye_channels
+        c = self.bev_channels = cfg.fisheye_channels
         self.backbone = FisheyeBackbone(c)
         cams = [rig.fisheye[name] for name in FISHEYE_CAMERAS]
         self.native_hw = {name: (cam.height, cam.width) for name, cam in zip(FISHEYE_CAMERAS, cams)}
@@ -113,13 +118,16 @@ class FisheyeEncoder(nn.Module, NetworkPart):
         bev = self.bev(bev)
         return bev, self.tokens(bev)
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None) -> tuple[Tensor, Tensor] | None:
-        """One Sample -> (bev (1, C, nx/2, ny/2), tokens (1, T, d_enc)), or None when no camera is present."""
+    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+               ) -> EncoderOutput | None:
+        """One Sample -> BEV features (1, C, nx/2, ny/2), or None when no camera is present. (The network's pooled
+        tokens are not the LLM's: those are the stack's scene tokens of the BEV the fisheyes alone see.)"""
         imgs, present = self.preprocess(sample, diag)
         if not present.any():
             return None
         with torch.no_grad():
-            return self.run_network("", self, image_tensor(imgs)[None], torch.from_numpy(present)[None])
+            bev, _ = self.run_network("", self, image_tensor(imgs)[None], torch.from_numpy(present)[None])
+        return EncoderOutput(bev=BevFeatures(bev))
 
     def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(seed)

@@ -1,20 +1,38 @@
-"""BEV fusion and the two-stage semantic occupancy decoder (arXiv 2402.00637 style).
+"""BEV fusion and the two-stage semantic occupancy decoder (arXiv 2402.00637 style), over any number of BEV inputs.
 
-Fisheye and ultrasonic BEV features (at half the grid resolution, 0.4 m by default) are concatenated with two
-presence channels (so the decoder knows which modality is speaking). The coarse stage predicts classes at a
-quarter resolution (0.8 m) with a wide receptive field; the refine stage combines those coarse logits with the
-half-resolution features, and a last light layer brings the result to the grid resolution (0.2 m) using the
-full-resolution ultrasonic raster for sharp near-range edges. A missing modality is fed as zeros with its
-presence flag off: trained that way (modality dropout), absence degrades the map and never breaks it.
+The BEV features of every BEV-producing modality (its plugin says `bev=True`; at half the grid resolution, 0.4 m
+by default) are concatenated in registry order with one presence channel each (so the decoder knows which
+modality is speaking). The coarse stage predicts classes at a quarter resolution (0.8 m) with a wide receptive
+field; the refine stage combines those coarse logits with the half-resolution features, and a last light layer
+brings the result to the grid resolution (0.2 m) using the full-resolution detail maps some modalities give (the
+ultrasonic raster) for sharp near-range edges. A missing modality is fed as zeros with its presence flag off:
+trained that way (modality dropout), absence degrades the map and never breaks it, and any subset may be present.
+
+Why one concatenation in registry order (and not one input projection per modality): with the built-ins
+(fisheye, ultrasonic) it is exactly the layout of the shipped weights, keys and shapes unchanged, so every trained
+fusion.safetensors loads as it is and gives the same outputs. A new BEV modality widens the input: its fusion head
+is trained again (a checkpoint of another width is refused by name, edge.encoders.stack.CheckpointError).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from edge.encoders.base import BoundMethod, NetworkPart
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
+
+
+@dataclass(frozen=True)
+class BevInput:
+    """One BEV modality as the fusion head takes it: its name, feature channels and detail channels (0: none)."""
+
+    name: str
+    channels: int
+    detail_channels: int = 0
 
 
 def _cbr(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -33,63 +51,90 @@ class _Res(nn.Module):
 
 
 class BevFusionHead(nn.Module, NetworkPart):
-    """(fisheye BEV | None, ultrasonic BEV | None, raster | None) ->
-    (coarse logits (B, K, nx/4, ny/4), fine logits (B, K, nx, ny)).
+    """({modality: BEV features}, {modality: detail}) -> (coarse logits (B, K, nx/4, ny/4), fine logits (B, K, nx, ny)).
 
-    Network part for engines: `forward_masked` (absent inputs are zeros with their flag off), so one fixed-shape
-    engine serves every combination of present modalities."""
+    `inputs` fixes the modalities and their order (the stack gives its BEV modalities in registry order); any
+    non-empty subset may be present per call. Network part for engines: `forward_masked` (absent inputs are zeros
+    with their flag off), so one fixed-shape engine serves every combination of present modalities."""
 
-    def __init__(self, cfg: PerceptionConfig, width: int = 48, refine: int = 24) -> None:
+    def __init__(self, cfg: PerceptionConfig, inputs: Sequence[BevInput], width: int = 48, refine: int = 24) -> None:
         super().__init__()
         self.cfg = cfg
-        self.cf, self.cu = cfg.fisheye_channels, cfg.ultrasonic_channels
-        cin = self.cf + self.cu + 2
+        self.inputs = tuple(inputs)
+        names = [i.name for i in self.inputs]
+        if not self.inputs or len(set(names)) != len(names) or any(i.channels <= 0 for i in self.inputs):
+            raise ValueError(f"BevFusionHead: inputs must be one or more distinct modalities with channels > 0, "
+                             f"got {self.inputs}")
+        self.detailed = tuple(i for i in self.inputs if i.detail_channels > 0)
+        cin = sum(i.channels for i in self.inputs) + len(self.inputs)
         k = len(BEV_CLASSES)
         self.coarse = nn.Sequential(_cbr(cin, width, stride=2), _Res(width, 1), _Res(width, 2))
         self.coarse_out = nn.Conv2d(width, k, 1)
         self.refine = nn.Sequential(_cbr(cin + width + k, refine), _cbr(refine, refine))
         self.up_feat = nn.Conv2d(refine, 16, 1)
-        self.up_raster = nn.Conv2d(3, 16, 3, padding=1)
+        # the detail maps' layer keeps the name of the weights trained when the ultrasonic raster was the only one
+        detail = sum(i.detail_channels for i in self.detailed)
+        self.up_raster = nn.Conv2d(detail, 16, 3, padding=1) if detail else None
         self.fine_out = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(16, k, 1))
 
-    def forward(self, fisheye: Tensor | None, ultrasonic: Tensor | None, raster: Tensor | None = None
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
+
+    def forward(self, features: Mapping[str, Tensor | None], details: Mapping[str, Tensor | None] | None = None
                 ) -> tuple[Tensor, Tensor]:
-        ref = fisheye if fisheye is not None else ultrasonic
-        if ref is None:
-            raise ValueError("BevFusionHead: at least one of fisheye and ultrasonic BEV features is needed")
+        """Features (B, C, nx/2, ny/2) and details (B, D, nx, ny) by modality name; those absent or None are off."""
+        details = details or {}
+        unknown = sorted(set(features) - set(self.names))
+        if unknown:
+            raise ValueError(f"BevFusionHead: no input {unknown}; its inputs are {list(self.names)}")
+        present = [i for i in self.inputs if features.get(i.name) is not None]
+        if not present:
+            raise ValueError(f"BevFusionHead: at least one of {', '.join(self.names)} BEV features is needed")
+        ref = features[present[0].name]
+        assert ref is not None
         b, _, nx, ny = ref.shape
-        f = fisheye if fisheye is not None else ref.new_zeros(b, self.cf, nx, ny)
-        u = ultrasonic if ultrasonic is not None else ref.new_zeros(b, self.cu, nx, ny)
-        r = raster if (raster is not None and ultrasonic is not None) else ref.new_zeros(b, 3, 2 * nx, 2 * ny)
+        on = {i.name for i in present}
+        feats = [features[i.name] if i.name in on else ref.new_zeros(b, i.channels, nx, ny)  # type: ignore[misc]
+                 for i in self.inputs]
+        dets = [details[i.name] if (i.name in on and details.get(i.name) is not None)  # type: ignore[misc]
+                else ref.new_zeros(b, i.detail_channels, 2 * nx, 2 * ny) for i in self.detailed]
         flag = torch.ones(b, dtype=torch.bool, device=ref.device)
-        return self.run_network("", self.forward_masked, f, u, r, flag & (fisheye is not None),
-                                flag & (ultrasonic is not None))
+        return self.run_network("", self.forward_masked, *feats, *dets, *(flag & (i.name in on) for i in self.inputs))
 
     def network(self, variant: str = "") -> nn.Module:
         return BoundMethod(self, "forward_masked")
 
     def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, ...]:
-        """ReLU-like features, a one-hot raster, both modalities present."""
+        """ReLU-like features, one-hot details, every modality present."""
         g = torch.Generator().manual_seed(seed)
         grid = self.cfg.bev_grid
         nx, ny = grid.nx // 2, grid.ny // 2
-        f = torch.randn((1, self.cf, nx, ny), generator=g).clamp(min=0)
-        u = torch.randn((1, self.cu, nx, ny), generator=g).clamp(min=0)
-        cls = torch.randint(0, 3, (1, grid.nx, grid.ny), generator=g)
-        raster = nn.functional.one_hot(cls, 3).permute(0, 3, 1, 2).float()
+        feats = [torch.randn((1, i.channels, nx, ny), generator=g).clamp(min=0) for i in self.inputs]
+        dets = []
+        for i in self.detailed:
+            cls = torch.randint(0, i.detail_channels, (1, grid.nx, grid.ny), generator=g)
+            dets.append(nn.functional.one_hot(cls, i.detail_channels).permute(0, 3, 1, 2).float())
         on = torch.ones(1, dtype=torch.bool)
-        return f, u, raster, on, on.clone()
+        return (*feats, *dets, *(on.clone() for _ in self.inputs))
 
-    def forward_masked(self, fisheye: Tensor, ultrasonic: Tensor, raster: Tensor, use_fisheye: Tensor,
-                       use_ultrasonic: Tensor) -> tuple[Tensor, Tensor]:
-        """Training form: per-sample presence (B,) bool; absent features are zeroed and flagged (modality dropout)."""
-        b, _, nx, ny = fisheye.shape
-        mf = use_fisheye.to(fisheye.dtype)[:, None, None, None]
-        mu = use_ultrasonic.to(fisheye.dtype)[:, None, None, None]
-        x = torch.cat([fisheye * mf, ultrasonic * mu, mf.expand(b, 1, nx, ny), mu.expand(b, 1, nx, ny)], 1)
+    def forward_masked(self, *args: Tensor) -> tuple[Tensor, Tensor]:
+        """Training form: the features of every input in order, then the details of those that have one, then a
+        (B,) bool presence per input; absent features and details are zeroed and flagged (modality dropout)."""
+        n, d = len(self.inputs), len(self.detailed)
+        if len(args) != 2 * n + d:
+            raise ValueError(f"BevFusionHead.forward_masked: {2 * n + d} tensors expected (features of "
+                             f"{', '.join(self.names)}, details, presence flags), got {len(args)}")
+        feats, dets, flags = args[:n], args[n:n + d], args[n + d:]
+        b, _, nx, ny = feats[0].shape
+        masks = {i.name: f.to(feats[0].dtype)[:, None, None, None] for i, f in zip(self.inputs, flags)}
+        x = torch.cat([f * masks[i.name] for i, f in zip(self.inputs, feats)]
+                      + [masks[i.name].expand(b, 1, nx, ny) for i in self.inputs], 1)
         h = self.coarse(x)
         coarse = self.coarse_out(h)
         up = nn.functional.interpolate(torch.cat([h, coarse], 1), size=(nx, ny), mode="bilinear", align_corners=False)
         r = self.refine(torch.cat([x, up], 1))
         full = nn.functional.interpolate(self.up_feat(r), scale_factor=2, mode="bilinear", align_corners=False)
-        return coarse, self.fine_out(full + self.up_raster(raster * mu))
+        if self.up_raster is not None:
+            full = full + self.up_raster(torch.cat([t * masks[i.name] for i, t in zip(self.detailed, dets)], 1))
+        return coarse, self.fine_out(full)

@@ -1,19 +1,26 @@
-"""The perception stack the runtime loads: four encoder plugins plus the BEV fusion head, saved and loaded as
-safetensors (one file per module, the shared config in each file's metadata).
+"""The perception stack the runtime loads: one encoder per installed modality plugin (built by the factory its
+plugin names) plus the BEV fusion head, saved and loaded as safetensors (one file per module, the shared config in
+each file's metadata).
 
     stack = PerceptionStack.load("models/perception")        # rig from calibration/default_rig.yaml
     out = stack.run(sample)                                     # a edge.drives.sync.Sample
     out.bev_classes   # (nx, ny) uint8 class ids at 0.2 m (BEV_CLASSES), out.occupancy_grid() -> OccupancyGrid values
     out.tokens        # {'fisheye': (1, 5, 128), 'ultrasonic': (1, 5, 128), 'audio': (1, 1, 128), 'camera': (1, 16, 128)}
                       # (edge/encoders/scene_tokens.py: per-side BEV posteriors, the sound's what and where)
+    out.outputs       # {'audio': {'event': ..., ...}, 'camera': {'lighting': ..., ...}}: each encoder's extras
     stack.set_backend("onnxruntime")                            # network parts on verified, cached engines
+
+Nothing here names a modality: the stack iterates the registry (edge.modalities), the BEV ones (plugin `bev=True`)
+feed the fusion head, every encoder answers through one `EncoderOutput`.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,24 +31,22 @@ from safetensors.torch import load_file, save_file
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from edge.encoders.audio import AudioEncoder
-from edge.encoders.base import Diagnostics
-from edge.encoders.camera import CameraEncoder
+from edge.encoders.base import BevFeatures, Diagnostics, EncoderOutput, ModalityEncoder
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
-from edge.encoders.fisheye import FisheyeEncoder
-from edge.encoders.fusion import BevFusionHead
-from edge.encoders.scene_tokens import ECHO_OFFSET, EchoFeatures, SectorPooling
-from edge.encoders.ultrasonic import UltrasonicEncoder
-from edge.errors import EdgeError
+from edge.encoders.fusion import BevFusionHead, BevInput
+from edge.encoders.scene_tokens import ECHO_OFFSET, SIDES, SectorPooling
+from edge.errors import EdgeError, PluginError
+from edge.modalities import ModalityPlugin
 from edge.modalities.registry import registry
 from edge.names import BackendName
 
-ENCODERS: tuple[str, ...] = registry().names  # one encoder per installed modality plugin, in registry order
-MODULES: tuple[str, ...] = (*ENCODERS, "fusion")  # the modules saved and loaded; the fusion head is the core's
+FUSION = "fusion"  # the core's module beside the encoders
+MODULES: tuple[str, ...] = (*registry().names, FUSION)  # the modules of a stack of the installed plugins
 # Module -> its weights file in a model directory (a modality's as its plugin declares).
-WEIGHTS: dict[str, str] = {**{p.name: p.weights for p in registry()}, "fusion": "fusion.safetensors"}
+WEIGHTS: dict[str, str] = {**{p.name: p.weights for p in registry()}, FUSION: "fusion.safetensors"}
 Timer = Callable[[str, Callable[[], Any]], Any]  # timer(name, fn) -> fn(): how a caller times each stage
 OCCUPANCY_VALUES = np.array([0, 100, 90, 80, -1], np.int8)  # BEV_CLASSES -> OccupancyGrid values (docs/drives.md)
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(EdgeError):
@@ -53,12 +58,11 @@ class PerceptionOutput:
     stamp_ns: int
     bev_classes: np.ndarray | None                # (nx, ny) uint8, kernel grid layout (i along x, j along y)
     bev_probs: np.ndarray | None                  # (K, nx, ny) float32
-    modalities: list[str]                         # which of fisheye / ultrasonic fed the BEV map
-    audio: dict[str, Any] | None
-    camera: dict[str, Any] | None
+    modalities: list[str]                         # the BEV modalities that fed the BEV map
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> its decoded extras (with data)
     tokens: dict[str, Tensor] = field(default_factory=dict)
     diagnostics: list[str] = field(default_factory=list)
-    fisheye_probs: np.ndarray | None = None       # (K, nx, ny) what the fisheyes alone see (a witness for health)
+    alone: dict[str, np.ndarray] = field(default_factory=dict)  # BEV modality -> (K, nx, ny) what it alone sees
     failures: dict[str, str] = field(default_factory=dict)  # stage -> exception it raised (left out this frame)
 
     def occupancy_grid(self) -> np.ndarray | None:
@@ -70,49 +74,108 @@ class PerceptionOutput:
 class _BevModality:
     """What one BEV-producing modality gives: features for fusion, the posterior it alone sees, its LLM tokens."""
 
-    bev: Tensor
+    bev: BevFeatures
     probs: np.ndarray
     tokens: Tensor
-    raster: Tensor | None
+
+
+def build_encoder(plugin: ModalityPlugin, cfg: PerceptionConfig, rig: Any, table_cache: str | None = None
+                  ) -> ModalityEncoder:
+    """The encoder of a plugin, from the factory its `encoder` names ("module:callable", imported only now, so that
+    declaring a plugin never imports torch); PluginError naming the plugin when it cannot be built."""
+    where = f"modality '{plugin.name}' (encoder {plugin.encoder})"
+    module, _, attr = plugin.encoder.partition(":")
+    try:
+        factory: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except Exception as exc:  # any error of a third-party import: report it, keep the others
+        raise PluginError(where, f"failed to import: {type(exc).__name__}: {exc}") from None
+    try:
+        encoder = factory(cfg, rig, table_cache)
+    except Exception as exc:  # a factory that cannot build on this rig or config
+        raise PluginError(where, f"failed to build: {type(exc).__name__}: {exc}") from None
+    if not isinstance(encoder, ModalityEncoder):
+        raise PluginError(where, f"built a {type(encoder).__name__}, not an edge.encoders.base.ModalityEncoder")
+    if plugin.bev and encoder.bev_channels <= 0:
+        raise PluginError(where, "the plugin declares bev=True but its encoder has no bev_channels")
+    return encoder
 
 
 class PerceptionStack(nn.Module):
-    """All encoders and the fusion head; `run` takes a Sample, any modality may be missing."""
+    """One encoder per plugin and the fusion head; `run` takes a Sample, any modality may be missing.
 
-    def __init__(self, cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> None:
+    The encoders are registered as submodules under their modality's name (`stack.fisheye`), in registry order, so
+    parameter names and order (training state) are those of each module's own weights file. A plugin whose encoder
+    cannot be built is left out, named in a logged PluginError kept in `problems`; the others run."""
+
+    def __init__(self, cfg: PerceptionConfig, rig: Any, table_cache: str | None = None,
+                 plugins: Iterable[ModalityPlugin] | None = None) -> None:
         super().__init__()
+        # every attribute first, so that a plugin named like one of them (or a method) is refused, not overwritten
         self.cfg = cfg
         self.footprint: tuple[float, float, float, float] = rig.footprint()
-        self.fisheye = FisheyeEncoder(cfg, rig, table_cache)
-        self.ultrasonic = UltrasonicEncoder(cfg, rig)
-        mic = rig.microphones.positions
-        self.audio = AudioEncoder(cfg, np.asarray(mic)[:, :2] - np.asarray(mic)[:, :2].mean(0))
-        front = rig.cameras.get("front")
-        self.camera = CameraEncoder(cfg, (front.height, front.width) if front is not None else None)
-        self.fusion = BevFusionHead(cfg)
+        self.plugins: dict[str, ModalityPlugin] = {}
+        self.encoders: dict[str, ModalityEncoder] = {}
+        self.problems: tuple[PluginError, ...] = ()
+        self.bev_names: tuple[str, ...] = ()  # the modalities the fusion head takes, in registry order
+        self.fusion: BevFusionHead | None = None
         self.sectors = SectorPooling(cfg.bev_grid, self.footprint, cfg.d_enc)
-        self.echoes = EchoFeatures(np.array([s.position[:2] for s in rig.ultrasonic]),
-                                   np.array([s.yaw for s in rig.ultrasonic]), self.footprint)
-        self.backends: dict[str, str] = {name: BackendName.EAGER for name in MODULES}
+        self.backends: dict[str, str] = {}
         self.engines: Any = None  # the edge.backends.EngineSet in use, if any
+        problems = []
+        for plugin in registry() if plugins is None else plugins:
+            try:
+                if hasattr(self, plugin.name):
+                    raise PluginError(f"modality '{plugin.name}'", "its name is taken by the perception stack")
+                self.add_module(plugin.name, build_encoder(plugin, cfg, rig, table_cache))
+            except PluginError as exc:
+                log.warning("%s; left out", exc)
+                problems.append(exc)
+                continue
+            self.plugins[plugin.name] = plugin
+            self.encoders[plugin.name] = getattr(self, plugin.name)
+        self.problems = tuple(problems)
+        self.bev_names = tuple(n for n, p in self.plugins.items() if p.bev)
+        if self.bev_names:
+            self.fusion = BevFusionHead(cfg, [BevInput(n, self.encoders[n].bev_channels,
+                                                       self.encoders[n].detail_channels) for n in self.bev_names])
+        self.backends = {name: BackendName.EAGER for name in self.module_names}
+
+    @property
+    def module_names(self) -> tuple[str, ...]:
+        """The modules this stack saves and loads: its encoders, then the fusion head if it has BEV modalities."""
+        return (*self.encoders, *((FUSION,) if self.fusion is not None else ()))
+
+    def module(self, name: str) -> nn.Module:
+        """An encoder by modality name, or the fusion head."""
+        found = self.fusion if name == FUSION else self.encoders.get(name)
+        if found is None:
+            raise EdgeError(f"perception stack: no module '{name}'; it has {', '.join(self.module_names)}")
+        return found
+
+    def weights_file(self, name: str) -> str:
+        """File name of a module's weights in a model directory (a modality's as its plugin declares)."""
+        return self.plugins[name].weights if name in self.plugins else weights_file(name)
 
     # ------------------------------------------------------------------ backends
-    def set_backend(self, backend: str = BackendName.EAGER, modules: Iterable[str] = MODULES,
+    def set_backend(self, backend: str = BackendName.EAGER, modules: Iterable[str] | None = None,
                     cache_dir: str | Path | None = None, progress: bool = False, **options: Any) -> None:
-        """Run the network parts of `modules` on `backend` (eager, onnxruntime, tensorrt); the others keep theirs.
+        """Run the network parts of `modules` (all by default) on `backend` (eager, onnxruntime, tensorrt); the
+        others keep theirs.
 
         Engines are taken from the cache (`.cache/engines/` unless `cache_dir`) when their key and file hash check
         out, else exported, compiled and verified against eager PyTorch now (a few seconds per engine on a CPU).
         Raises edge.backends.BackendUnavailable at once when the backend cannot run here (TensorRT without CUDA),
         and VerificationError naming the module when an engine does not reproduce eager PyTorch. Engines are frozen
         copies of the weights they were built from: call set_backend again after loading other weights."""
-        modules = tuple(modules)
-        unknown = [m for m in modules if m not in MODULES]
+        modules = self.module_names if modules is None else tuple(modules)
+        unknown = [m for m in modules if m not in self.module_names]
         if unknown:
-            raise EdgeError(f"set_backend: unknown modules {unknown}; known: {', '.join(MODULES)}")
+            raise EdgeError(f"set_backend: unknown modules {unknown}; known: {', '.join(self.module_names)}")
         if backend == BackendName.EAGER:
             for name in modules:
-                getattr(self, name).engine_for = None
+                self.module(name).engine_for = None  # type: ignore[union-attr]
                 self.backends[name] = BackendName.EAGER
             return
         from edge.backends import EngineSet  # here: importing the encoders must not pull in onnx / onnxruntime
@@ -121,15 +184,15 @@ class PerceptionStack(nn.Module):
         if self.engines is None or self.engines.backend.name != backend or \
                 (cache_dir is not None and Path(cache_dir) != self.engines.cache.root):
             self.engines = EngineSet(backend, cache_dir, **options)
-        todo = [(name, v) for name in modules for v in getattr(self, name).variants()]
+        todo = [(name, v) for name in modules for v in self.module(name).variants()]  # type: ignore[operator]
         bar = _progress(len(todo), f"{backend} engines", progress)
         for name, variant in todo:
             bar.set_postfix_str(f"{name} {variant}".strip())
-            self.engines.get(name, variant, getattr(self, name))
+            self.engines.get(name, variant, self.module(name))
             bar.update(1)
         bar.close()
         for name in modules:
-            getattr(self, name).engine_for = self.engines.provider(name, getattr(self, name))
+            self.module(name).engine_for = self.engines.provider(name, self.module(name))  # type: ignore[union-attr]
             self.backends[name] = backend
 
     @property
@@ -140,67 +203,69 @@ class PerceptionStack(nn.Module):
 
     # ------------------------------------------------------------------ inference on a Sample
     @torch.no_grad()
-    def run(self, sample: Any, use: tuple[str, ...] = ENCODERS,
-            camera_keep: float | None = None, timer: Timer | None = None, isolate: bool = False) -> PerceptionOutput:
-        """Encoders in `use` (those with data), fusion of fisheye / ultrasonic, on whichever backends are set.
+    def run(self, sample: Any, use: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
+            timer: Timer | None = None, isolate: bool = False) -> PerceptionOutput:
+        """The encoders in `use` (all by default; those with data), the fusion of the BEV ones present, on whichever
+        backends are set. `settings` gives an encoder its run-time knob by modality name (the camera's keep ratio).
 
-        `timer(name, fn)` wraps each stage (names fisheye, ultrasonic, fusion, audio, camera@<keep>: the runtime's
-        cost model measures them this way); it must return fn()'s result. With `isolate` (the runtime), an exception
-        in one stage (its preprocessing or network) leaves that modality out of this frame, named in `failures`, and
-        the others run; without, it propagates."""
+        `timer(name, fn)` wraps each stage: the BEV modalities in registry order, `fusion`, then the others, each
+        named by `encoder.stage(setting)` (fisheye, ultrasonic, fusion, audio, camera@<keep>: the runtime's cost
+        model measures them this way); it must return fn()'s result. With `isolate` (the runtime), an exception in
+        one stage (its preprocessing or network) leaves that modality out of this frame, named in `failures`, and
+        the others run; without, it propagates. Names in `use` the stack has no encoder for are ignored."""
         self.eval()
+        use = tuple(self.encoders) if use is None else tuple(use)
+        settings = settings or {}
         diag = Diagnostics()
         tokens: dict[str, Tensor] = {}
         failures: dict[str, str] = {}
         timed = _isolated(timer or _untimed, failures) if isolate else timer or _untimed
-        fe = timed("fisheye", lambda: self._fisheye(sample, diag)) if "fisheye" in use else None
-        us = timed("ultrasonic", lambda: self._ultrasonic(sample, diag)) if "ultrasonic" in use else None
-        bev_classes = probs = None
-        mods = []
-        for name, out in (("fisheye", fe), ("ultrasonic", us)):
-            if out is not None:
-                tokens[name] = out.tokens
-                mods.append(name)
-        fused = timed("fusion", lambda: self.fusion(fe.bev, us.bev, us.raster)) \
-            if fe is not None and us is not None else None
+        bev: dict[str, _BevModality] = {}
+        for name in self.bev_names:
+            if name in use:
+                setting = settings.get(name)
+                got = timed(self.encoders[name].stage(setting),
+                            lambda n=name, s=setting: self._bev_modality(n, sample, diag, s))
+                if got is not None:
+                    bev[name] = got
+                    tokens[name] = got.tokens
+        fused = timed(FUSION, lambda: self.fusion({n: b.bev.features for n, b in bev.items()},  # type: ignore[misc]
+                                                  {n: b.bev.detail for n, b in bev.items()})) if len(bev) > 1 else None
+        probs = None
         if fused is not None:
             probs = torch.softmax(fused[1], 1)[0].numpy()
-        elif fe is not None or us is not None:  # one BEV modality (or a failed fusion head): its own posterior
-            probs = (fe or us).probs  # type: ignore[union-attr]
-        if probs is not None:
-            bev_classes = probs.argmax(0).astype(np.uint8)
-        audio = timed("audio", lambda: self.audio.encode(sample, diag)) if "audio" in use else None
-        if audio is not None:
-            tokens["audio"] = audio.pop("tokens")
-        camera = None
-        if "camera" in use:
-            keep = self.camera.keep if camera_keep is None else camera_keep
-            camera = timed(f"camera@{keep:g}", lambda: self.camera.encode(sample, diag, keep))
-        if camera is not None:
-            tokens["camera"] = camera.pop("tokens")
-        return PerceptionOutput(sample.stamp_ns, bev_classes, probs, mods, audio, camera, tokens, diag.messages,
-                                fe.probs if fe is not None else None, failures)
+        elif bev:  # one BEV modality (or a failed fusion head): the first one's own posterior
+            probs = next(iter(bev.values())).probs
+        outputs: dict[str, dict[str, Any]] = {}
+        for name, encoder in self.encoders.items():
+            if name in use and name not in self.bev_names:
+                setting = settings.get(name)
+                got = timed(encoder.stage(setting), lambda e=encoder, s=setting: e.encode(sample, diag, s))
+                if got is not None:
+                    tokens[name] = _tokens_of(name, got)
+                    outputs[name] = got.extras
+        return PerceptionOutput(sample.stamp_ns, None if probs is None else probs.argmax(0).astype(np.uint8), probs,
+                                list(bev), outputs, tokens, diag.messages, {n: b.probs for n, b in bev.items()},
+                                failures)
 
-    def _fisheye(self, sample: Any, diag: Diagnostics) -> _BevModality | None:
-        """Fisheye BEV features, the BEV it alone sees (fusion head with ultrasonic absent) and its sector tokens."""
-        out = self.fisheye.encode(sample, diag)
+    def _bev_modality(self, name: str, sample: Any, diag: Diagnostics, setting: float | None) -> _BevModality | None:
+        """A BEV modality's features, the BEV it alone sees (the fusion head with the others absent) and its scene
+        tokens pooled from that posterior, its side features (the ultrasonic echoes) written into their slots."""
+        out = self.encoders[name].encode(sample, diag, setting)
         if out is None:
             return None
-        return self._bev_modality(out[0], self.fusion(out[0], None)[1], None)
-
-    def _ultrasonic(self, sample: Any, diag: Diagnostics) -> _BevModality | None:
-        ranges = self.ultrasonic.preprocess(sample, diag)
-        out = self.ultrasonic.encode_ranges(ranges)
-        if out is None:
-            return None
-        bev = self._bev_modality(out[0], self.fusion(None, out[0], out[2])[1], out[2])
-        echoes = torch.from_numpy(self.echoes(ranges))
-        bev.tokens[0, : echoes.shape[0], ECHO_OFFSET: ECHO_OFFSET + echoes.shape[1]] = echoes
-        return bev
-
-    def _bev_modality(self, bev: Tensor, fine: Tensor, raster: Tensor | None) -> _BevModality:
+        if out.bev is None:
+            raise EdgeError(f"modality '{name}': its plugin declares bev=True but its encoder returned no BEV features")
+        fine = self.fusion({name: out.bev.features}, {name: out.bev.detail})[1]  # type: ignore[misc]
         probs = torch.softmax(fine, 1)[0].numpy()
-        return _BevModality(bev, probs, self.sectors(probs)[None], raster)
+        tokens = self.sectors(probs)[None]
+        side = out.bev.side_features
+        if side is not None:
+            if side.ndim != 2 or side.shape[0] > len(SIDES) or ECHO_OFFSET + side.shape[1] > tokens.shape[-1]:
+                raise EdgeError(f"modality '{name}': side features of shape {side.shape} do not fit the side tokens "
+                                f"(at most {len(SIDES)} x {tokens.shape[-1] - ECHO_OFFSET})")
+            tokens[0, : side.shape[0], ECHO_OFFSET: ECHO_OFFSET + side.shape[1]] = torch.from_numpy(side)
+        return _BevModality(out.bev, probs, tokens)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str | Path, extra: dict[str, str] | None = None) -> list[Path]:
@@ -209,9 +274,9 @@ class PerceptionStack(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         meta = {"config": self.cfg.to_json(), "classes": json.dumps(BEV_CLASSES), **(extra or {})}
         paths = []
-        for name in MODULES:
-            sd = {k: v.detach().contiguous().clone() for k, v in getattr(self, name).state_dict().items()}
-            path = out / weights_file(name)
+        for name in self.module_names:
+            sd = {k: v.detach().contiguous().clone() for k, v in self.module(name).state_dict().items()}
+            path = out / self.weights_file(name)
             tmp = path.with_suffix(".tmp")
             save_file(sd, str(tmp), metadata={**meta, "module": name})
             tmp.replace(path)
@@ -220,12 +285,19 @@ class PerceptionStack(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, rig: Any = None, table_cache: str | None = None,
-             modules: tuple[str, ...] = MODULES) -> PerceptionStack:
+             modules: Sequence[str] | None = None, plugins: Iterable[ModalityPlugin] | None = None
+             ) -> PerceptionStack:
+        """A stack of `plugins` (the installed ones by default) with the weights of `modules` (all of its modules)
+        from `directory`; the config comes from the first module's file. CheckpointError naming the file when one
+        is missing, unreadable or does not fit its module (a fusion head trained for other BEV modalities)."""
         from edge.sensors.rig import load_rig  # here so that importing encoders stays light
         d = Path(directory)
-        first = d / weights_file(modules[0])
+        plugins = tuple(registry() if plugins is None else plugins)
+        files = {**{p.name: p.weights for p in plugins}, FUSION: weights_file(FUSION)}
+        wanted = tuple(files) if modules is None else tuple(modules)
+        first = d / files.get(wanted[0], weights_file(wanted[0]))
         if not first.exists():
-            raise CheckpointError(f"{d}: no {first.name} (expected {', '.join(weights_file(m) for m in modules)})")
+            raise CheckpointError(f"{d}: no {first.name} (expected {', '.join(files.get(m, m) for m in wanted)})")
         try:
             with safe_open(str(first), "pt") as f:
                 meta = f.metadata() or {}
@@ -233,13 +305,14 @@ class PerceptionStack(nn.Module):
             raise CheckpointError(f"{first}: not a readable safetensors file (truncated or corrupt? {exc})") from None
         if "config" not in meta:
             raise CheckpointError(f"{first}: no 'config' in the safetensors metadata")
-        stack = cls(PerceptionConfig.from_json(meta["config"]), rig if rig is not None else load_rig(), table_cache)
-        for name in modules:
-            path = d / weights_file(name)
+        stack = cls(PerceptionConfig.from_json(meta["config"]), rig if rig is not None else load_rig(), table_cache,
+                    plugins)
+        for name in (stack.module_names if modules is None else wanted):
+            path = d / stack.weights_file(name)
             if not path.exists():
                 raise CheckpointError(f"{path}: missing")
             try:
-                getattr(stack, name).load_state_dict(load_file(str(path)), strict=True)
+                stack.module(name).load_state_dict(load_file(str(path)), strict=True)
             except SafetensorError as exc:
                 raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt? {exc})") from None
             except (RuntimeError, OSError) as exc:
@@ -251,6 +324,14 @@ class PerceptionStack(nn.Module):
 def weights_file(module: str) -> str:
     """File name of a module's weights in a model directory."""
     return WEIGHTS.get(module, f"{module}.safetensors")
+
+
+def _tokens_of(name: str, out: EncoderOutput) -> Tensor:
+    """A non-BEV encoder's LLM tokens; an encoder that gives none is a fault of its plugin, named."""
+    if out.tokens is None:
+        raise EdgeError(f"modality '{name}': its encoder returned no tokens (only BEV modalities may leave them to "
+                        "the stack)")
+    return out.tokens
 
 
 def _untimed(name: str, fn: Callable[[], Any]) -> Any:

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import BoundMethod, Cost, Diagnostics, NetworkPart, TokenPool, count_macs, n_params
-from edge.encoders.scene_tokens import BEV_TOKENS
+from edge.encoders.base import (BevFeatures, BoundMethod, Cost, Diagnostics, EncoderOutput, ModalityEncoder, TokenPool,
+                                count_macs, n_params)
+from edge.encoders.scene_tokens import BEV_TOKENS, EchoFeatures
 from edge.encoders.config import PerceptionConfig
 from edge.kernels import sensor_table, ultrasonic_raster
 
@@ -39,14 +40,21 @@ class ContentAwareDilatedConv(nn.Module):
         return self.act(self.norm(y) + x)
 
 
-class UltrasonicEncoder(nn.Module, NetworkPart):
+def build(cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> UltrasonicEncoder:
+    """The ultrasonic plugin's encoder factory (edge.modalities.builtin.ULTRASONIC.encoder)."""
+    return UltrasonicEncoder(cfg, rig)
+
+
+class UltrasonicEncoder(ModalityEncoder):
     """(B, S) ranges in the rig's sensor order -> BEV features (B, C, nx/2, ny/2) and tokens (B, n_tokens, d_enc).
 
     Network part for engines: `features` (raster -> features, tokens). The rasterisation stays the edge kernel
     (C++ / CUDA, float64 geometry) in every backend: its ONNX form computes in float32 and may flip a cell on an
-    arc boundary, which the per-cell decoder downstream would amplify, and the raster also feeds the fusion head."""
+    arc boundary, which the per-cell decoder downstream would amplify, and the raster also feeds the fusion head
+    (its `detail`). Its side tokens also carry the echoes themselves (`side_features`, scene_tokens.EchoFeatures)."""
 
     name = "ultrasonic"
+    detail_channels = 3  # the raster's occupied / free / unknown channels
 
     def __init__(self, cfg: PerceptionConfig, rig: Any) -> None:
         super().__init__()
@@ -54,7 +62,9 @@ class UltrasonicEncoder(nn.Module, NetworkPart):
         self.sensor_names = [s.name for s in rig.ultrasonic]
         self.register_buffer("sensors", sensor_table(rig.ultrasonic), persistent=False)
         self.max_range = {s.name: s.max_range for s in rig.ultrasonic}
-        c = cfg.ultrasonic_channels
+        self.echoes = EchoFeatures(np.array([s.position[:2] for s in rig.ultrasonic]),
+                                   np.array([s.yaw for s in rig.ultrasonic]), rig.footprint())
+        c = self.bev_channels = cfg.ultrasonic_channels
         # stride 2: the raster is drawn at the grid resolution, features live at half of it (as the fisheye ones)
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.cadc = nn.Sequential(ContentAwareDilatedConv(c), ContentAwareDilatedConv(c))
@@ -107,18 +117,17 @@ class UltrasonicEncoder(nn.Module, NetworkPart):
         bev = self.cadc(self.stem(raster))
         return bev, self.tokens(bev)
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
-        """One Sample -> (bev (1, C, nx/2, ny/2), tokens (1, T, d_enc), raster), or None when no sensor reported."""
-        return self.encode_ranges(self.preprocess(sample, diag))
-
-    def encode_ranges(self, ranges: np.ndarray) -> tuple[Tensor, Tensor, Tensor] | None:
-        """`encode` on ranges already preprocessed (the stack also reads them for the echo tokens)."""
+    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+               ) -> EncoderOutput | None:
+        """One Sample -> BEV features (1, C, nx/2, ny/2), the raster (1, 3, nx, ny) as their detail and the per-side
+        echoes, or None when no sensor reported."""
+        ranges = self.preprocess(sample, diag)
         if np.isnan(ranges).all():
             return None
         with torch.no_grad():
             raster = self.raster(torch.from_numpy(ranges)[None])
-            bev, tokens = self.run_network("", self.features, raster)
-            return bev, tokens, raster
+            bev, _ = self.run_network("", self.features, raster)
+        return EncoderOutput(bev=BevFeatures(bev, raster, self.echoes(ranges)))
 
     def network(self, variant: str = "") -> nn.Module:
         return BoundMethod(self, "features")

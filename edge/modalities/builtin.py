@@ -4,7 +4,8 @@ They reach the registry only through the entry points in pyproject.toml (`[proje
 exactly as an external package's would. `BUILTINS` gives their order (the order of today's lists and report keys);
 the registry puts them first in it. Token counts are those of the encoders (edge/encoders/scene_tokens.py: one
 token per side plus the surround for the BEV modalities, one for audio; the front camera's pruned ViT keeps
-PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that they agree.
+PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that they agree. Each names its encoder
+factory as a string (`encoder`): importing this module never imports the encoders.
 """
 
 from __future__ import annotations
@@ -61,18 +62,18 @@ def _camera_topics(cameras: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
 FISHEYE = ModalityPlugin(
     name="fisheye", sensors=_fisheye_sensors, default_sensors=T.FISHEYE_CAMERAS, topics=_fisheye_topics,
     sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["fisheye"]),
-    weights="fisheye.safetensors", health_streams=("fisheye",))
+    weights="fisheye.safetensors", health_streams=("fisheye",), encoder="edge.encoders.fisheye:build")
 ULTRASONIC = ModalityPlugin(
     name="ultrasonic", sensors=_ultrasonic_sensors, default_sensors=(), topics=_ultrasonic_topics,
     sync=SyncKind.LATEST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["ultrasonic"]),
-    weights="ultrasonic.safetensors", health_streams=("ultrasonic",))
+    weights="ultrasonic.safetensors", health_streams=("ultrasonic",), encoder="edge.encoders.ultrasonic:build")
 AUDIO = ModalityPlugin(
     name="audio", sensors=_no_sensors, default_sensors=(), topics=_audio_topics,
     sync=SyncKind.WINDOW, bev=False, tokens=TokenSpec(1, D_ENC, TOKEN_LAYOUTS["audio"]),
-    weights="audio.safetensors", health_streams=("audio",))
+    weights="audio.safetensors", health_streams=("audio",), encoder="edge.encoders.audio:build")
 CAMERA = ModalityPlugin(
     name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
     sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),
-    weights="camera.safetensors", health_streams=("camera",))
+    weights="camera.safetensors", health_streams=("camera",), encoder="edge.encoders.camera:build")
 
 BUILTINS: tuple[ModalityPlugin, ...] = (FISHEYE, ULTRASONIC, AUDIO, CAMERA)

@@ -1,9 +1,13 @@
 """What a modality plugin declares, so that the core can iterate modalities instead of naming them.
 
 A plugin is one `ModalityPlugin` object that a package exposes as an entry point of the group `edge.modalities`
-(see edge.modalities.registry and docs/plugins.md). This first version holds what the core's declarative lists
-need: topics, synchronisation kind, BEV fusion, LLM tokens, weights file and health streams. Encoder construction,
-decoding, health models, simulator and ground-truth hooks come in the next milestone (issue 11).
+(see edge.modalities.registry and docs/plugins.md). It holds what the core's declarative lists need (topics,
+synchronisation kind, BEV fusion, LLM tokens, weights file, health streams) and where its encoder comes from.
+Decoding, health models, simulator and ground-truth hooks come later (issue 11).
+
+Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
+by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
+the factory only when it builds the encoders (edge.encoders.stack.build_encoder).
 
 Why callables for topics: topic names depend on the rig (one topic per ultrasonic sensor, one per fisheye camera),
 while a bag read without a rig still needs the contract; `sensors(rig)` names a plugin's sensors on a rig and
@@ -25,6 +29,7 @@ if TYPE_CHECKING:  # the rig pulls in pydantic models and camera maths; declarat
     from edge.sensors.rig import Rig
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a modality name is also a file stem, a report key and a CLI word
+FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")  # "package.module:callable"
 
 
 class SyncKind(StrEnum):
@@ -58,6 +63,9 @@ class ModalityPlugin:
     tokens: TokenSpec
     weights: str  # file name of its perception weights in a model directory (models/perception/<file>)
     health_streams: tuple[str, ...]  # keys of edge.runtime.context.Context.streams it is judged by
+    # "module:callable" of its encoder factory, (cfg: PerceptionConfig, rig: Rig, table_cache: str | None) ->
+    # edge.encoders.base.ModalityEncoder; imported by the perception stack, never at declaration
+    encoder: str
 
     def __post_init__(self) -> None:
         problems = []
@@ -80,6 +88,8 @@ class ModalityPlugin:
         if not isinstance(self.health_streams, tuple) or not self.health_streams or \
                 not all(isinstance(s, str) and s for s in self.health_streams):
             problems.append("health_streams must be a non-empty tuple of str")
+        if not isinstance(self.encoder, str) or not FACTORY.match(self.encoder):
+            problems.append(f"encoder {self.encoder!r} must be 'module:callable' (its encoder factory)")
         if problems:
             raise PluginError(f"modality {self.name!r}", "; ".join(problems))
 

@@ -205,7 +205,7 @@ class Runtime:
             if rep == 1:
                 runs.clear()
             for use, keep in passes:
-                self.stack.run(sample, use, keep, timer=record, isolate=True)
+                self.stack.run(sample, use, {"camera": keep}, timer=record, isolate=True)
         return {name: statistics.median(self.costs.calibrate(name, r, self.backend, threads))
                 for name, r in runs.items()}
 
@@ -264,7 +264,7 @@ class Runtime:
 
         self._use_threads(threads)
         t = time.perf_counter()
-        self.stack.run(sample, use, keep, timer=record, isolate=True)
+        self.stack.run(sample, use, {"camera": keep}, timer=record, isolate=True)
         spent = (time.perf_counter() - t) * 1e3
         if spent > slack:
             self._forced.append((now, spent - max(slack, 0.0)))
@@ -320,14 +320,16 @@ class Runtime:
 
         self._use_threads(threads)
         use = self.detacher.allowed(plan.modalities, sample.stamp_ns)
-        out = self.stack.run(sample, use, plan.camera_keep, timer=timed, isolate=True)
+        out = self.stack.run(sample, use, {"camera": plan.camera_keep}, timer=timed, isolate=True)
         self.detacher.observe(sample.stamp_ns, use, out.failures)
-        self._obstacles = None if out.fisheye_probs is None else \
-            ObstacleView.from_probs(out.fisheye_probs, self.stack.cfg.bev_grid, sample.stamp_ns)
-        if out.camera is not None:
-            out.camera.pop("front_map", None)
-        return {"bev_classes": out.bev_classes, "bev_modalities": out.modalities, "audio": out.audio,
-                "camera": out.camera, "tokens": out.tokens, "diagnostics": out.diagnostics}
+        witness = out.alone.get("fisheye")
+        self._obstacles = None if witness is None else \
+            ObstacleView.from_probs(witness, self.stack.cfg.bev_grid, sample.stamp_ns)
+        camera = out.outputs.get("camera")
+        if camera is not None:
+            camera.pop("front_map", None)
+        return {"bev_classes": out.bev_classes, "bev_modalities": out.modalities, "audio": out.outputs.get("audio"),
+                "camera": camera, "tokens": out.tokens, "diagnostics": out.diagnostics}
 
 
 def _without(sample: Any, streams: tuple[str, ...]) -> Any:
