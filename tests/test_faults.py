@@ -19,7 +19,7 @@ from edge.drives import topics as T
 from edge.drives.bag import open_bag
 from edge.drives.faults import FaultError, inject
 from edge.drives.replay import replay
-from edge.drives.sync import Sample, SyncConfig, Synchronizer
+from edge.drives.sync import Sample, SyncConfig, Synchronizer, cdr_header_stamp
 
 S = bench_read.START_NS
 MS = 1_000_000
@@ -412,3 +412,65 @@ def test_an_encoder_that_raises_is_detached_and_retried(drive4: Path, tmp_path: 
     assert len(lines) == 1 and "camera" in lines[0] and "RuntimeError: simulated encoder fault" in lines[0]
     assert sum("detached" in d for r in results for d in r.diagnostics) == 1  # on the frame it happened, once
     rt.close()
+
+
+# ---------------------------------------------------------------- a decoder that raises
+
+BROKEN = {S + i * 100 * MS for i in (5, 6, 7)}  # header stamps of the messages the patched decoder fails on
+AUDIO_BROKEN = {S + 520 * MS, S + 560 * MS}      # two 40 ms chunks
+DECODE_CASES = {
+    # case: (decoder in edge.drives.messages, topic, does this call fail?)
+    "image": ("decode_image", FRONT, lambda msg, *a, **k: msg.header.frame_id == "fisheye_front_optical_frame"
+              and M.header_stamp_ns(msg) in BROKEN),
+    "range": ("decode_range_cdr", US, lambda data, *a: f"ultrasonic_{US_NAME}".encode() in bytes(data)
+              and cdr_header_stamp(data) in BROKEN),
+    "odometry": ("decode_odometry", T.ODOM, lambda msg: M.header_stamp_ns(msg) in BROKEN),
+    "audio": ("decode_audio", T.AUDIO, lambda msg: M.header_stamp_ns(msg) in AUDIO_BROKEN),
+    "qa": ("decode_json", T.GT_QA, lambda msg: '"question"' in msg.data and json.loads(msg.data)["stamp_ns"] in BROKEN),
+}
+
+
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_a_decoder_that_raises_loses_that_message_only(small_bag: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       case: str) -> None:
+    """An exception while decoding one sensor's message (a decoder bug, a message it cannot take) drops that
+    message: one diagnostic naming the topic, the stamp and the exception, an `undecodable` record counting them
+    with their span, every frame kept and every other stream as in the clean drive."""
+    cfg = SyncConfig(audio_window_s=0.4)
+    clean, _ = _samples(small_bag, cfg)
+    name, topic, fails = DECODE_CASES[case]
+    original = getattr(M, name)
+
+    def decoder(*args: Any, **kw: Any) -> Any:
+        if fails(*args, **kw):
+            raise RuntimeError(f"simulated {case} decoder fault")
+        return original(*args, **kw)
+
+    monkeypatch.setattr(M, name, decoder)
+    samples, sync = _samples(small_bag, cfg)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]  # no frame lost, none added
+
+    def view(s: Sample) -> dict[str, Any]:  # every stream of a sample, comparable
+        return {"front": _marker(s.fisheye["front"]), "left": _marker(s.fisheye["left"]), "range": s.ultrasonic,
+                "odometry": s.odometry, "audio": None if s.audio is None else s.audio.tolist(),
+                "qa": s.ground_truth.qa}
+
+    def expected(c: Sample) -> dict[str, Any]:  # the clean sample without the message that failed
+        e = view(c)
+        if case == "audio":  # windows [t - 0.4 s, t) holding a failed chunk (0.52 .. 0.60 s) have no audio
+            if c.stamp_ns > S + 520 * MS and c.stamp_ns - 400 * MS < S + 600 * MS:
+                e["audio"] = None
+        elif c.stamp_ns in BROKEN:
+            key, value = {"image": ("front", None), "range": ("range", {**e["range"], US_NAME: None}),
+                          "odometry": ("odometry", None), "qa": ("qa", [])}[case]
+            e[key] = value
+        return e
+
+    assert [view(s) for s in samples] == [expected(c) for c in clean]
+    assert sum(expected(c) != view(c) for c in clean) >= 1  # the fault did cost something
+    records = [d for d in sync.degradations if d["kind"] == "undecodable"]
+    broken = sorted(AUDIO_BROKEN if case == "audio" else BROKEN if case != "qa" else {S + 500 * MS})
+    assert [(d["source"], d["count"], d["first_ns"], d["last_ns"]) for d in records] == \
+        [(topic, len(broken), broken[0], broken[-1])]
+    lines = [d for d in sync.diagnostics if topic in d]
+    assert len(lines) == 1 and str(broken[0]) in lines[0] and f"RuntimeError: simulated {case} decoder fault" in lines[0]

@@ -27,7 +27,9 @@ Policy:
 Cameras accept sensor_msgs/Image or CompressedImage (image_transport's `<base>/compressed`); if both are recorded
 the raw form is used. A topic with an unexpected or unknown type is reported once in `diagnostics`, naming the
 topic, and ignored; reading continues with the other topics. Messages are decoded by the bag's own definitions
-(`Bag.typestore`: e.g. a Humble Range without `variance`).
+(`Bag.typestore`: e.g. a Humble Range without `variance`). An exception while decoding one message, whatever it
+is, loses that message only: it is counted as `undecodable` on its topic (one diagnostic naming the first stamp
+and the exception) and the frame goes on with the other sensors.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import bisect
 import json
 import logging
 import struct
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -130,17 +133,19 @@ class DegradationLog:
         self.diagnostics: list[str] = []
         self.records: dict[tuple[str, str], Degradation] = {}
         self.spans: list[Degradation] = []  # closed missing spans, one record each
+        self._lock = threading.Lock()  # images are decoded (and their failures noted) in worker threads
 
     def note(self, kind: str, source: str, stamp_ns: int, detail: str) -> None:
-        rec = self.records.get((kind, source))
-        if rec is None:
-            self.records[(kind, source)] = Degradation(kind, source, 1, stamp_ns, stamp_ns, detail)
-            text = f"{self.source}: '{source}': {detail} (first at {stamp_ns} ns; further ones are counted)"
-            self.diagnostics.append(text)
-            log.warning("%s", text)
-        else:
-            rec.count += 1
-            rec.first_ns, rec.last_ns = min(rec.first_ns, stamp_ns), max(rec.last_ns, stamp_ns)
+        with self._lock:
+            rec = self.records.get((kind, source))
+            if rec is None:
+                self.records[(kind, source)] = Degradation(kind, source, 1, stamp_ns, stamp_ns, detail)
+                text = f"{self.source}: '{source}': {detail} (first at {stamp_ns} ns; further ones are counted)"
+                self.diagnostics.append(text)
+                log.warning("%s", text)
+            else:
+                rec.count += 1
+                rec.first_ns, rec.last_ns = min(rec.first_ns, stamp_ns), max(rec.last_ns, stamp_ns)
 
     def span(self, source: str, first_ns: int, last_ns: int, frames: int, detail: str) -> None:
         """A span of frames without `source`; past MAX_SPANS per source they are only summed (a flickering
@@ -355,7 +360,11 @@ class SampleAssembler:
             if route is None:
                 continue
             watermark = m.stamp_ns if watermark is None else max(watermark, m.stamp_ns)
-            item = self._item(m, route[1])
+            try:
+                item = self._item(m, route[1])
+            except Exception as exc:  # a decoder's bug or a message it cannot take: that message only is lost
+                self.log.note("undecodable", m.topic, m.stamp_ns, f"message not decoded ({_why(exc)}); skipped")
+                item = None
             if item is not None:
                 self._admit(item, *route)
             yield from self._ticks(watermark - horizon)
@@ -378,7 +387,7 @@ class SampleAssembler:
         if kind == "audio":  # decoded once here: every chunk serves ~window/chunk consecutive samples
             try:
                 pcm = M.decode_audio(msg)
-            except Exception as exc:
+            except M.MessageError as exc:  # an encoding or layout the reader does not take
                 self.log.note("format", m.topic, m.stamp_ns, f"audio chunk not decoded ({exc}); skipped, audio "
                                                              "missing until chunks decode again")
                 return None
@@ -566,7 +575,14 @@ def build_samples(
         try:
             return M.decode_image(asm.msg(it), it[3], reduce=cfg.image_reduce)
         except Exception as exc:
-            note(it[2], it[0], f"image not decoded ({exc}); camera missing for that frame")
+            note(it[2], it[0], f"image not decoded ({_why(exc)}); camera missing for that frame")
+            return None
+
+    def message(it: _ITEM) -> tuple[str, Any] | None:
+        try:
+            return it[3], asm.msg(it)
+        except Exception as exc:
+            note(it[2], it[0], f"message not deserialised ({_why(exc)}); camera missing for that frame")
             return None
 
     def start(t: int, sel: dict[str, Any]) -> None:
@@ -576,7 +592,7 @@ def build_samples(
             if it is None:
                 continue
             if not cfg.decode_images:
-                imgs[key] = (it[3], asm.msg(it))
+                imgs[key] = message(it)
             elif pool is not None:
                 imgs[key] = pool.submit(decode_image, it)
             else:
@@ -653,7 +669,7 @@ def _make_sample(
         try:
             val = on_item(it) if on_item is not None else fn(asm.msg(it))
         except Exception as exc:
-            note(it[2], it[0], f"message not decoded ({exc}); {key} missing for that frame")
+            note(it[2], it[0], f"message not decoded ({_why(exc)}); {key} missing for that frame")
             missing.append(key)
             return None
         stamps[key] = it[0]
@@ -676,7 +692,15 @@ def _make_sample(
 
     ultrasonic = {n: decoded(f"ultrasonic/{n}", M.decode_range, asm.decode_range) for n in asm.ultrasonic_names}
     odom = decoded("odometry", M.decode_odometry)
-    audio = _audio_window(t, sel.get("audio") or [], cfg, stamps, note) if "audio" in asm.streams else None
+    audio = None
+    if "audio" in asm.streams:
+        chunks = sel.get("audio") or []
+        try:
+            audio = _audio_window(t, chunks, cfg, stamps, note)
+        except Exception as exc:  # chunks that decoded but do not join (e.g. a sample type of their own)
+            note(T.AUDIO, chunks[-1][0] if chunks else t, f"audio window not assembled ({_why(exc)}); audio "
+                                                          "missing for that frame")
+            stamps.pop("audio", None)
     if audio is None:
         missing.append("audio")
 
@@ -688,11 +712,24 @@ def _make_sample(
             objects=decoded("gt/objects", M.decode_marker_array_boxes),
             audio_events=decoded("gt/audio_events", M.decode_marker_array_events),
             conditions=decoded("gt/conditions", M.decode_json),
-            qa=[M.decode_json(asm.msg(it)) for it in qa_items],
+            qa=[qa for it in qa_items if (qa := _decode_qa(it, asm, note)) is not None],
         )
         if qa_items:
             stamps["gt/qa"] = qa_items[0][0]
     return Sample(t, fisheye, front, ultrasonic, audio, odom, gt, stamps, missing)
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a diagnostic names it: its type, and its message if it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _decode_qa(it: _ITEM, asm: SampleAssembler, note: Callable[[str, int, str], None]) -> Any:
+    try:
+        return M.decode_json(asm.msg(it))
+    except Exception as exc:
+        note(it[2], it[0], f"QA pair not decoded ({_why(exc)}); dropped")
+        return None
 
 
 def _audio_window(
