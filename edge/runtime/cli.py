@@ -138,6 +138,9 @@ def _finish_report(report: Any, runtime: Any, sync: Any, out: Path, stopped: str
             report.add_answers(runtime.finish())
         elif runtime.answers is not None:
             report.add_answers(runtime.answers.collect())  # those already done; the rest are not waited for
+    except KeyboardInterrupt:  # Ctrl-C while the last answers were awaited: every frame is in, answers are not
+        stopped = f"interrupted by SIGINT while waiting for the last answers, after {len(report.frames)} frames"
+        raise
     finally:
         runtime.close()
         for d in sync.diagnostics + runtime.diagnostics:
