@@ -19,7 +19,7 @@ from edge.drives import topics as T
 from edge.drives.bag import open_bag
 from edge.drives.faults import FaultError, inject
 from edge.drives.replay import replay
-from edge.drives.sync import Sample, SyncConfig, Synchronizer
+from edge.drives.sync import Sample, SyncConfig, Synchronizer, cdr_header_stamp
 
 S = bench_read.START_NS
 MS = 1_000_000
@@ -179,6 +179,59 @@ def test_audio_format_change_degrades_audio_and_recovers(small_bag: Path, tmp_pa
     assert _kinds(sync)[("format", T.AUDIO)] == 12 and sum(T.AUDIO in d for d in sync.diagnostics) == 1
 
 
+# ---------------------------------------------------------------- camera and range format changes
+
+@pytest.mark.parametrize("change,label", [({"encoding": "mono8"}, "image 128x96 mono8, the stream's 128x96 bgr8"),
+                                          ({"size": (64, 48)}, "image 64x48 bgr8, the stream's 128x96 bgr8")])
+def test_camera_format_change_is_named_and_converted(small_bag: Path, tmp_path: Path, clean: list[Sample],
+                                                     change: dict[str, Any], label: str) -> None:
+    """bgr8 -> mono8, 128x96 -> 64x48 (the same field of view) for 0.5 s: the images are still used (the encoders
+    convert them; on the 4 s drive below this keeps obstacle IoU where dropping them lost 0.05), the change is
+    one diagnostic and a `converted` record with its span."""
+    bag = inject(small_bag, tmp_path / "fmt", "camera_format", topic=FRONT, start_s=0.5, duration_s=0.5, **change)
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    fronts = [s.fisheye["front"] for s in samples]
+    assert all(f is not None for f in fronts)
+    assert [f.shape != clean[0].fisheye["front"].shape for f in fronts] == [5 <= i < 10 for i in range(20)]
+    assert [_marker(f) for f in fronts[:5] + fronts[10:]] == list(range(5)) + list(range(10, 20))  # back as before
+    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
+    assert [(d["kind"], d["count"], d["first_ns"], d["last_ns"]) for d in sync.degradations
+            if d["source"] == FRONT] == [("converted", 5, S + 500 * MS, S + 900 * MS)]
+    lines = [d for d in sync.diagnostics if FRONT in d]
+    assert len(lines) == 1 and label in lines[0] and "used, converted" in lines[0]
+
+
+def test_camera_aspect_change_skips_that_camera_until_it_is_back(small_bag: Path, tmp_path: Path,
+                                                                 clean: list[Sample]) -> None:
+    """128x96 -> 128x48: another aspect ratio is a crop or another camera, whose calibration does not hold."""
+    bag = inject(small_bag, tmp_path / "fmt", "camera_format", topic=FRONT, start_s=0.5, duration_s=0.5, size=(128, 48))
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    assert [_marker(s.fisheye["front"]) for s in samples] == [None if 5 <= i < 10 else i for i in range(20)]
+    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
+    assert [(d["kind"], d["count"], d["first_ns"], d["last_ns"]) for d in sync.degradations
+            if d["source"] in (FRONT, "fisheye/front")] == \
+        [("format", 5, S + 500 * MS, S + 900 * MS), ("missing", 5, S + 500 * MS, S + 900 * MS)]
+    lines = [d for d in sync.diagnostics if FRONT in d]
+    assert len(lines) == 1 and "image 128x48 bgr8, the stream's 128x96 bgr8: another aspect ratio" in lines[0]
+
+
+def test_range_layout_change_degrades_that_sensor_and_recovers(small_bag: Path, tmp_path: Path,
+                                                               clean: list[Sample]) -> None:
+    """Humble-layout Range messages (no `variance`, 4 bytes shorter) in the Jazzy bag's topic for 0.5 s."""
+    bag = inject(small_bag, tmp_path / "layout", "range_layout", topic=US, start_s=0.5, duration_s=0.5)
+    samples, sync = _samples(bag)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
+    # the reading at 0.45 s still serves the frame at 0.5 s (latest within the slop), as for a gap
+    assert [s.ultrasonic[US_NAME] is None for s in samples] == [6 <= i < 10 for i in range(20)]
+    assert all(s.ultrasonic[US_NAME] == c.ultrasonic[US_NAME] for s, c in zip(samples[10:], clean[10:]))
+    assert all(s.ultrasonic[n] == c.ultrasonic[n] for s, c in zip(samples, clean) for n in c.ultrasonic if n != US_NAME)
+    assert _kinds(sync)[("format", US)] == 10
+    lines = [d for d in sync.diagnostics if US in d]
+    assert len(lines) == 1 and "layout changed" in lines[0] and "bytes, the stream's" in lines[0]
+
+
 # ---------------------------------------------------------------- damaged containers
 
 def test_generated_mcap_has_chunk_crcs(drive_bag: Path) -> None:
@@ -302,6 +355,8 @@ def _iou(doc: dict[str, Any], outside: tuple[float, float] | None = None) -> dic
     ("foreign_definitions", {"distro": "humble", "storage": "sqlite3"}, None),
     ("gap", {"topic": FRONT, "start_s": 1.0, "duration_s": 2.0}, (1.0, 3.0)),
     ("audio_channels", {"start_s": 1.0, "duration_s": 1.0}, (1.0, 3.0)),
+    ("camera_format", {"topic": FRONT, "encoding": "mono8", "size": (320, 240), "start_s": 1.0, "duration_s": 1.0},
+     (1.0, 2.0)),
 ])
 def test_runtime_keeps_every_frame_and_quality_outside_the_fault(drive4: Path, clean_run: dict[str, Any],
                                                                  tmp_path: Path, fault: str, kw: dict[str, Any],
@@ -412,3 +467,65 @@ def test_an_encoder_that_raises_is_detached_and_retried(drive4: Path, tmp_path: 
     assert len(lines) == 1 and "camera" in lines[0] and "RuntimeError: simulated encoder fault" in lines[0]
     assert sum("detached" in d for r in results for d in r.diagnostics) == 1  # on the frame it happened, once
     rt.close()
+
+
+# ---------------------------------------------------------------- a decoder that raises
+
+BROKEN = {S + i * 100 * MS for i in (5, 6, 7)}  # header stamps of the messages the patched decoder fails on
+AUDIO_BROKEN = {S + 520 * MS, S + 560 * MS}      # two 40 ms chunks
+DECODE_CASES = {
+    # case: (decoder in edge.drives.messages, topic, does this call fail?)
+    "image": ("decode_image", FRONT, lambda msg, *a, **k: msg.header.frame_id == "fisheye_front_optical_frame"
+              and M.header_stamp_ns(msg) in BROKEN),
+    "range": ("decode_range_cdr", US, lambda data, *a: f"ultrasonic_{US_NAME}".encode() in bytes(data)
+              and cdr_header_stamp(data) in BROKEN),
+    "odometry": ("decode_odometry", T.ODOM, lambda msg: M.header_stamp_ns(msg) in BROKEN),
+    "audio": ("decode_audio", T.AUDIO, lambda msg: M.header_stamp_ns(msg) in AUDIO_BROKEN),
+    "qa": ("decode_json", T.GT_QA, lambda msg: '"question"' in msg.data and json.loads(msg.data)["stamp_ns"] in BROKEN),
+}
+
+
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_a_decoder_that_raises_loses_that_message_only(small_bag: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       case: str) -> None:
+    """An exception while decoding one sensor's message (a decoder bug, a message it cannot take) drops that
+    message: one diagnostic naming the topic, the stamp and the exception, an `undecodable` record counting them
+    with their span, every frame kept and every other stream as in the clean drive."""
+    cfg = SyncConfig(audio_window_s=0.4)
+    clean, _ = _samples(small_bag, cfg)
+    name, topic, fails = DECODE_CASES[case]
+    original = getattr(M, name)
+
+    def decoder(*args: Any, **kw: Any) -> Any:
+        if fails(*args, **kw):
+            raise RuntimeError(f"simulated {case} decoder fault")
+        return original(*args, **kw)
+
+    monkeypatch.setattr(M, name, decoder)
+    samples, sync = _samples(small_bag, cfg)
+    assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]  # no frame lost, none added
+
+    def view(s: Sample) -> dict[str, Any]:  # every stream of a sample, comparable
+        return {"front": _marker(s.fisheye["front"]), "left": _marker(s.fisheye["left"]), "range": s.ultrasonic,
+                "odometry": s.odometry, "audio": None if s.audio is None else s.audio.tolist(),
+                "qa": s.ground_truth.qa}
+
+    def expected(c: Sample) -> dict[str, Any]:  # the clean sample without the message that failed
+        e = view(c)
+        if case == "audio":  # windows [t - 0.4 s, t) holding a failed chunk (0.52 .. 0.60 s) have no audio
+            if c.stamp_ns > S + 520 * MS and c.stamp_ns - 400 * MS < S + 600 * MS:
+                e["audio"] = None
+        elif c.stamp_ns in BROKEN:
+            key, value = {"image": ("front", None), "range": ("range", {**e["range"], US_NAME: None}),
+                          "odometry": ("odometry", None), "qa": ("qa", [])}[case]
+            e[key] = value
+        return e
+
+    assert [view(s) for s in samples] == [expected(c) for c in clean]
+    assert sum(expected(c) != view(c) for c in clean) >= 1  # the fault did cost something
+    records = [d for d in sync.degradations if d["kind"] == "undecodable"]
+    broken = sorted(AUDIO_BROKEN if case == "audio" else BROKEN if case != "qa" else {S + 500 * MS})
+    assert [(d["source"], d["count"], d["first_ns"], d["last_ns"]) for d in records] == \
+        [(topic, len(broken), broken[0], broken[-1])]
+    lines = [d for d in sync.diagnostics if topic in d]
+    assert len(lines) == 1 and str(broken[0]) in lines[0] and f"RuntimeError: simulated {case} decoder fault" in lines[0]

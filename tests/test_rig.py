@@ -44,6 +44,9 @@ def _write_modified(tmp_path: Path, edit) -> Path:
         (lambda d: d["fisheye"]["left"]["intrinsics"].update(k=[0.1, 0.2]), "fisheye.left.intrinsics.k", "at least 4"),
         (lambda d: d["fisheye"]["rear"]["intrinsics"].update(k=[-0.5, 0.0, 0.0, 0.0]), "fisheye.rear", "not monotonic"),
         (lambda d: d["fisheye"]["front"]["intrinsics"].update(cx=9000), "fisheye.front", "principal point"),
+        # fx 300 at 640 px with strong barrel distortion folds back at 60 degrees, before the image corners.
+        (lambda d: d["camera"]["front"]["intrinsics"].update(fx=300.0, fy=300.0, d=[-0.3, 0.08, 0.0, 0.0, -0.01]),
+         "camera.front", "not monotonic within the image"),
         (lambda d: d["ultrasonic"].update(min_range=6.0), "ultrasonic", "min_range"),
         (lambda d: d["ultrasonic"]["sensors"][0].update(name="front_left_corner"), "ultrasonic", "unique"),
         (lambda d: d["vehicle"].update(wheelbase=-1), "vehicle.wheelbase", "greater than 0"),

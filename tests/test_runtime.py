@@ -58,6 +58,9 @@ def test_run_writes_report_without_llm(drive: Path, tmp_path: Path) -> None:
                         progress=False)
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert summary["frames"] == len(doc["frames"]) == 20
+    assert doc["summary"]["partial"] is False and doc["frames_file"] == "frames.jsonl"  # streamed as it ran
+    frames_file = (tmp_path / "rep" / "frames.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stamp_ns"] for line in frames_file] == [f["stamp_ns"] for f in doc["frames"]]
     frame = doc["frames"][-1]
     assert {"plan", "timings_ms", "rss_mb", "source_stamps", "occupancy_near5m", "obstacle_iou_near5m"} <= set(frame)
     assert doc["switches"][0]["reason"] == "first plan"

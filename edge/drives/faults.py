@@ -13,7 +13,10 @@ Message faults (the bag is re-written message by message, definitions kept):
   foreign_definitions (every message re-encoded with another ROS 2 distro's definitions, e.g. Humble's Range),
   ultrasonic_stuck (Range readings of `topic`, or of every ultrasonic sensor, replaced by `value`: default +inf,
   "no echo"; NaN or a constant in metres also work), camera_frozen (every image of `topic` in the span is the
-  span's first image again, with its own header stamp: a driver re-sending its last buffer).
+  span's first image again, with its own header stamp: a driver re-sending its last buffer), camera_format (the
+  images of `topic` re-encoded as `encoding` "mono8" and/or resized to `size` (width, height): a driver
+  reconfigured mid-drive), range_layout (the Range messages of `topic`, or of every ultrasonic sensor, written in
+  another distribution's layout, `distro` default "humble", while the bag keeps its own definition).
 Container faults (the files are damaged in place on a copy):
   truncate (storage file cut at `fraction`), corrupt_chunk (bytes overwritten inside an MCAP chunk).
 """
@@ -25,6 +28,7 @@ import struct
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import cv2
 import numpy as np
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
@@ -36,7 +40,7 @@ from edge.errors import EdgeError
 
 _Out = tuple[str, str, int, bytes]  # topic, msgtype, bag time, CDR
 MESSAGE_FAULTS = ("gap", "duplicate", "reorder", "backwards", "audio_channels", "audio_format", "foreign_definitions",
-                  "ultrasonic_stuck", "camera_frozen")
+                  "ultrasonic_stuck", "camera_frozen", "camera_format", "range_layout")
 CONTAINER_FAULTS = ("truncate", "corrupt_chunk")
 FAULTS = MESSAGE_FAULTS + CONTAINER_FAULTS
 
@@ -150,11 +154,37 @@ def _message_fault(
             held = first.setdefault(m.topic, m.msg)
             return [(m.topic, m.msgtype, m.stamp_ns, _restamp(held, _stamp_ns(m.msg) - _stamp_ns(held)))]
         return ts, each(frozen)
+    if fault == "camera_format":
+        encoding, size = params.get("encoding"), params.get("size")
+        if encoding not in (None, "mono8") or (size is not None and len(size) != 2):
+            raise FaultError(f"camera_format: encoding must be 'mono8' (got {encoding!r}) and size (width, height) "
+                             f"(got {size!r})")
+
+        def reformat(m: BagMessage) -> list[_Out]:
+            if m.msgtype not in (T.COMPRESSED_IMAGE, T.IMAGE):
+                return [plain(m)]
+            msg = ts.deserialize_cdr(m.msg, m.msgtype)
+            img = M.decode_image(msg, m.msgtype)
+            if encoding == "mono8" and img.ndim == 3:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+            if size is not None:
+                img = cv2.resize(img, (int(size[0]), int(size[1])), interpolation=cv2.INTER_AREA)
+            stamp, frame = M.header_stamp_ns(msg) or m.stamp_ns, msg.header.frame_id
+            out = M.compressed_image(stamp, frame, img) if m.msgtype == T.COMPRESSED_IMAGE else \
+                M.raw_image(stamp, frame, img)
+            return [(m.topic, m.msgtype, m.stamp_ns, M.serialize(out, m.msgtype))]
+        return ts, each(reformat)
+    if fault == "range_layout":
+        other = _distro_store(params.get("distro", "humble"))
+
+        def relayout(m: BagMessage) -> list[_Out]:
+            if m.msgtype != T.RANGE:
+                return [plain(m)]
+            obj = M.convert_message(ts.deserialize_cdr(m.msg, m.msgtype), m.msgtype, other)
+            return [(m.topic, m.msgtype, m.stamp_ns, bytes(other.serialize_cdr(obj, m.msgtype)))]
+        return ts, each(relayout)
     if fault == "foreign_definitions":
-        distro = str(params.get("distro", "humble")).upper()
-        if distro not in Stores.__members__ and f"ROS2_{distro}" not in Stores.__members__:
-            raise FaultError(f"unknown ROS distribution '{params.get('distro')}'")
-        dst = get_typestore(Stores[distro if distro in Stores.__members__ else f"ROS2_{distro}"])
+        dst = _distro_store(params.get("distro", "humble"))
 
         def convert(msgs: Iterator[BagMessage]) -> Iterator[_Out]:
             same: dict[str, bool] = {}
@@ -168,6 +198,14 @@ def _message_fault(
                     yield (m.topic, m.msgtype, m.stamp_ns, bytes(dst.serialize_cdr(obj, m.msgtype)))
         return dst, convert
     raise FaultError(f"unknown message fault '{fault}'")
+
+
+def _distro_store(name: Any) -> Typestore:
+    """The rosbags typestore of a ROS 2 distribution named as users write it ("humble", "ROS2_JAZZY")."""
+    distro = str(name).upper()
+    if distro not in Stores.__members__ and f"ROS2_{distro}" not in Stores.__members__:
+        raise FaultError(f"unknown ROS distribution '{name}'")
+    return get_typestore(Stores[distro if distro in Stores.__members__ else f"ROS2_{distro}"])
 
 
 def _stamp_ns(data: bytes) -> int:

@@ -18,6 +18,12 @@ Policy:
 - Audio: the chunks covering [t - audio_window_s, t) are concatenated and cut to exactly window * rate samples;
   if any part of the window is not covered (gap, start of the drive, chunks of another channel count than the
   stream's) audio is missing, never zero-filled.
+- A stream's format is that of its first message, and a change is named once per topic with its span. Images of
+  another resolution with the same aspect ratio (binning: the same field of view) or another encoding (bgr8 ->
+  mono8, 16 bit) are still used, as the encoders convert them (kind `converted`); images of another aspect ratio
+  (a crop, another camera: the calibration no longer holds), Range / Odometry messages of another CDR size than
+  the topic's first (another distribution's layout, another frame_id) and audio chunks of another channel count
+  are skipped (kind `format`), the stream missing until its data has its first format again.
 - Per topic, a message with the stamp of one already received is a duplicate: dropped and counted. Messages out of
   stamp order are reordered within `max_delay_s` (how late, in bag time, a message may be logged after its stamp);
   one stamped before frames already produced (stamps went backwards, or logged too late) is dropped and counted.
@@ -27,7 +33,9 @@ Policy:
 Cameras accept sensor_msgs/Image or CompressedImage (image_transport's `<base>/compressed`); if both are recorded
 the raw form is used. A topic with an unexpected or unknown type is reported once in `diagnostics`, naming the
 topic, and ignored; reading continues with the other topics. Messages are decoded by the bag's own definitions
-(`Bag.typestore`: e.g. a Humble Range without `variance`).
+(`Bag.typestore`: e.g. a Humble Range without `variance`). An exception while decoding one message, whatever it
+is, loses that message only: it is counted as `undecodable` on its topic (one diagnostic naming the first stamp
+and the exception) and the frame goes on with the other sensors.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import bisect
 import json
 import logging
 import struct
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -108,7 +117,7 @@ class SyncError(EdgeError):
 class Degradation:
     """One kind of bad data on one topic / stream: how many messages or frames, over which header-stamp span."""
 
-    kind: str      # duplicate, late, reordered, undecodable, format, missing
+    kind: str      # duplicate, late, reordered, undecodable, format, converted, missing
     source: str    # topic, or stream key for missing spans
     count: int
     first_ns: int
@@ -130,17 +139,19 @@ class DegradationLog:
         self.diagnostics: list[str] = []
         self.records: dict[tuple[str, str], Degradation] = {}
         self.spans: list[Degradation] = []  # closed missing spans, one record each
+        self._lock = threading.Lock()  # images are decoded (and their failures noted) in worker threads
 
     def note(self, kind: str, source: str, stamp_ns: int, detail: str) -> None:
-        rec = self.records.get((kind, source))
-        if rec is None:
-            self.records[(kind, source)] = Degradation(kind, source, 1, stamp_ns, stamp_ns, detail)
-            text = f"{self.source}: '{source}': {detail} (first at {stamp_ns} ns; further ones are counted)"
-            self.diagnostics.append(text)
-            log.warning("%s", text)
-        else:
-            rec.count += 1
-            rec.first_ns, rec.last_ns = min(rec.first_ns, stamp_ns), max(rec.last_ns, stamp_ns)
+        with self._lock:
+            rec = self.records.get((kind, source))
+            if rec is None:
+                self.records[(kind, source)] = Degradation(kind, source, 1, stamp_ns, stamp_ns, detail)
+                text = f"{self.source}: '{source}': {detail} (first at {stamp_ns} ns; further ones are counted)"
+                self.diagnostics.append(text)
+                log.warning("%s", text)
+            else:
+                rec.count += 1
+                rec.first_ns, rec.last_ns = min(rec.first_ns, stamp_ns), max(rec.last_ns, stamp_ns)
 
     def span(self, source: str, first_ns: int, last_ns: int, frames: int, detail: str) -> None:
         """A span of frames without `source`; past MAX_SPANS per source they are only summed (a flickering
@@ -162,6 +173,7 @@ class DegradationLog:
 
 _ITEM = tuple[int, int, str, str, Any]  # (header stamp, seq, topic, msgtype, msg)
 _SENSOR_KINDS = ("image", "range", "audio", "odom")
+_FIXED_SIZE_KINDS = ("range", "odom")  # one topic's CDR has one size while its layout and frame ids stay the same
 
 
 def _stamp(msg: Any, msgtype: str, bag_time: int) -> int:
@@ -278,6 +290,8 @@ class SampleAssembler:
         self._next: int | None = None             # nominal stamp of the next tick
         self.last_stamp: int | None = None        # stamp of the last frame produced
         self._audio_channels = self.cfg.audio_channels
+        self._sizes: dict[str, int] = {}          # topic -> CDR size of its first message (fixed-size kinds)
+        self.image_formats: dict[str, tuple[tuple[Any, ...], str]] = {}  # camera key -> first image's (format, label)
 
     @property
     def diagnostics(self) -> list[str]:
@@ -355,7 +369,11 @@ class SampleAssembler:
             if route is None:
                 continue
             watermark = m.stamp_ns if watermark is None else max(watermark, m.stamp_ns)
-            item = self._item(m, route[1])
+            try:
+                item = self._item(m, route[1])
+            except Exception as exc:  # a decoder's bug or a message it cannot take: that message only is lost
+                self.log.note("undecodable", m.topic, m.stamp_ns, f"message not decoded ({_why(exc)}); skipped")
+                item = None
             if item is not None:
                 self._admit(item, *route)
             yield from self._ticks(watermark - horizon)
@@ -368,6 +386,14 @@ class SampleAssembler:
         stamp = None
         if isinstance(msg, (bytes, bytearray, memoryview)):
             stamp = cdr_header_stamp(msg) if m.msgtype in _HEADER_FIRST else None
+            if kind in _FIXED_SIZE_KINDS:
+                first = self._sizes.setdefault(m.topic, len(msg))
+                if len(msg) != first:
+                    self.log.note("format", m.topic, stamp or m.stamp_ns,
+                                  f"{m.msgtype} of {len(msg)} bytes, the stream's {first}: its layout changed (another "
+                                  f"ROS distribution's definition, or another frame_id); skipped until messages have "
+                                  f"the stream's layout again")
+                    return None
             if stamp is None or kind == "audio":
                 try:
                     msg = self.deserialize(msg, m.msgtype)
@@ -378,7 +404,7 @@ class SampleAssembler:
         if kind == "audio":  # decoded once here: every chunk serves ~window/chunk consecutive samples
             try:
                 pcm = M.decode_audio(msg)
-            except Exception as exc:
+            except M.MessageError as exc:  # an encoding or layout the reader does not take
                 self.log.note("format", m.topic, m.stamp_ns, f"audio chunk not decoded ({exc}); skipped, audio "
                                                              "missing until chunks decode again")
                 return None
@@ -562,11 +588,19 @@ def build_samples(
     def note(topic: str, stamp: int, text: str) -> None:
         asm.log.note("undecodable", topic, stamp, text)
 
-    def decode_image(it: _ITEM) -> np.ndarray | None:
+    def decode_image(it: _ITEM) -> tuple[np.ndarray, str | None] | None:
         try:
-            return M.decode_image(asm.msg(it), it[3], reduce=cfg.image_reduce)
+            msg = asm.msg(it)
+            return M.decode_image(msg, it[3], reduce=cfg.image_reduce), _pixel_encoding(msg, it[3])
         except Exception as exc:
-            note(it[2], it[0], f"image not decoded ({exc}); camera missing for that frame")
+            note(it[2], it[0], f"image not decoded ({_why(exc)}); camera missing for that frame")
+            return None
+
+    def message(it: _ITEM) -> tuple[str, Any] | None:
+        try:
+            return it[3], asm.msg(it)
+        except Exception as exc:
+            note(it[2], it[0], f"message not deserialised ({_why(exc)}); camera missing for that frame")
             return None
 
     def start(t: int, sel: dict[str, Any]) -> None:
@@ -576,7 +610,7 @@ def build_samples(
             if it is None:
                 continue
             if not cfg.decode_images:
-                imgs[key] = (it[3], asm.msg(it))
+                imgs[key] = message(it)
             elif pool is not None:
                 imgs[key] = pool.submit(decode_image, it)
             else:
@@ -585,9 +619,11 @@ def build_samples(
 
     def finish() -> Sample:
         t, sel, imgs = pending.popleft()
-        sample = _make_sample(t, sel, {k: (v.result() if isinstance(v, Future) else v) for k, v in imgs.items()},
-                              asm, cfg, note)
-        return sample
+        images = {k: (v.result() if isinstance(v, Future) else v) for k, v in imgs.items()}
+        if cfg.decode_images:  # (image, declared encoding) -> the image, if its stream can use it
+            images = {k: d if d is None else d[0] if _usable_format(asm, k, sel[k], *d, cfg.image_reduce) else None
+                      for k, d in images.items()}
+        return _make_sample(t, sel, images, asm, cfg, note)
 
     def useful(sample: Sample) -> bool:  # a tick where no sensor had valid data is no frame
         if any(not k.startswith("gt/") for k in sample.source_stamps):
@@ -653,7 +689,7 @@ def _make_sample(
         try:
             val = on_item(it) if on_item is not None else fn(asm.msg(it))
         except Exception as exc:
-            note(it[2], it[0], f"message not decoded ({exc}); {key} missing for that frame")
+            note(it[2], it[0], f"message not decoded ({_why(exc)}); {key} missing for that frame")
             missing.append(key)
             return None
         stamps[key] = it[0]
@@ -676,7 +712,15 @@ def _make_sample(
 
     ultrasonic = {n: decoded(f"ultrasonic/{n}", M.decode_range, asm.decode_range) for n in asm.ultrasonic_names}
     odom = decoded("odometry", M.decode_odometry)
-    audio = _audio_window(t, sel.get("audio") or [], cfg, stamps, note) if "audio" in asm.streams else None
+    audio = None
+    if "audio" in asm.streams:
+        chunks = sel.get("audio") or []
+        try:
+            audio = _audio_window(t, chunks, cfg, stamps, note)
+        except Exception as exc:  # chunks that decoded but do not join (e.g. a sample type of their own)
+            note(T.AUDIO, chunks[-1][0] if chunks else t, f"audio window not assembled ({_why(exc)}); audio "
+                                                          "missing for that frame")
+            stamps.pop("audio", None)
     if audio is None:
         missing.append("audio")
 
@@ -688,11 +732,67 @@ def _make_sample(
             objects=decoded("gt/objects", M.decode_marker_array_boxes),
             audio_events=decoded("gt/audio_events", M.decode_marker_array_events),
             conditions=decoded("gt/conditions", M.decode_json),
-            qa=[M.decode_json(asm.msg(it)) for it in qa_items],
+            qa=[qa for it in qa_items if (qa := _decode_qa(it, asm, note)) is not None],
         )
         if qa_items:
             stamps["gt/qa"] = qa_items[0][0]
     return Sample(t, fisheye, front, ultrasonic, audio, odom, gt, stamps, missing)
+
+
+_PIXEL_ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8", "mono16", "8uc1", "16uc1", "8uc3")
+_MONO = ("mono8", "mono16", "8uc1", "16uc1")
+MAX_ASPECT_CHANGE = 0.02  # beyond this relative change of width/height an image is another crop or camera
+
+
+def _pixel_encoding(msg: Any, msgtype: str) -> str | None:
+    """The pixel encoding a camera message declares: Image.encoding, or the first part of a CompressedImage format
+    ("mono8; jpeg compressed mono8"); None when it declares none ("jpeg")."""
+    text = (msg.encoding if msgtype == T.IMAGE else (msg.format or "").split(";")[0]).strip().lower()
+    return text if text in _PIXEL_ENCODINGS else None
+
+
+def _image_label(img: np.ndarray, declared: str | None, reduce: int) -> str:
+    """A decoded image's format as a diagnostic names it: its size in the camera's pixels and its encoding."""
+    h, w = img.shape[0] * reduce, img.shape[1] * reduce
+    ch = img.shape[2] if img.ndim == 3 else 1
+    enc = declared or {(3, "uint8"): "bgr8", (1, "uint8"): "mono8", (1, "uint16"): "mono16"}.get(
+        (ch, img.dtype.name), f"{ch}-channel {img.dtype.name}")
+    return f"{w}x{h} {enc}"
+
+
+def _usable_format(asm: SampleAssembler, key: str, it: _ITEM, img: np.ndarray, declared: str | None,
+                   reduce: int) -> bool:
+    """Whether a camera's image can be used, against its stream's format (that of its first image). Another
+    resolution at the same aspect ratio or another encoding: used (the encoders resize and convert), noted once as
+    `converted`; another aspect ratio: skipped, noted once as `format`. The span of either is recorded."""
+    mono = declared in _MONO if declared else img.ndim == 2 or img.shape[2] == 1
+    fmt = (img.shape[:2], img.shape[2] if img.ndim == 3 else 1, img.dtype.str, mono)
+    label = _image_label(img, declared, reduce)
+    first = asm.image_formats.setdefault(key, (fmt, label))
+    if fmt == first[0]:
+        return True
+    (h0, w0), (h, w) = first[0][0], fmt[0]
+    if abs((w / h) / (w0 / h0) - 1) > MAX_ASPECT_CHANGE:
+        asm.log.note("format", it[2], it[0], f"image {label}, the stream's {first[1]}: another aspect ratio (a crop or "
+                                             f"another camera, its calibration does not hold); skipped, {key} missing "
+                                             f"until its images are {first[1]} again")
+        return False
+    asm.log.note("converted", it[2], it[0], f"image {label}, the stream's {first[1]}: the same field of view in "
+                                            f"another format; used, converted by the encoders")
+    return True
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a diagnostic names it: its type, and its message if it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _decode_qa(it: _ITEM, asm: SampleAssembler, note: Callable[[str, int, str], None]) -> Any:
+    try:
+        return M.decode_json(asm.msg(it))
+    except Exception as exc:
+        note(it[2], it[0], f"QA pair not decoded ({_why(exc)}); dropped")
+        return None
 
 
 def _audio_window(

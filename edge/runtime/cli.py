@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +55,9 @@ def load_config(args: argparse.Namespace) -> RuntimeConfig:
 def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None, progress: bool = True,
               on_frame: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
     """Run the runtime over `bag`; returns the report summary (and writes the report). `on_frame(i, result)` is
-    called after each frame (the scheduler evaluation times frames against its CPU hog with it)."""
+    called after each frame (the scheduler evaluation times frames against its CPU hog with it). Frames stream to
+    the report directory as they are made; an exception or an interrupt (SIGINT, SIGTERM) still writes the report,
+    marked partial with the reason, and is then raised again."""
     from edge.drives.bag import open_bag
     from edge.drives.qa import pick_rotating
     from edge.drives.sync import SyncConfig, Synchronizer
@@ -78,44 +84,90 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
                            {"bag": str(bag), "config": run_options(cfg), "policy": cfg.policy,
                             "backend": runtime.stack.backend,
                             "aligners": sorted(answerer.aligners) if answerer else []})
+    out = report.start(report_dir or REPO / "reports" / Path(bag).name)  # frames stream to disk from here on
     count = bag_handle.topics.get("/fisheye/front/image_raw/compressed")
     total = cfg.max_frames or (count.count if count is not None else None)
     bar = _bar(total, progress)
     next_question = None
     asked = 0
     started = time.perf_counter()
-    for i, sample in enumerate(sync):
-        if cfg.max_frames and i >= cfg.max_frames:
-            break
-        gt = sample.ground_truth
-        if answerer is not None and gt is not None and gt.qa:
-            t = sample.stamp_ns / 1e9
-            if cfg.ask_all_questions:
-                for qa in gt.qa:
-                    runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
-            elif next_question is None or t >= next_question:
-                qa, asked = pick_rotating(gt.qa, asked)  # every template family in turn (edge/drives/qa.py)
-                runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
-                next_question = t + cfg.questions_every_s
-        result = runtime.step(sample)
-        if on_frame is not None:
-            on_frame(i, result)
-        report.add(result, gt)
-        if result.decision.changed:
-            bar.write(f"  {report.frames[-1]['t']:6.1f} s  plan: {result.plan.describe()}  ({result.decision.reason})")
-        bar.update(1)
-    bar.close()
-    report.add_answers(runtime.finish())  # answers still being generated when the drive ended
-    runtime.close()
-    for d in sync.diagnostics + runtime.diagnostics:
-        print(f"edge run: diagnostic: {d}", file=sys.stderr)
-    report.add_degradations(sync.degradations, sync.diagnostics)
-    report.add_degradations(runtime.degradations, runtime.diagnostics)  # implausible sensors, detached modalities
-    out = report.write(report_dir or REPO / "reports" / Path(bag).name)
+    stopped: str | None = None  # why the run ended early: the report is then marked partial with it
+    try:
+        with _sigterm_as_interrupt():
+            for i, sample in enumerate(sync):
+                if cfg.max_frames and i >= cfg.max_frames:
+                    break
+                gt = sample.ground_truth
+                if answerer is not None and gt is not None and gt.qa:
+                    t = sample.stamp_ns / 1e9
+                    if cfg.ask_all_questions:
+                        for qa in gt.qa:
+                            runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
+                    elif next_question is None or t >= next_question:
+                        qa, asked = pick_rotating(gt.qa, asked)  # every template family in turn (edge/drives/qa.py)
+                        runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
+                        next_question = t + cfg.questions_every_s
+                result = runtime.step(sample)
+                if on_frame is not None:
+                    on_frame(i, result)
+                report.add(result, gt)
+                if result.decision.changed:
+                    bar.write(f"  {report.frames[-1]['t']:6.1f} s  plan: {result.plan.describe()}  "
+                              f"({result.decision.reason})")
+                bar.update(1)
+    except KeyboardInterrupt as exc:
+        stopped = f"interrupted by {exc.args[0] if exc.args else 'SIGINT'} after {len(report.frames)} frames"
+        raise
+    except BaseException as exc:
+        stopped = f"stopped by an error after {len(report.frames)} frames: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        bar.close()
+        _finish_report(report, runtime, sync, out, stopped)
     summary = report.summary()
     summary.update({"report": str(out), "wall_s": time.perf_counter() - started, "dropped": runtime.dropped,
                     "backend": runtime.stack.backend})
     return summary
+
+
+def _finish_report(report: Any, runtime: Any, sync: Any, out: Path, stopped: str | None) -> None:
+    """Answers still being generated (waited for only on a complete run), diagnostics, degradation spans, then
+    the report: complete, or partial with the reason it stopped. Runs on every exit of the frame loop."""
+    try:
+        if stopped is None:
+            report.add_answers(runtime.finish())
+        elif runtime.answers is not None:
+            report.add_answers(runtime.answers.collect())  # those already done; the rest are not waited for
+    except KeyboardInterrupt:  # Ctrl-C while the last answers were awaited: every frame is in, answers are not
+        stopped = f"interrupted by SIGINT while waiting for the last answers, after {len(report.frames)} frames"
+        raise
+    finally:
+        runtime.close()
+        for d in sync.diagnostics + runtime.diagnostics:
+            print(f"edge run: diagnostic: {d}", file=sys.stderr)
+        report.add_degradations(sync.degradations, sync.diagnostics)
+        report.add_degradations(runtime.degradations, runtime.diagnostics)  # implausible, detached modalities
+        report.write(out, partial_reason=stopped)
+        if stopped is not None:
+            print(f"edge run: {stopped}; partial report in {out} (report.json, frames.jsonl)", file=sys.stderr)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, `timeout`, a ROS launch shutting down) ends the run as SIGINT does, with a
+    partial report, instead of killing the process outright. Only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_options(cfg: RuntimeConfig) -> dict[str, Any]:

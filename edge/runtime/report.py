@@ -1,5 +1,11 @@
 """The report of `edge run`: report.json (per frame: plan, answers, occupancy, timings, memory) and report.html.
 
+Streamed so that nothing is lost: `start(DIR)` writes a report.json marked partial (reason "running") and opens
+DIR/frames.jsonl, to which `add` appends each frame's record (one JSON object per line, flushed) as it is made;
+`write` ends it with the summary, `partial` false, or `partial` true and the reason when the run was interrupted
+or failed. A process killed outright (no `write`) leaves the stub report.json and every finished frame's line;
+`read_report` merges the two.
+
 The HTML is self-contained (inline SVG plots, BEV images as data URIs): a modality timeline against the lighting
 the cameras saw, latency per stage, memory, and BEV occupancy beside ground truth at a few instants.
 """
@@ -10,9 +16,10 @@ import base64
 import html
 import itertools
 import json
+import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -26,6 +33,8 @@ from edge.runtime.scheduler import BEV_MODALITIES, MODALITIES
 CLASS_COLOURS = np.array([[200, 200, 200], [40, 40, 220], [220, 80, 30], [40, 180, 40], [70, 70, 70]], np.uint8)
 # Stages in frame order: the BEV modalities, their fusion, the other modalities, attaching tokens to the LLM.
 STAGES = ("context+plan", *BEV_MODALITIES, "fusion", *(m for m in MODALITIES if m not in BEV_MODALITIES), "attach")
+FRAMES_FILE = "frames.jsonl"  # beside report.json: one frame record per line, written as the run goes
+RUNNING = "running: the process ended before writing its summary; frames.jsonl holds the frames it finished"
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -86,6 +95,19 @@ class ReportBuilder:
         self._t0: int | None = None
         self.degradations: list[dict[str, Any]] = []  # bad input data, with spans (edge.drives.sync.Degradation)
         self.diagnostics: list[str] = []
+        self.partial_reason: str | None = None  # why the report stops short of the drive's end (None: it does not)
+        self._dir: Path | None = None  # where frames stream to, after start()
+        self._stream: IO[str] | None = None
+
+    def start(self, directory: str | Path) -> Path:
+        """Begin streaming into `directory`: frames.jsonl truncated and opened, report.json written as a partial
+        report with no frames (reason `RUNNING`) until `write` replaces it."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self._dir = out
+        self._stream = (out / FRAMES_FILE).open("w", encoding="utf-8")
+        _write_atomic(out / "report.json", json.dumps(self._doc(RUNNING), indent=1, default=_jsonable))
+        return out
 
     def add(self, r: FrameResult, ground_truth: Any = None) -> dict[str, Any]:
         self._t0 = r.stamp_ns if self._t0 is None else self._t0
@@ -125,10 +147,14 @@ class ReportBuilder:
         if r.bev_classes is not None and (not self.snapshots or t - self.snapshots[-1][0] >= 10.0):
             self.snapshots.append((t, r.bev_classes, gt_classes))
         self.frames.append(frame)
+        if self._stream is not None:  # one line per frame, flushed: a crash loses at most the frame being made
+            self._stream.write(json.dumps(frame, default=_jsonable) + "\n")
+            self._stream.flush()
         return frame
 
     def add_answers(self, answers: list[dict[str, Any]]) -> None:
-        """Answers that finished after the last frame (answering runs off the frame path): kept with it."""
+        """Answers that finished after the last frame (answering runs off the frame path): kept with it in
+        report.json (its line in frames.jsonl was written before they came)."""
         if answers and self.frames:
             _score(answers)
             self.frames[-1]["answers"].extend(answers)
@@ -165,18 +191,33 @@ class ReportBuilder:
             "questions": len(answers), "exact_match": float(np.mean(exact)) if exact else None,
             "blind_prior_exact_match": float(np.mean(prior)) if prior else None,
             **_budget_summary(f, self.meta.get("config") or {}, answers),
+            "partial": self.partial_reason is not None, "partial_reason": self.partial_reason,
         }
 
-    def write(self, directory: str | Path) -> Path:
-        out = Path(directory)
+    def write(self, directory: str | Path | None = None, partial_reason: str | None = None) -> Path:
+        """Write report.json (replacing the stub atomically) and report.html; `partial_reason` says why the report
+        stops short (an interrupt, an exception). Ends the frames stream; without one, frames.jsonl is written
+        whole, so every report directory has it."""
+        out = Path(directory) if directory is not None else self._dir
+        if out is None:
+            raise ValueError("ReportBuilder.write: no directory given and start() was not called")
         out.mkdir(parents=True, exist_ok=True)
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if out != self._dir:
+            _write_atomic(out / FRAMES_FILE, "".join(json.dumps(f, default=_jsonable) + "\n" for f in self.frames))
+        doc = self._doc(partial_reason)
+        _write_atomic(out / "report.json", json.dumps(doc, indent=1, default=_jsonable))
+        _write_atomic(out / "report.html", self._html(doc))
+        return out
+
+    def _doc(self, partial_reason: str | None) -> dict[str, Any]:
+        self.partial_reason = partial_reason
         meta = {**self.meta, "python": platform.python_version(), "machine": platform.machine(),
                 "processor": platform.processor()}
-        doc = {"meta": meta, "summary": self.summary(), "switches": self.switches, "degradations": self._spans(),
-               "diagnostics": self.diagnostics, "frames": self.frames}
-        (out / "report.json").write_text(json.dumps(doc, indent=1, default=_jsonable))
-        (out / "report.html").write_text(self._html(doc))
-        return out
+        return {"meta": meta, "summary": self.summary(), "switches": self.switches, "degradations": self._spans(),
+                "diagnostics": self.diagnostics, "frames_file": FRAMES_FILE, "frames": self.frames}
 
     # ---------------------------------------------------------------- html
     def _html(self, doc: dict[str, Any]) -> str:
@@ -188,6 +229,8 @@ class ReportBuilder:
             f"<td>{html.escape(str(a.get('answer', '')))}</td></tr>" for x in self.frames for a in x["answers"])
         lat = s["latency_ms"]
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+        partial = (f"<p style='color:#b00'><b>Partial report</b>: {html.escape(s['partial_reason'])}</p>"
+                   if s["partial"] else "")
         degraded = "".join(
             f"<tr><td>{html.escape(d['kind'])}</td><td>{html.escape(str(d['source']))}</td><td>{d['count']}</td>"
             f"<td>{fmt(d.get('first_s'))}</td><td>{fmt(d.get('last_s'))}</td><td>{html.escape(d['detail'])}</td></tr>"
@@ -195,7 +238,7 @@ class ReportBuilder:
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>mpnp-edge run report</title>
 <style>body{{font-family:sans-serif;margin:24px;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}h2{{margin-top:28px}}</style></head><body>
-<h1>Run report</h1><p>{html.escape(str(doc['meta'].get('bag', '')))} &middot; {s['frames']} frames &middot;
+<h1>Run report</h1>{partial}<p>{html.escape(str(doc['meta'].get('bag', '')))} &middot; {s['frames']} frames &middot;
 {s['switches']} plan changes &middot; latency p50 {fmt(lat['p50'])} ms, p99 {fmt(lat['p99'])} ms &middot;
 peak memory {fmt(s['peak_rss_mb'])} MB &middot; obstacle IoU within 5 m {fmt(s['obstacle_iou_near5m_mean'])}</p>
 <h2>Modalities against lighting</h2>{self._timeline_svg()}
@@ -294,6 +337,32 @@ peak memory {fmt(s['peak_rss_mb'])} MB &middot; obstacle IoU within 5 m {fmt(s['
         img = cv2.resize(img, (img.shape[1] * 2, img.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
         ok, buf = cv2.imencode(".png", img)
         return base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+def read_report(directory: str | Path) -> dict[str, Any]:
+    """report.json of `directory`; when it is the stub of a run that died without its summary, with the frames
+    that run finished taken from frames.jsonl (a torn last line, from a kill mid-write, is left out)."""
+    out = Path(directory)
+    doc = json.loads((out / "report.json").read_text())
+    frames_file = out / doc.get("frames_file", FRAMES_FILE)
+    if doc["summary"].get("partial") and frames_file.exists():
+        frames = []
+        for line in frames_file.read_text(encoding="utf-8").splitlines():
+            try:
+                frames.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        if len(frames) > len(doc["frames"]):
+            doc["frames"] = frames
+            doc["summary"]["frames"] = len(frames)
+    return doc
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: a reader (or a crash) never sees half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _jsonable(o: Any) -> Any:

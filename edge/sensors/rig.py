@@ -17,7 +17,13 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edge.config import StrictModel, load_yaml_model
-from edge.sensors.camera_models import FisheyeCamera, PinholeCamera, optical_pose
+from edge.sensors.camera_models import (
+    FisheyeCamera,
+    PinholeCamera,
+    fisheye_inversion_problem,
+    optical_pose,
+    pinhole_inversion_problem,
+)
 
 DEFAULT_RIG = Path(__file__).resolve().parents[2] / "calibration" / "default_rig.yaml"
 
@@ -67,12 +73,9 @@ class FisheyeSpec(StrictModel):
     @model_validator(mode="after")
     def _check_lens(self) -> "FisheyeSpec":
         _check_principal_point(self.intrinsics, self.image)
-        i = self.intrinsics
-        theta = np.linspace(0.0, math.radians(self.fov_deg) / 2, 512)
-        k1, k2, k3, k4 = i.k
-        deriv = 1 + 3 * k1 * theta**2 + 5 * k2 * theta**4 + 7 * k3 * theta**6 + 9 * k4 * theta**8
-        if (deriv <= 0).any():
-            raise ValueError("distortion k1..k4 is not monotonic over the field of view (impossible lens)")
+        problem = fisheye_inversion_problem(self.intrinsics.k, math.radians(self.fov_deg))
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -84,8 +87,11 @@ class PinholeSpec(StrictModel):
     extrinsics: PoseSpec
 
     @model_validator(mode="after")
-    def _check_principal_point(self) -> "PinholeSpec":
+    def _check_lens(self) -> "PinholeSpec":
         _check_principal_point(self.intrinsics, self.image)
+        problem = pinhole_inversion_problem(_pinhole("check", self))
+        if problem:
+            raise ValueError(problem)
         return self
 
 
