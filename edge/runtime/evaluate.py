@@ -113,10 +113,11 @@ def _plan_key(plan: dict[str, Any]) -> str:
 
 def evaluate(bags: list[Path], out: Path, use_llm: bool, budgets: Iterable[float],
              policies: tuple[str, ...] = POLICIES, loads: Iterable[int] = (0,), load_stop_s: float | None = None,
-             repeat: int = 1, oracle: bool = True, oracle_max_plans: int = 12) -> dict[str, Any]:
+             repeat: int = 1, oracle: bool = True, oracle_max_plans: int = 12, paced: bool = True) -> dict[str, Any]:
     """Every policy `repeat` times per drive, budget and load, then (with `oracle`) every fixed plan of
     `oracle_plans` once; the rows are scored against each other (quality over the drive's scorable frames, the
-    oracle, shares, recovery to the unloaded plan, agreement of repeats) and written as JSON and markdown."""
+    oracle, shares, recovery to the unloaded plan, agreement of repeats) and written as JSON and markdown.
+    `paced`: samples are taken no faster than their stamps, as live (see `_run`)."""
     budgets, loads = tuple(budgets), tuple(loads)
     runs: list[dict[str, Any]] = []
     fixed: list[dict[str, Any]] = []
@@ -127,17 +128,18 @@ def evaluate(bags: list[Path], out: Path, use_llm: bool, budgets: Iterable[float
             for load in loads:
                 for rep in range(repeat):
                     for policy in policies:
-                        runs.append(_run(bag, base, policy, budget_ms, load, load_stop_s, out, rep))
+                        runs.append(_run(bag, base, policy, budget_ms, load, load_stop_s, out, rep, paced=paced))
                 if plans:
                     expected = max(r["frames"] for r in runs if r["drive"] == Path(bag).name)
                     for plan in plans:
-                        fixed.append(_run(bag, base, "fixed", budget_ms, load, load_stop_s, out, 0, plan, expected))
+                        fixed.append(_run(bag, base, "fixed", budget_ms, load, load_stop_s, out, 0, plan, expected,
+                                          paced))
     result = score_runs(runs, fixed, use_llm)
     out.mkdir(parents=True, exist_ok=True)
     tag = "-b" + "-".join(f"{b:g}" for b in budgets) + "-k" + "-".join(str(k) for k in loads)
     doc = {"runs": _public(result["runs"]), "fixed_plans": _public(result["fixed"]), "oracle": result["oracle"],
            "agreement": result["agreement"],
-           "definitions": {"settle_s": SETTLE_S, "hold_share": HOLD_SHARE, "repeat": repeat,
+           "definitions": {"settle_s": SETTLE_S, "hold_share": HOLD_SHARE, "repeat": repeat, "paced": paced,
                            "load_stop_s (drive time)": load_stop_s,
                            "oracle_candidates": [_plan_key(_plan_dict(p)) for p in plans]}}
     table = report_markdown(result, budgets, loads)
@@ -147,22 +149,32 @@ def evaluate(bags: list[Path], out: Path, use_llm: bool, budgets: Iterable[float
 
 
 def _run(bag: Path, base: RuntimeConfig, policy: str, budget_ms: float, load: int, load_stop_s: float | None,
-         out: Path, rep: int, plan: Plan | None = None, expected_frames: int | None = None) -> dict[str, Any]:
+         out: Path, rep: int, plan: Plan | None = None, expected_frames: int | None = None,
+         paced: bool = True) -> dict[str, Any]:
     """One drive under one policy (or one fixed `plan`), budget and load: the run's row. A fixed plan is stopped
     as soon as its frames over budget exceed what `HOLD_SHARE` of `expected_frames` allows (it can no longer
-    hold the budget, and under a hog a 2-thread plan can take seconds per frame)."""
+    hold the budget, and under a hog a 2-thread plan can take seconds per frame). `paced`: after a frame, wait
+    until the next sample's time (the last frame period on), as a live sensor feed would; the scheduler's clock
+    (estimate ageing, change rate) and the recovery are wall time, which unpaced replay would compress. A run
+    that falls behind is not paced (nothing is dropped: every run sees every sample)."""
     cfg = base.model_copy(update={"policy": Policy.ALL if plan is not None else Policy(policy), "budget_ms": budget_ms})
     name = _plan_key(_plan_dict(plan)).replace("+", "_").replace(" ", "") if plan is not None else policy
     wall: list[float] = []
-    first: dict[str, int] = {}
+    first: dict[str, Any] = {}  # the first frame's stamp and wall time; the last frame's drive time
     # over-budget frames after SETTLE_S beyond this many: the plan cannot reach HOLD_SHARE of the frames
     allowed = math.floor((1.0 - HOLD_SHARE) * expected_frames + 1e-9) if expected_frames else None
     misses = {"n": 0}
 
     with CpuHog(load) as hog:
         def on_frame(i: int, r: Any) -> bool:
-            wall.append(time.monotonic())
+            now = time.monotonic()
+            wall.append(now)
             t = (r.stamp_ns - first.setdefault("stamp_ns", r.stamp_ns)) / 1e9
+            if paced:
+                start = first.setdefault("wall", now)  # the first frame ends at drive time 0
+                period = t - first.get("t", t)
+                first["t"] = t
+                time.sleep(max(0.0, start + t + period - now))
             if load_stop_s is not None and t >= load_stop_s:
                 hog.stop()  # on drive time, so that every policy and plan is loaded over the same frames
             if t >= SETTLE_S and r.timings_ms["total"] > budget_ms:
@@ -453,6 +465,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of each policy, to see whether they agree [1]")
     p.add_argument("--no-oracle", action="store_true", help="skip the hindsight oracle (the fixed plans' runs)")
     p.add_argument("--oracle-max-plans", type=int, default=12, help="fixed plans the oracle tries at most [12]")
+    p.add_argument("--unpaced", action="store_true",
+                   help="replay as fast as the runtime goes (default: no faster than the drive's stamps, as live)")
     p.set_defaults(func=lambda a: _main(a))
 
 
@@ -472,6 +486,6 @@ def _main(args: Any) -> int:
         raise EdgeError(f"{', '.join(missing)}: no such bag")
     result = evaluate([Path(b) for b in args.bags], Path(args.out), args.llm, tuple(args.budget_ms),
                       tuple(args.policies), tuple(args.load), args.load_stop_s, args.repeat,
-                      not args.no_oracle, args.oracle_max_plans)
+                      not args.no_oracle, args.oracle_max_plans, not args.unpaced)
     print(result["table"])
     return 0
