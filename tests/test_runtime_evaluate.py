@@ -160,33 +160,31 @@ def test_oracle_is_the_best_fixed_run_that_holds_the_budget_and_shares_follow() 
 
 @pytest.mark.usefixtures("one_thread")
 def test_the_evaluation_runs_the_oracle_and_prints_every_figure(tmp_path) -> None:
-    """A 3 s drive, one budget, without and with a 1-core hog stopped at 2.5 s: the oracle's fixed plans are run
-    and stopped early once they cannot hold the budget; every figure is in the JSON and the markdown."""
+    """A 3 s drive, one budget, a 1-core hog stopped at 2 s: the adaptive policy, a static one and the oracle's
+    fixed plan are run; every figure is in the JSON and the markdown, and no static or fixed run that holds the
+    budget scores above the oracle."""
     import json
 
     from edge.drives.generate import generate_drive
     from edge.runtime.evaluate import evaluate
 
     bag = generate_drive(tmp_path / "drive", seed=5, duration=3.0, scenario="parking-day", progress=False).path
-    out = evaluate([bag], tmp_path / "eval", False, (100.0,), ("adaptive", "camera"), (0, 1), load_stop_s=2.5,
+    out = evaluate([bag], tmp_path / "eval", False, (100.0,), ("adaptive", "camera"), (1,), load_stop_s=2.0,
                    oracle_max_plans=1)
-    doc = json.loads((tmp_path / "eval" / "scheduler_eval-b100-k0-1.json").read_text())
-    assert len(doc["runs"]) == 4 and len(doc["fixed_plans"]) == 2 and len(doc["oracle"]) == 2
+    doc = json.loads((tmp_path / "eval" / "scheduler_eval-b100-k1.json").read_text())
+    assert len(doc["runs"]) == 2 and len(doc["fixed_plans"]) == 1 and len(doc["oracle"]) == 1
     assert doc["definitions"]["oracle_candidates"] == ["fisheye+ultrasonic x1"]  # the front's best, 1 thread here
     for r in doc["runs"]:
         for key in ("within_budget", "iou_all_frames", "oracle_share", "changes_per_min_steady", "top_plan",
-                    "recovery_s", "recovery_plan_s", "latency_p95_ms"):
+                    "recovery_s", "recovery_plan_s", "latency_p95_ms", "unloaded_plan"):
             assert key in r, key
-        assert 0.0 <= r["within_budget"] <= 1.0 and r["top_plan"]
-    for o in doc["oracle"]:
-        assert o["tried"] == 2  # the fixed plan and the static policy `camera`
-        held = [r for r in doc["runs"] + doc["fixed_plans"] if r["policy"] != "adaptive" and r["holds_budget"]
-                and (r["budget_ms"], r["load"]) == (o["budget_ms"], o["load"])]
-        assert o["held"] == len(held) and all(r["quality"] <= o["quality"] + 1e-12 for r in held)
-        for r in held:
-            assert r["oracle_share"] <= 1.0 + 1e-12
-    loaded = [r for r in doc["runs"] if r["load"] == 1]
-    assert all(r["unloaded_plan"] for r in loaded)
+        assert 0.0 <= r["within_budget"] <= 1.0 and r["top_plan"] and 0.0 <= r["iou_all_frames"] <= 1.0
+        assert r["frames"] == 30 and r["unloaded_plan"] is None  # no unloaded run to return to
+    o = doc["oracle"][0]
+    assert o["tried"] == 2  # the fixed plan and the static policy `camera`
+    held = [r for r in doc["runs"] + doc["fixed_plans"] if r["policy"] != "adaptive" and r["holds_budget"]]
+    assert o["held"] == len(held) and all(r["quality"] <= o["quality"] + 1e-12 for r in held)
+    assert all(r["oracle_share"] <= 1.0 + 1e-12 for r in held)
     assert {a["policy"] for a in doc["agreement"]} == {"adaptive", "camera"}
     for heading in ("Hindsight oracle", "share of oracle", "changes/min: steady", "recovery s: budget / plan",
                     "Agreement of repeated runs"):
