@@ -113,6 +113,18 @@ def test_static_baselines_and_bad_configuration() -> None:
         QualityTable.from_perception_eval(Path(__file__))
 
 
+def test_a_fixed_plan_is_held_whatever_the_costs_and_its_lost_sensor_is_dropped() -> None:
+    """The evaluation's oracle: a plan held for the whole drive, over budget or not, on its own thread count."""
+    fixed = Plan(("fisheye", "ultrasonic", "camera"), 0, 0.5, threads=1)
+    s = scheduler(fixed=fixed, budget=Budget(20.0), threads=(1, 2))  # far over a 20 ms budget
+    assert not s.adaptive and s.static_threads == 1
+    first = s.step(ctx())
+    assert (first.plan.modalities, first.plan.camera_keep, first.plan.threads) == (fixed.modalities, 0.5, 1)
+    assert first.reason == "fixed plan" and all(not s.step(ctx()).changed for _ in range(10))
+    assert s.step(ctx(silent=("ultrasonic",))).plan.modalities == ("fisheye", "camera")
+    assert scheduler(threads=(1, 2)).adaptive and scheduler(policy="all", threads=(1, 2)).static_threads == 2
+
+
 def test_plan_description() -> None:
     assert Plan(("fisheye", "camera"), 4, 0.5).describe() == "fisheye+camera, N=4, camera keep 0.5, eager"
     assert Plan(("audio",), 8, 1.0, threads=2).describe() == "audio, N=8, eager, 2 threads"

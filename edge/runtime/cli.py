@@ -53,11 +53,13 @@ def load_config(args: argparse.Namespace) -> RuntimeConfig:
 
 
 def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None, progress: bool = True,
-              on_frame: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
+              on_frame: Callable[[int, Any], bool | None] | None = None, fixed_plan: Any = None) -> dict[str, Any]:
     """Run the runtime over `bag`; returns the report summary (and writes the report). `on_frame(i, result)` is
-    called after each frame (the scheduler evaluation times frames against its CPU hog with it). Frames stream to
-    the report directory as they are made; an exception or an interrupt (SIGINT, SIGTERM) still writes the report,
-    marked partial with the reason, and is then raised again."""
+    called after each frame and ends the drive there when it returns True (the scheduler evaluation times frames
+    against its CPU hog with it, and stops a fixed plan once it can no longer hold the budget); `fixed_plan` (a
+    scheduler Plan) is held for the whole drive instead of the policy's choice (the evaluation's oracle). Frames
+    stream to the report directory as they are made; an exception or an interrupt (SIGINT, SIGTERM) still writes
+    the report, marked partial with the reason, and is then raised again."""
     from edge.drives.bag import open_bag
     from edge.drives.qa import pick_rotating
     from edge.drives.sync import SyncConfig, Synchronizer
@@ -77,7 +79,8 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
     runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer,
                       dwell=cfg.dwell_frames, quality_per_ms=cfg.quality_per_ms, backend=cfg.backend,
                       engine_cache=cfg.engine_cache, progress=progress, max_estimate_age_s=cfg.max_estimate_age_s,
-                      max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads)
+                      max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads,
+                      fixed_plan=fixed_plan)
     bag_handle = open_bag(bag)
     sync = Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce))
     report = ReportBuilder(runtime.stack.cfg, runtime.stack.footprint,
@@ -108,13 +111,14 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
                         runtime.ask(qa["question"], answer=qa["answer"], kind=qa.get("kind"))
                         next_question = t + cfg.questions_every_s
                 result = runtime.step(sample)
-                if on_frame is not None:
-                    on_frame(i, result)
+                stop = on_frame is not None and on_frame(i, result)
                 report.add(result, gt)
                 if result.decision.changed:
                     bar.write(f"  {report.frames[-1]['t']:6.1f} s  plan: {result.plan.describe()}  "
                               f"({result.decision.reason})")
                 bar.update(1)
+                if stop:
+                    break
     except KeyboardInterrupt as exc:
         stopped = f"interrupted by {exc.args[0] if exc.args else 'SIGINT'} after {len(report.frames)} frames"
         raise

@@ -90,7 +90,7 @@ class Runtime:
                  budget: Budget | None = None, answerer: Any = None, queue_depth: int = 4, dwell: int = 5,
                  quality_per_ms: float = 1e-3, rig: Any = None, backend: BackendName | str = BackendName.EAGER,
                  engine_cache: str | Path | None = None, progress: bool = False, max_estimate_age_s: float = 5.0,
-                 max_changes_per_min: int = 6, adapt_threads: bool = True,
+                 max_changes_per_min: int = 6, adapt_threads: bool = True, fixed_plan: Plan | None = None,
                  clock: Callable[[], float] = time.monotonic, stopwatch: Stopwatch | None = None) -> None:
         perception_dir = Path(perception_dir)
         budget = budget or Budget()
@@ -124,7 +124,7 @@ class Runtime:
                                    quality_per_ms=quality_per_ms,
                                    aligner_sets=answerer.aligner_sets() if answerer is not None else (),
                                    backend=backend, threads=self.thread_options,
-                                   max_changes_per_min=max_changes_per_min)
+                                   max_changes_per_min=max_changes_per_min, fixed=fixed_plan)
         self.answers = AnswerWorker(answerer, budget.answer_ms) if answerer is not None else None
         self._stopwatch: Stopwatch = stopwatch or (lambda name, fn: timed_call(fn))
         self.queue: deque[Any] = deque(maxlen=queue_depth)
@@ -177,8 +177,8 @@ class Runtime:
         """Measure every component with data, at every thread count a plan may use, so that the first plan is
         chosen on measured costs. A first pass warms up (lazy tables, allocator, first-call dispatch) and is not
         counted; repeats the other job preempted are dropped while a clean one remains (CostModel.calibrate)."""
-        static = self.scheduler.policy != Policy.ADAPTIVE  # runs at the default thread count, reads no estimate
-        for threads in self.thread_options[-1:] if static else self.thread_options:
+        static = not self.scheduler.adaptive  # runs at its own thread count, reads no estimate
+        for threads in (self.scheduler.static_threads,) if static else self.thread_options:
             self._measure(sample, MODALITIES, threads, 1 if static else repeats)
         probe = ContextEstimator()  # the context's own cost, on a throwaway estimator (it keeps state)
         runs = [self._stopwatch(OVERHEAD, lambda: probe.update(sample))[1:] for _ in range(repeats)]
@@ -217,7 +217,7 @@ class Runtime:
     def _probe(self, sample: Any, ctx: Context, total_ms: float) -> dict[str, float]:
         """After the frame: measure what arrived unmeasured, else re-measure the stage whose estimate is due
         (adaptive policy only: a static plan reads no estimate)."""
-        if self.scheduler.policy != Policy.ADAPTIVE:
+        if not self.scheduler.adaptive:
             return {}
         usable = self.scheduler.healthy(ctx)
         now = self.costs.clock()

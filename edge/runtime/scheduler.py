@@ -153,7 +153,7 @@ class Scheduler:
                  n_blocks: int, policy: Policy | str = Policy.ADAPTIVE, dwell: int = 5, margin: float = 0.01,
                  quality_per_ms: float = 1e-3, aligner_sets: tuple[AlignerSet, ...] = (),
                  answer_weight: float = 1.0, backend: str = BackendName.EAGER, threads: tuple[int, ...] = (),
-                 max_changes_per_min: int = 6, headroom: float = 0.1) -> None:
+                 max_changes_per_min: int = 6, headroom: float = 0.1, fixed: Plan | None = None) -> None:
         if policy not in POLICIES:
             raise EdgeError(f"unknown scheduling policy '{policy}' ({', '.join(POLICIES)})")
         unknown = set(available) - set(MODALITIES)
@@ -169,6 +169,9 @@ class Scheduler:
         self.threads = tuple(threads) or (costs.threads,)
         self.answer_weight = answer_weight  # answer exact match (0..1) against obstacle IoU (0..1): equal by default
         self.max_changes_per_min = max_changes_per_min
+        # A plan held whatever the context and the load (its encoders, keep and threads; the LLM takes the best set
+        # they allow, as for the static policies): the evaluation's hindsight oracle tries each such plan.
+        self.fixed = fixed
         self.current: Plan | None = None
         self._pending: tuple[Plan, int] | None = None
         self.audio_baseline_db: float | None = None
@@ -178,6 +181,16 @@ class Scheduler:
         self._tabu: dict[Plan, float] = {}  # plan -> clock time until which it is not re-chosen voluntarily
         self._predicted: dict[Plan, float | None] = {}  # memo of one step
         self._scores: dict[Plan, float] = {}
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether plans follow the costs (the adaptive policy): static and fixed plans read no estimate."""
+        return self.policy == Policy.ADAPTIVE and self.fixed is None
+
+    @property
+    def static_threads(self) -> int:
+        """The thread count a static or fixed plan runs its encoders with."""
+        return self.fixed.threads if self.fixed is not None and self.fixed.threads else self.threads[-1]
 
     # ---------------------------------------------------------------- scoring
     def score(self, plan: Plan, ctx: Context) -> float:
@@ -260,14 +273,17 @@ class Scheduler:
         self._scores.clear()
         self._eventful = self._audio_active(ctx)
         usable = self.healthy(ctx)
-        if self.policy != Policy.ADAPTIVE:
-            mods = tuple(m for m in self.available if m in STATIC[self.policy] and m in usable)
+        if not self.adaptive:
+            wanted = self.fixed.modalities if self.fixed is not None else STATIC[self.policy]
+            keep = self.fixed.camera_keep if self.fixed is not None else 1.0
+            mods = tuple(m for m in self.available if m in wanted and m in usable)
             # static encoders; the LLM uses the best aligner set they allow (as mPnP switches by hand)
-            plan = max((Plan(mods, self.n_blocks, 1.0, self.backend, n, self.threads[-1])
-                        for n in self.sets_for(mods, 1.0)), key=lambda p: self._score(p, ctx))
+            plan = max((Plan(mods, self.n_blocks, keep, self.backend, n, self.static_threads)
+                        for n in self.sets_for(mods, keep)), key=lambda p: self._score(p, ctx))
             if plan == self.current:
                 return self._stay(ctx)
-            why = f"static policy {self.policy}" + (f": lighting {ctx.lighting}" if self.current is not None else "")
+            name = "fixed plan" if self.fixed is not None else f"static policy {self.policy}"
+            why = name + (f": lighting {ctx.lighting}" if self.current is not None else "")
             return self._switch(plan, why, ctx)
         options = [p for p in self.candidates(usable, ctx.lighting) if p.modalities]
         fitting = [p for p in options if self.fits(p)]
