@@ -1,13 +1,15 @@
 """The perception stack built from the plugins gives what the code before it gave (issue 11, milestone 2).
 
-tests/data/perception_reference.npz holds the outputs of the stack as it was before encoders were built from the
-plugins and fusion took any number of BEV inputs (commit 76c7878: one attribute and one code path per modality,
-exactly two BEV inputs), with the shipped models/perception weights, on five cases of one small generated drive
-(edge.drives.generate: yard-day, seed 11, 1.5 s; frames 10-14, the ones with an audio window): every modality,
-the camera at keep 0.5 and 0.25, fisheye alone, ultrasonic alone, a fisheye camera missing. Recorded per case:
-the fused BEV classes (all cells), its posterior and each BEV modality's own (every 8th cell, and per-class sums
-over the whole grid), every modality's LLM tokens (the camera's every 8th slot), the audio and camera outputs, and
-each BEV encoder's features (every 8th cell, per-channel sums) and the ultrasonic raster.
+tests/data/perception_reference.npz holds the stack's outputs with the shipped models/perception weights on five
+cases of one small generated drive (edge.drives.generate: yard-day, seed 11, 1.5 s; frames 10-14, the ones with
+an audio window): every modality, the camera at keep 0.5 and 0.25, fisheye alone, ultrasonic alone, a fisheye
+camera missing. Recorded per case: the fused BEV classes (all cells), its posterior and each BEV modality's own
+(every 8th cell, and per-class sums over the whole grid), every modality's LLM tokens (the camera's every 8th
+slot), the audio and camera outputs, and each BEV encoder's features (every 8th cell, per-channel sums) and the
+ultrasonic raster. It was first recorded by the code before encoders were built from the plugins (commit 76c7878:
+one attribute and one code path per modality, exactly two BEV inputs), and the plugin-built stack matched it; it
+was re-recorded, by tests/data/record_perception_reference.py, only when the shipped weights changed (version 3,
+fine-tuned on the yard drives), after that recorder had reproduced the first fixture exactly on the old weights.
 
 Why a recorded fixture rather than a frozen copy of the old code: the old path is ~200 lines across the stack and
 the fusion head; the fixture pins what matters (the numbers the runtime, the report and the QA data read) and
