@@ -83,6 +83,7 @@ def test_a_remap_takes_the_name_from_the_topic_under_it(small: tuple[Path, Path]
     assert counts[left + T.COMPRESSED_SUFFIX] == counts[right + T.COMPRESSED_SUFFIX] == 20
     one = open_bag(src, TopicRemap.parse([f"{left}:={right}"]))
     assert left + T.COMPRESSED_SUFFIX in one.topics and right + T.COMPRESSED_SUFFIX not in one.topics
+    assert not list(one.messages([right + T.COMPRESSED_SUFFIX]))  # its bag topic is read as the left one only
 
 
 @pytest.mark.parametrize("rules,ns,match", [

@@ -34,10 +34,10 @@ from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_
 from rosbags.typesys.store import Typestore
 
 from edge.drives import topics as T
-from edge.drives.topics import TopicRemap, TopicView
 from edge.drives.mcap_chunks import chunk_topics, write_chunk_crcs
 from edge.drives.messages import typestore as jazzy_typestore
 from edge.drives.sqlite_salvage import SqliteSalvage
+from edge.drives.topics import TopicRemap, TopicView
 from edge.errors import BagError
 
 # libyaml's safe loader where PyYAML has it: metadata.yaml of a long bag is tens of kB.
@@ -467,12 +467,13 @@ class Bag:
         """
         wanted = None if topics is None else set(topics)
         if wanted is not None:
-            for t in sorted(wanted - set(self.topics)):
+            visible = set(self.topics)
+            for t in sorted(wanted - visible):
                 read = "" if self.view is None or self.view.recorded_name(t) == t else \
                     f" (read from '{self.view.recorded_name(t)}')"
                 self._diag(f"missing:{t}", f"{self.path}: topic '{t}'{read} is not in the bag")
-            if self.view is not None:
-                wanted = {self.view.recorded_name(t) for t in wanted}
+            if self.view is not None:  # a name the view does not read (its bag topic went to another) reads nothing
+                wanted = {self.view.recorded_name(t) for t in wanted if t in visible}
         if self._reader is None:
             if self._salvage is not None:
                 yield from self._salvage_messages(wanted, start_ns, stop_ns, raw, after=None)
