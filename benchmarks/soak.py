@@ -76,8 +76,9 @@ def windows(frames: list[dict[str, Any]], key: str, size: float) -> list[dict[st
     RSS at its end and its largest, frames lost in it."""
     out: dict[int, dict[str, Any]] = {}
     for f in frames:
-        w = out.setdefault(int(f[key] // size), {"lat": [], "rss": [], "lost": 0, "frames": 0})
+        w = out.setdefault(int(f[key] // size), {"lat": [], "rss": [], "lost": 0, "frames": 0, "span": [f[key]] * 2})
         w["frames"] += 1
+        w["span"] = [min(w["span"][0], f[key]), max(w["span"][1], f[key])]
         if f.get("latency_ms") is not None:
             w["lat"].append(f["latency_ms"])
         if f.get("rss_mb") is not None:
@@ -85,7 +86,8 @@ def windows(frames: list[dict[str, Any]], key: str, size: float) -> list[dict[st
         w["lost"] += f.get("lost", 0)
     return [{"window": k, "frames": w["frames"], "p50_ms": pct(w["lat"], 50), "p95_ms": pct(w["lat"], 95),
              "p99_ms": pct(w["lat"], 99), "rss_mb_end": w["rss"][-1] if w["rss"] else None,
-             "rss_mb_max": max(w["rss"]) if w["rss"] else None, "lost": w["lost"]} for k, w in sorted(out.items())]
+             "rss_mb_max": max(w["rss"]) if w["rss"] else None, "lost": w["lost"],
+             "full": w["span"][1] - w["span"][0] >= 0.8 * size} for k, w in sorted(out.items())]
 
 
 def targets(per_minute: list[dict[str, Any]], rss: list[tuple[float, float]], lost: int, accounted: int) -> dict:
@@ -93,7 +95,7 @@ def targets(per_minute: list[dict[str, Any]], rss: list[tuple[float, float]], lo
     after = [m for t, m in rss if t >= 60.0]
     base = next((m for t, m in rss if t >= 60.0), None)
     growth = (max(after) - base) / base if after and base else None
-    full = [w for w in per_minute if w["p95_ms"] is not None and w["frames"] >= 10]
+    full = [w for w in per_minute if w["p95_ms"] is not None and w["full"]]  # a run's last minute is partial
     drift = full[-1]["p95_ms"] / full[0]["p95_ms"] if len(full) >= 2 and full[0]["p95_ms"] else None
     return {
         "rss_growth_after_first_minute": growth, "rss_growth_target": RSS_GROWTH_MAX,
@@ -488,7 +490,8 @@ def _node_figures(args: argparse.Namespace, proc: subprocess.Popen, wall: float,
             lost["failed frames"] += 1
         else:
             lost["unaccounted"] += 1
-    rss = [(t - first, m) for t, m in rss if t >= first]
+    since = first - t0  # rss and wall are counted from t0
+    rss = [(t - since, m) for t, m in rss if t >= since]
     per_minute = windows(frames, "t", 60.0)
     rss_windows = {w["window"]: w for w in windows([{"t": t, "rss_mb": m} for t, m in rss], "t", 60.0)}
     for w in per_minute:  # the node's RSS, sampled each second, and lost frames by when their image was sent
@@ -499,14 +502,14 @@ def _node_figures(args: argparse.Namespace, proc: subprocess.Popen, wall: float,
     refused = sum(1 for a in answers if a.get("refused"))
     n_lost = len(lost_at)
     return {
-        "mode": "node", "minutes": args.minutes, "frames": len(diag), "wall_s": wall - first, "per_minute": per_minute,
+        "mode": "node", "minutes": args.minutes, "frames": len(diag), "wall_s": wall - since, "per_minute": per_minute,
         "rss_mb": rss, "faults": faults, "frame_records": frames,
         "lost_causes": ", ".join(f"{k} {n}" for k, n in lost.items()) + f" (node counters at the end: input drops "
                        f"{last[1]} messages, front images received {last[2]} of {len(published)} sent, failed "
                        f"frames {last[3]})",
         "targets": targets(per_minute, rss, n_lost, n_lost - lost["unaccounted"]),
         "extra": {"node exit": proc.poll(), "faults played": sum(1 for f in faults if f["fault"] != "clean"),
-                  "passes": len(faults), "grids": len(grids), "node loading (s)": round(first - t0, 1),
+                  "passes": len(faults), "grids": len(grids), "node loading (s)": round(since, 1),
                   "questions sent / answered / refused (rate limit)": f"{n_q} / {len(answers) - refused} / {refused}",
                   "node processing total_ms p50 / p95": f"{pct([f['total_ms'] for f in frames], 50) or 0:.0f} / "
                                                        f"{pct([f['total_ms'] for f in frames], 95) or 0:.0f}"},
