@@ -103,11 +103,12 @@ def test_bad_remaps_are_one_clear_error(small: tuple[Path, Path], rules: list[st
         open_bag(small[1], TopicRemap.parse(rules, ns))
 
 
-def test_edge_run_refuses_a_bad_remap_before_loading_anything(small: tuple[Path, Path],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", [["run", "--no-llm"], ["bench", "--no-peak"]])
+def test_edge_run_and_bench_refuse_a_bad_remap_before_loading_anything(small: tuple[Path, Path], command: list[str],
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from edge.cli import main
 
-    rc = main(["run", str(small[1]), "--namespace", NS, "--remap", f"{FRONT}:=cam9", "--no-llm"])
+    rc = main([command[0], str(small[1]), "--namespace", NS, "--remap", f"{FRONT}:=cam9", command[1]])
     err = capsys.readouterr().err
     assert rc != 0 and "--remap /fisheye/front/image_raw:=/vehicle1/cam9" in err and "has no topic" in err
 
