@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -37,6 +37,7 @@ from edge.drives import topics as T
 from edge.drives.mcap_chunks import chunk_topics, write_chunk_crcs
 from edge.drives.messages import typestore as jazzy_typestore
 from edge.drives.sqlite_salvage import SqliteSalvage
+from edge.drives.topics import TopicRemap, TopicView
 from edge.errors import BagError
 
 # libyaml's safe loader where PyYAML has it: metadata.yaml of a long bag is tens of kB.
@@ -242,16 +243,21 @@ def _summary_channels(f: Path) -> tuple[dict[int, Any], dict[int, Any]]:
 
 
 class Bag:
-    """An open rosbag2 bag: topic table, diagnostics about damage or bad topics, and time-ordered messages."""
+    """An open rosbag2 bag: topic table, diagnostics about damage or bad topics, and time-ordered messages.
 
-    def __init__(self, path: str | Path) -> None:
+    `remap`: read the bag's topics under the contract's names (a namespace prefix, FROM:=TO rules: edge run and
+    edge bench's `--namespace`, `--remap`); `topics` and `messages()` then use those names, `recorded` keeps the
+    bag's own, and diagnostics about the bag's contents name its own topics."""
+
+    def __init__(self, path: str | Path, remap: TopicRemap | None = None) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise BagError(f"{self.path}: no such bag")
         self.diagnostics: list[str] = []
         self.metadata: dict[str, Any] = {}
         self.storage = "unknown"
-        self.topics: dict[str, TopicInfo] = {}
+        self.recorded: dict[str, TopicInfo] = {}  # every topic under the name the bag records it by
+        self.view: TopicView | None = None  # the names `topics` and `messages` use: set_names()
         self.start_ns: int | None = None
         self.end_ns: int | None = None
         self._reader: AnyReader | None = None
@@ -277,6 +283,7 @@ class Bag:
                 if not dbs:
                     raise BagError(f"{self.path}: cannot open bag: {exc}") from None
                 self._open_salvage(dbs[0], exc)
+                self.set_names(remap)
                 return
             self.diagnostics.append(
                 f"{self.path}: bag index unreadable ({exc}); reading {', '.join(f.name for f in self._mcap_files)} "
@@ -286,6 +293,25 @@ class Bag:
             self._scan_mcap_headers()
         else:
             self._from_reader()
+        self.set_names(remap)
+
+    def set_names(self, remap: TopicRemap | None) -> None:
+        """Read the bag under `remap`'s names (None or empty: its own); a bad rule raises RemapError naming it."""
+        self.view = remap.view(list(self.recorded), str(self.path)) if remap else None
+        if self.view is not None:
+            self.diagnostics.append(f"{self.path}: {self.view.describe(self.recorded)}")
+
+    @property
+    def topics(self) -> dict[str, TopicInfo]:
+        """The topics as the runtime reads them: the bag's own names, or the contract's under a remap."""
+        if self.view is None:
+            return self.recorded
+        out = {}
+        for name, info in self.recorded.items():
+            as_read = self.view.contract_name(name)
+            if as_read is not None:
+                out[as_read] = replace(info, name=as_read)
+        return out
 
     # ---------------------------------------------------------------- opening
     def _load_metadata(self) -> None:
@@ -310,7 +336,7 @@ class Bag:
                 q = yaml.load(qos, Loader=_YAML_LOADER) if qos else []
             except yaml.YAMLError:
                 q = []
-            self.topics[name] = TopicInfo(name, msgtype, None, q if isinstance(q, list) else [])
+            self.recorded[name] = TopicInfo(name, msgtype, None, q if isinstance(q, list) else [])
         from_bag = _parse_defs(self._salvage.definitions)
         if from_bag:
             self.typestore = _merged_typestore(from_bag, self._default_ts)
@@ -338,8 +364,8 @@ class Bag:
             if out is not None:
                 yield out
         for topic, n in counts.items():
-            if topic in self.topics and self.topics[topic].count is None:
-                self.topics[topic].count = n
+            if topic in self.recorded and self.recorded[topic].count is None:
+                self.recorded[topic].count = n
         if sal.error:
             self.damaged.append((last_t, None, []))
             self.diagnostics.append(sal.error)
@@ -367,7 +393,7 @@ class Bag:
             qos = qos_meta.get(name)
             if isinstance(qos, str):  # older metadata stores QoS as a YAML string
                 qos = yaml.load(qos, Loader=_YAML_LOADER) if qos else []
-            self.topics[name] = TopicInfo(name, sorted(types)[0], int(info.msgcount), list(qos or []))
+            self.recorded[name] = TopicInfo(name, sorted(types)[0], int(info.msgcount), list(qos or []))
         from_bag = {c.msgtype for c in r.connections if c.msgdef.format.name != "NONE"}
         if from_bag:  # AnyReader's typestore then holds only what the bag defines: add the defaults under it
             self.typestore = _merged_typestore(dict(r.typestore.fielddefs), self._default_ts)
@@ -380,7 +406,7 @@ class Bag:
     def _note_definitions(self, from_bag: set[str]) -> None:
         default = "ros_distro " + str(self.metadata.get("ros_distro")) if self._default_ts is not jazzy_typestore() \
             else "built-in Jazzy"
-        for info in self.topics.values():
+        for info in self.recorded.values():
             self.definitions[info.msgtype] = "bag" if info.msgtype in from_bag else default
 
     def deserialize(self, data: bytes | memoryview, msgtype: str) -> Any:
@@ -391,12 +417,12 @@ class Bag:
         """Topic table of a damaged MCAP from its channel records (counts unknown until read)."""
         for f in self._mcap_files:
             for _schema, channel in self._stream_channels(f):
-                if channel.topic not in self.topics:
+                if channel.topic not in self.recorded:
                     try:  # the channel record keeps the offered QoS, as rosbag2's MCAP plugin writes it
                         qos = yaml.safe_load(channel.metadata.get("offered_qos_profiles", "") or "[]") or []
                     except yaml.YAMLError:
                         qos = []
-                    self.topics[channel.topic] = TopicInfo(
+                    self.recorded[channel.topic] = TopicInfo(
                         channel.topic, _schema.name if _schema else "", None, qos if isinstance(qos, list) else []
                     )
 
@@ -441,8 +467,13 @@ class Bag:
         """
         wanted = None if topics is None else set(topics)
         if wanted is not None:
-            for t in sorted(wanted - set(self.topics)):
-                self._diag(f"missing:{t}", f"{self.path}: topic '{t}' is not in the bag")
+            visible = set(self.topics)
+            for t in sorted(wanted - visible):
+                read = "" if self.view is None or self.view.recorded_name(t) == t else \
+                    f" (read from '{self.view.recorded_name(t)}')"
+                self._diag(f"missing:{t}", f"{self.path}: topic '{t}'{read} is not in the bag")
+            if self.view is not None:  # a name the view does not read (its bag topic went to another) reads nothing
+                wanted = {self.view.recorded_name(t) for t in wanted if t in visible}
         if self._reader is None:
             if self._salvage is not None:
                 yield from self._salvage_messages(wanted, start_ns, stop_ns, raw, after=None)
@@ -476,13 +507,16 @@ class Bag:
     def _decode(
         self, topic: str, msgtype: str, t: int, data: bytes | memoryview, raw: bool, ts: Typestore
     ) -> BagMessage | None:
+        name = topic if self.view is None else self.view.contract_name(topic)
+        if name is None:  # outside the namespace, or its name taken by a remap: not read
+            return None
         if raw:
-            return BagMessage(topic, msgtype, t, bytes(data))
+            return BagMessage(name, msgtype, t, bytes(data))
         if f"type:{topic}" in self._reported:
             return None
         try:
             if msgtype in ts.types:
-                return BagMessage(topic, msgtype, t, ts.deserialize_cdr(data, msgtype))
+                return BagMessage(name, msgtype, t, ts.deserialize_cdr(data, msgtype))
         except Exception as exc:
             self.undecoded[topic] = self.undecoded.get(topic, 0) + 1
             self._diag(f"msg:{topic}", f"{self.path}: topic '{topic}': message at {t} ns does not decode as "
@@ -585,8 +619,8 @@ class Bag:
                             if sch is not None:
                                 defs[sch.name] = (sch.encoding, sch.data.decode("utf-8", "replace"))
                             ts = None
-                            if s.topic not in self.topics:
-                                self.topics[s.topic] = TopicInfo(s.topic, sch.name if sch else "", None)
+                            if s.topic not in self.recorded:
+                                self.recorded[s.topic] = TopicInfo(s.topic, sch.name if sch else "", None)
                         elif isinstance(s, Message):
                             ch = channels.get(s.channel_id)
                             if ch is None:
@@ -613,8 +647,8 @@ class Bag:
                 ts = self._stream_typestore(defs)
             yield from release(math.inf)
         for topic, n in counts.items():
-            if topic in self.topics and self.topics[topic].count is None:
-                self.topics[topic].count = n
+            if topic in self.recorded and self.recorded[topic].count is None:
+                self.recorded[topic].count = n
         if late:
             self.diagnostics.append(
                 f"{self.path}: {late} messages were more than {reorder_window_ns / 1e9:.1f} s out of order in the "
@@ -648,9 +682,10 @@ class Bag:
         self.close()
 
 
-def open_bag(path: str | Path) -> Bag:
-    """Open any rosbag2 bag directory (MCAP or sqlite3), or a bare .mcap file; see `Bag`."""
-    return Bag(path)
+def open_bag(path: str | Path, remap: TopicRemap | None = None) -> Bag:
+    """Open any rosbag2 bag directory (MCAP or sqlite3), or a bare .mcap file, optionally read under the contract's
+    names (`remap`); see `Bag`."""
+    return Bag(path, remap)
 
 
 def read_messages(

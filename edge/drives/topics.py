@@ -18,8 +18,12 @@ lacks it. The BEV class values in the OccupancyGrid are documented in `edge.driv
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from difflib import get_close_matches
+
+from edge.errors import EdgeError
 
 FISHEYE_CAMERAS: tuple[str, ...] = ("front", "rear", "left", "right")
 
@@ -115,3 +119,128 @@ def known_topics(sensors: Sequence[str] | Mapping[str, Sequence[str]] = ()) -> d
         TopicSpec(GT_CONDITIONS, (STRING,), False),
     ]
     return {s.name: s for s in specs}
+
+
+# ====================================================================== remapping (edge run / edge bench)
+
+class RemapError(EdgeError):
+    """A `--remap` or `--namespace` that cannot apply to a bag; the message names the rule and the topic."""
+
+
+_NAME = re.compile(r"^(/[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def _absolute(name: str, namespace: str) -> str:
+    """A ROS name resolved as a node in `namespace` resolves it: relative names go under the namespace."""
+    return name if name.startswith("/") else f"{namespace}/{name}"
+
+
+def is_contract_topic(name: str) -> bool:
+    """A topic the runtime reads or the generator writes (known_topics), any range sensor's name included."""
+    return name in known_topics(()) or name in known_topics([name.rsplit("/", 1)[-1]])
+
+
+@dataclass(frozen=True)
+class TopicRemap:
+    """How a bag's topic names map to the contract's, as `edge node --ros-args -r FROM:=TO` and `__ns` do.
+
+    `namespace` ("/vehicle1"): the contract's topic X is read from `<namespace>X`; topics outside it are not read.
+    `rules`: (FROM, TO) pairs, FROM a contract topic (relative = in the root namespace, as the node's own names),
+    TO the bag's topic (relative = under the namespace); a remapped camera base also maps its image_transport
+    `/compressed` form. A bag topic a rule reads is read under that rule's name only."""
+
+    namespace: str = ""
+    rules: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, rules: Sequence[str] = (), namespace: str | None = None) -> "TopicRemap":
+        """From the command line (`FROM:=TO` strings, a namespace); errors name the rule at fault."""
+        ns = (namespace or "").rstrip("/")
+        if ns and not _NAME.match(_absolute(ns, "")):
+            raise RemapError(f"--namespace '{namespace}': not a ROS namespace (e.g. /vehicle1)")
+        ns = _absolute(ns, "") if ns else ""
+        out: list[tuple[str, str]] = []
+        for text in rules:
+            src, sep, dst = text.partition(":=")
+            if not sep or not src.strip() or not dst.strip():
+                raise RemapError(f"--remap '{text}': expected FROM:=TO (the contract's topic := the bag's topic, "
+                                 "e.g. /odom:=/vehicle/odom)")
+            src, dst = _absolute(src.strip(), ""), _absolute(dst.strip(), ns)
+            for name in (src, dst):
+                if not _NAME.match(name):
+                    raise RemapError(f"--remap '{text}': '{name}' is not a valid ROS topic name")
+            if not is_contract_topic(src):
+                hint = get_close_matches(src, list(known_topics(())), n=1)
+                raise RemapError(f"--remap '{text}': '{src}' is not a topic the runtime reads (DESIGN.md's topics"
+                                 + (f"; did you mean '{hint[0]}'?)" if hint else ")"))
+            for prev_src, prev_dst in out:
+                if prev_src == src:
+                    raise RemapError(f"--remap '{text}': '{src}' is already remapped to '{prev_dst}'")
+                if prev_dst == dst:
+                    raise RemapError(f"--remap '{text}': the bag's topic '{dst}' is already read as '{prev_src}' "
+                                     "(two remaps to one topic)")
+            out.append((src, dst))
+        return cls(ns, tuple(out))
+
+    def __bool__(self) -> bool:
+        return bool(self.namespace or self.rules)
+
+    def view(self, recorded: Collection[str], source: str) -> "TopicView":
+        """The names of `recorded` (a bag's topics, at `source`) as the contract's; an error names a rule whose
+        bag topic is missing, or a namespace with no topic under it."""
+        names: dict[str, str] = {}  # recorded -> contract, from the rules
+        for src, dst in self.rules:
+            compressed = (src + COMPRESSED_SUFFIX, dst + COMPRESSED_SUFFIX)
+            transport = not src.endswith(COMPRESSED_SUFFIX) and compressed[1] in recorded \
+                and is_contract_topic(compressed[0])
+            if dst not in recorded and not transport:
+                near = get_close_matches(dst, list(recorded), n=1)
+                raise RemapError(f"--remap {src}:={dst}: {source} has no topic '{dst}'"
+                                 + (f" (did you mean '{near[0]}'?)" if near else ""))
+            if dst in recorded:
+                names[dst] = src
+            if transport and compressed[1] not in names:
+                names[compressed[1]] = compressed[0]
+        if self.namespace and not any(t.startswith(self.namespace + "/") for t in recorded):
+            spaces = sorted({"/" + t.split("/")[1] for t in recorded if t.count("/") > 1})
+            raise RemapError(f"--namespace {self.namespace}: {source} has no topic under it"
+                             + (f" (its namespaces: {', '.join(spaces[:8])})" if spaces else ""))
+        return TopicView(self.namespace, names)
+
+
+class TopicView:
+    """A bag's recorded topic names <-> the contract's (`TopicRemap.view`): remapped topics under their rule's name,
+    the rest stripped of the namespace; a topic outside the namespace, or whose name a rule took, is not read."""
+
+    def __init__(self, namespace: str, rules: Mapping[str, str]) -> None:
+        self.namespace = namespace
+        self.rules = dict(rules)  # recorded -> contract
+        self._inverse = {c: r for r, c in self.rules.items()}
+        self._cache: dict[str, str | None] = {}  # asked per message: kept
+
+    def contract_name(self, recorded: str) -> str | None:
+        """The name the runtime reads `recorded` under, or None where it does not read it."""
+        if recorded in self._cache:
+            return self._cache[recorded]
+        name: str | None = self.rules.get(recorded)
+        if name is None:
+            inside = not self.namespace or recorded.startswith(self.namespace + "/")
+            name = recorded[len(self.namespace):] if inside else None
+            if name in self._inverse:  # a rule reads another bag topic under this name
+                name = None
+        self._cache[recorded] = name
+        return name
+
+    def recorded_name(self, contract: str) -> str:
+        """The bag's topic read as `contract`."""
+        return self._inverse.get(contract, self.namespace + contract)
+
+    def describe(self, recorded: Collection[str]) -> str:
+        """One line for the report: what is read under which name, and what is not read."""
+        parts = [f"namespace {self.namespace}"] if self.namespace else []
+        parts += [f"{r} read as {c}" for r, c in sorted(self.rules.items())]
+        hidden = sorted(t for t in recorded if self.contract_name(t) is None)
+        if hidden:
+            parts.append(f"not read: {', '.join(hidden[:6])}" + (f" and {len(hidden) - 6} more" if len(hidden) > 6
+                                                                   else ""))
+        return "topic names: " + "; ".join(parts)

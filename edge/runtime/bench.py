@@ -26,6 +26,7 @@ import torch
 
 from edge.errors import EdgeError
 from edge.names import BACKENDS, POLICIES, BackendName, Policy
+from edge.runtime.cli import add_topic_options, topic_names, topic_remap
 
 DROP_LIMIT = 0.05
 
@@ -132,11 +133,14 @@ def peak_throughput(runtime: Any, samples: list[Any], warmup: int, lo: float = 1
 
 
 def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: str, use_llm: bool,
-              peak: bool, backend: str = BackendName.EAGER) -> dict[str, Any]:
+              peak: bool, backend: str = BackendName.EAGER, remap: Any = None) -> dict[str, Any]:
+    """`remap` (edge.drives.topics.TopicRemap): read a bag recorded under other topic names or a namespace."""
+    from edge.drives.bag import open_bag
     from edge.drives.sync import SyncConfig, Synchronizer
     from edge.runtime.runtime import Runtime
     from edge.runtime.scheduler import Budget
 
+    bag_handle = open_bag(bag, remap)  # first: a bad remap is an error before the models load
     answerer = None
     if use_llm:
         from edge.runtime.answerer import make_answerer
@@ -147,14 +151,15 @@ def run_bench(bag: Path, rates: list[float], frames: int, warmup: int, policy: s
                       progress=True)
     print(f"preloading {frames} samples from {bag} ...", file=sys.stderr)
     samples = []
-    for s in Synchronizer(bag, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce, ground_truth=False)):
+    for s in Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce, ground_truth=False)):
         samples.append(s)
         if len(samples) >= frames:
             break
     if len(samples) <= warmup:
         raise EdgeError(f"{bag}: only {len(samples)} samples; need more than the {warmup} warm-up frames")
     runtime.calibrate(samples[0])
-    report: dict[str, Any] = {"meta": device_metadata(bag), "bag": str(bag), "policy": policy, "llm": use_llm,
+    report: dict[str, Any] = {"meta": device_metadata(bag), "bag": str(bag),
+                              "topic_names": topic_names(remap), "policy": policy, "llm": use_llm,
                               "backend": runtime.stack.backend, "warmup_frames": warmup, "fixed_rate": []}
     for rate in rates:
         print(f"fixed rate {rate:g} Hz ...", file=sys.stderr)
@@ -202,6 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm", action="store_true", help="also attach modalities to the LLM each frame")
     p.add_argument("--no-peak", action="store_true", help="skip the peak-throughput search")
     p.add_argument("--json", default="bench.json", help="output file [bench.json]")
+    add_topic_options(p)
     p.set_defaults(func=main)
 
 
@@ -218,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
     if args.reports:
         raise EdgeError(f"unexpected arguments {args.reports}; usage: edge bench BAG [options]")
     report = run_bench(Path(args.bag), args.rates, args.frames, args.warmup, args.policy, args.llm, not args.no_peak,
-                       args.backend)
+                       args.backend, topic_remap(args))
     print(f"backend: {report['backend']}")
     Path(args.json).write_text(json.dumps(report, indent=1))
     for run in report["fixed_rate"]:

@@ -1,4 +1,5 @@
-"""`edge run BAG [--config FILE] [--report DIR]`: the whole runtime over a drive in one process."""
+"""`edge run BAG [--config FILE] [--report DIR] [--namespace NS] [--remap FROM:=TO]`: the whole runtime over a drive
+in one process."""
 
 from __future__ import annotations
 
@@ -30,7 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the encoders' network parts on this backend (override the config's) [eager]")
     p.add_argument("--no-llm", action="store_true", help="perception and scheduling only")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    add_topic_options(p)
     p.set_defaults(func=main)
+
+
+def add_topic_options(p: argparse.ArgumentParser) -> None:
+    """`--namespace` and `--remap`: read a bag recorded under a namespace or other topic names as it is, the way
+    `edge node --ros-args -r FROM:=TO` (and `__ns`) renames the node's topics (edge.drives.topics.TopicRemap)."""
+    p.add_argument("--namespace", metavar="NS",
+                   help="read the contract's topics under this namespace, e.g. /vehicle1 (/vehicle1/odom as /odom)")
+    p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                   help="read the contract's topic FROM from the bag's topic TO (repeatable), e.g. "
+                        "/fisheye/front/image_raw:=/cam0/image (a camera's /compressed form follows)")
+
+
+def topic_remap(args: argparse.Namespace) -> Any:
+    """The TopicRemap of the command line (checked against the contract here, against the bag when it opens)."""
+    from edge.drives.topics import TopicRemap
+
+    return TopicRemap.parse(getattr(args, "remap", None) or (), getattr(args, "namespace", None))
 
 
 def load_config(args: argparse.Namespace) -> RuntimeConfig:
@@ -53,13 +72,16 @@ def load_config(args: argparse.Namespace) -> RuntimeConfig:
 
 
 def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None, progress: bool = True,
-              on_frame: Callable[[int, Any], bool | None] | None = None, fixed_plan: Any = None) -> dict[str, Any]:
+              on_frame: Callable[[int, Any], bool | None] | None = None, fixed_plan: Any = None,
+              remap: Any = None) -> dict[str, Any]:
     """Run the runtime over `bag`; returns the report summary (and writes the report). `on_frame(i, result)` is
     called after each frame and ends the drive there when it returns True (the scheduler evaluation times frames
     against its CPU hog with it, and stops a fixed plan once it can no longer hold the budget); `fixed_plan` (a
     scheduler Plan) is held for the whole drive instead of the policy's choice (the evaluation's oracle). Frames
     stream to the report directory as they are made; an exception or an interrupt (SIGINT, SIGTERM) still writes
-    the report, marked partial with the reason, and is then raised again."""
+    the report, marked partial with the reason, and is then raised again. `remap` (edge.drives.topics.TopicRemap)
+    reads a bag recorded under other topic names or a namespace; the bag is checked against it before the models
+    load."""
     from edge.drives.bag import open_bag
     from edge.drives.qa import pick_rotating
     from edge.drives.sync import SyncConfig, Synchronizer
@@ -67,6 +89,7 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
     from edge.runtime.runtime import Runtime
     from edge.runtime.scheduler import Budget
 
+    bag_handle = open_bag(bag, remap)  # first: a bad remap is an error before minutes of model loading
     answerer = None
     if cfg.use_llm:
         from edge.runtime.answerer import make_answerer
@@ -81,10 +104,10 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
                       engine_cache=cfg.engine_cache, progress=progress, max_estimate_age_s=cfg.max_estimate_age_s,
                       max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads,
                       fixed_plan=fixed_plan)
-    bag_handle = open_bag(bag)
     sync = Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce))
     report = ReportBuilder(runtime.stack.cfg, runtime.stack.footprint,
-                           {"bag": str(bag), "config": run_options(cfg), "policy": cfg.policy,
+                           {"bag": str(bag), "topic_names": topic_names(remap), "config": run_options(cfg),
+                            "policy": cfg.policy,
                             "backend": runtime.stack.backend,
                             "aligners": sorted(answerer.aligners) if answerer else []})
     out = report.start(report_dir or REPO / "reports" / Path(bag).name)  # frames stream to disk from here on
@@ -132,6 +155,11 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
     summary.update({"report": str(out), "wall_s": time.perf_counter() - started, "dropped": runtime.dropped,
                     "backend": runtime.stack.backend})
     return summary
+
+
+def topic_names(remap: Any) -> dict[str, Any] | None:
+    """The remap as report.json records it (meta.topic_names; null when the bag's own names were read)."""
+    return {"namespace": remap.namespace, "remap": [f"{a}:={b}" for a, b in remap.rules]} if remap else None
 
 
 def _finish_report(report: Any, runtime: Any, sync: Any, out: Path, stopped: str | None) -> None:
@@ -213,7 +241,8 @@ def print_summary(s: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args)
+    remap = topic_remap(args)
     if not Path(args.bag).exists():
         raise EdgeError(f"{args.bag}: no such bag")
-    print_summary(run_drive(args.bag, cfg, args.report))
+    print_summary(run_drive(args.bag, cfg, args.report, remap=remap))
     return 0
