@@ -105,3 +105,10 @@ def test_a_plugin_whose_decoder_is_unusable_is_named_and_the_rest_runs(bag: Path
     assert all(f.data["lidar"] == {"roof": None} for f in frames)
     assert len(sync.diagnostics) == 1 and f"modality 'lidar': decoder {decoder}" in sync.diagnostics[0] \
         and why in sync.diagnostics[0]
+
+
+def test_a_plugin_whose_sensors_raise_is_named_and_the_rest_runs(bag: Path) -> None:
+    frames, sync = _frames(bag, dataclasses.replace(LIDAR, recorded_sensors=lambda names: 1 / 0))
+    assert len(frames) == 5 and all(f.sensor("fisheye", "front") is not None and f.data["lidar"] == {} for f in frames)
+    assert len(sync.diagnostics) == 1 and "modality 'lidar': its sensors or topics raised (ZeroDivisionError" \
+        in sync.diagnostics[0]

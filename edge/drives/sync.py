@@ -348,20 +348,27 @@ class SampleAssembler:
         cam_counts: dict[str, int] = {}
         for p in plugins:
             per_sensor = p.recorded_sensors is not None or bool(p.default_sensors)
-            sensors = tuple(sorted(p.recorded_sensors(names))) if p.recorded_sensors is not None else p.default_sensors
-            streams: list[tuple[str | None, str]] = [(s, p.key(s)) for s in sensors] if per_sensor else [(None, p.name)]
+            streams: list[tuple[str | None, str]] = []
+            topics: dict[str, tuple[T.TopicSpec, ...]] = {}
+            dec: MessageDecoder | None = None
             try:
-                dec: MessageDecoder | None = load_decoder(p)
+                sensors = p.default_sensors if p.recorded_sensors is None else tuple(sorted(p.recorded_sensors(names)))
+                streams = [(s, p.key(s)) for s in sensors] if per_sensor else [(None, p.name)]
+                topics = {key: p.topics(() if sensor is None else (sensor,)) for sensor, key in streams}
+                dec = load_decoder(p)
             except EdgeError as exc:
                 self._diag(f"{self.source}: {exc}; its data will be missing")
-                dec = None
+            except Exception as exc:  # the plugin's own sensors / topics code: name it, read the others
+                self._diag(f"{self.source}: modality '{p.name}': its sensors or topics raised ({_why(exc)}); its "
+                           "data will be missing")
+                streams = []
             self.modalities.append(_Modality(p, dec, streams, per_sensor))
             if dec is None:
                 continue
             for sensor, key in streams:
                 self.decoders[key] = dec
                 # its data topics in order of preference: a camera's raw form (lossless) before /compressed
-                specs = [t for t in p.topics(() if sensor is None else (sensor,)) if set(t.types) & set(dec.types)]
+                specs = [t for t in topics[key] if set(t.types) & set(dec.types)]
                 if p.sync == SyncKind.NEAREST and specs:
                     cams[key] = specs[0].name
                 for spec in specs:
@@ -782,7 +789,7 @@ def _make_frame(
                 values[sensor] = decoded(key, lambda it, k=key: asm.decode(k, it))
             else:
                 values[sensor] = window(key)
-        data[mod.plugin.name] = values if mod.per_sensor else values[None]
+        data[mod.plugin.name] = values if mod.per_sensor else values.get(None)
     odom = decoded("odometry", lambda it: M.decode_odometry(asm.msg(it)))
 
     gt = None
