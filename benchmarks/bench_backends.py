@@ -56,7 +56,7 @@ def real_sample(bag: Path | None, workdir: Path) -> Any:
         print("generating a 2 s drive (siren, seed 7) ...", file=sys.stderr)
         bag = generate_drive(workdir / "drive", seed=7, duration=2.0, scenario="siren", progress=False).path
     samples = list(Synchronizer(bag, SyncConfig(image_reduce=4)))
-    return next(s for s in reversed(samples) if s.audio is not None and s.front is not None and s.fisheye)
+    return next(s for s in reversed(samples) if s.get("audio") is not None and s.sensor("camera", "front") is not None)
 
 
 def network_inputs(stack: PerceptionStack, sample: Any) -> dict[tuple[str, str], tuple[torch.Tensor, ...]]:

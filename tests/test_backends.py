@@ -55,7 +55,7 @@ def samples(drive: Path) -> list:
 
 
 def full_sample(samples: list):
-    return next(s for s in reversed(samples) if s.audio is not None and s.front is not None and s.fisheye)
+    return next(s for s in reversed(samples) if s.get("audio") is not None and s.sensor("camera", "front") is not None)
 
 
 def real_inputs(stack: PerceptionStack, sample) -> dict[tuple[str, str], tuple[torch.Tensor, ...]]:

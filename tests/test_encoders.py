@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from edge.drives.sync import Sample
 from edge.encoders import (AUDIO_EVENTS, BEV_CLASSES, CheckpointError, Diagnostics, InputError, PerceptionConfig,
                            PerceptionStack, audio_features)
 from edge.encoders.audio import ROTATE_PERM, permute_features
 from edge.encoders.base import BevFeatures, EncoderOutput, ModalityEncoder, to_bgr
+from edge.frames import Frame
 from edge.modalities import TokenSpec
 from edge.modalities.registry import registry
 from edge.sensors.rig import load_rig
@@ -33,7 +33,7 @@ def stack() -> PerceptionStack:
 
 
 def make_sample(rng: np.random.Generator, fisheye: bool = True, ultrasonic: bool = True, audio: bool = True,
-                front: bool = True, fisheye_size: tuple[int, int] = (120, 160)) -> Sample:
+                front: bool = True, fisheye_size: tuple[int, int] = (120, 160)) -> Frame:
     rig = load_rig()
     fe = {c: rng.integers(0, 255, (*fisheye_size, 3), dtype=np.uint8) if fisheye else None
           for c in ("front", "rear", "left", "right")}
@@ -41,7 +41,7 @@ def make_sample(rng: np.random.Generator, fisheye: bool = True, ultrasonic: bool
           for s in rig.ultrasonic}
     pcm = rng.integers(-3000, 3000, (4, 15360)).astype(np.int16) if audio else None
     img = rng.integers(0, 255, (96, 160, 3), dtype=np.uint8) if front else None
-    return Sample(1, fe, img, us, pcm, None, None, {}, [])
+    return Frame(1, {"fisheye": fe, "ultrasonic": us, "audio": pcm, "camera": {"front": img}}, None, None, {}, [])
 
 
 def test_module_shapes(stack: PerceptionStack) -> None:
@@ -93,8 +93,8 @@ def test_run_any_subset(stack: PerceptionStack, present: dict[str, bool]) -> Non
 
 def test_single_missing_camera_and_sensor(stack: PerceptionStack) -> None:
     s = make_sample(np.random.default_rng(2))
-    s.fisheye["left"] = None
-    s.ultrasonic["front_left_side"] = None
+    s.data["fisheye"]["left"] = None
+    s.data["ultrasonic"]["front_left_side"] = None
     out = stack.run(s)
     assert out.modalities == ["fisheye", "ultrasonic"] and out.bev_classes is not None
 
@@ -120,9 +120,9 @@ def test_images_converted_or_rejected() -> None:
 
 def test_bad_ranges_ignored_with_diagnostic(stack: PerceptionStack) -> None:
     s = make_sample(np.random.default_rng(4))
-    s.ultrasonic["front_left_side"] = {"range": float("nan"), "status": "invalid"}
-    s.ultrasonic["rear_left_side"] = {"range": 40.0, "status": "invalid"}
-    s.ultrasonic["rear_right_side"] = {"range": float("inf"), "status": "no_echo"}
+    s.data["ultrasonic"]["front_left_side"] = {"range": float("nan"), "status": "invalid"}
+    s.data["ultrasonic"]["rear_left_side"] = {"range": 40.0, "status": "invalid"}
+    s.data["ultrasonic"]["rear_right_side"] = {"range": float("inf"), "status": "no_echo"}
     diag = Diagnostics()
     ranges = stack.ultrasonic.preprocess(s, diag)
     names = stack.ultrasonic.sensor_names

@@ -19,7 +19,8 @@ from edge.drives import topics as T
 from edge.drives.bag import open_bag
 from edge.drives.faults import FaultError, inject
 from edge.drives.replay import replay
-from edge.drives.sync import Sample, SyncConfig, Synchronizer, cdr_header_stamp
+from edge.drives.sync import SyncConfig, Synchronizer, cdr_header_stamp
+from edge.frames import Frame
 
 S = bench_read.START_NS
 MS = 1_000_000
@@ -28,7 +29,7 @@ US_NAME = "front_left_corner"
 US = T.ultrasonic_topic(US_NAME)
 
 
-def _samples(bag: Path, cfg: SyncConfig | None = None) -> tuple[list[Sample], Synchronizer]:
+def _samples(bag: Path, cfg: SyncConfig | None = None) -> tuple[list[Frame], Synchronizer]:
     sync = Synchronizer(bag, cfg)
     return list(sync), sync
 
@@ -49,14 +50,14 @@ def small_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean(small_bag: Path) -> list[Sample]:
+def clean(small_bag: Path) -> list[Frame]:
     return _samples(small_bag)[0]
 
 
 # ---------------------------------------------------------------- foreign definitions
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
-def test_humble_definitions_decode_by_the_bags_own_layout(small_bag: Path, tmp_path: Path, clean: list[Sample],
+def test_humble_definitions_decode_by_the_bags_own_layout(small_bag: Path, tmp_path: Path, clean: list[Frame],
                                                           storage: str) -> None:
     bag = inject(small_bag, tmp_path / "humble", "foreign_definitions", distro="humble", storage=storage)
     with open_bag(bag) as b:  # Humble's Range has no `variance`: 4 bytes shorter than Jazzy's
@@ -64,14 +65,14 @@ def test_humble_definitions_decode_by_the_bags_own_layout(small_bag: Path, tmp_p
     samples, sync = _samples(bag)
     assert not sync.diagnostics and len(samples) == len(clean) == 20
     for s, c in zip(samples, clean):
-        assert s.stamp_ns == c.stamp_ns and len(s.ultrasonic) == 12
-        assert all(s.ultrasonic[n] == c.ultrasonic[n] for n in c.ultrasonic)
+        assert s.stamp_ns == c.stamp_ns and len(s.data["ultrasonic"]) == 12
+        assert all(s.data["ultrasonic"][n] == c.data["ultrasonic"][n] for n in c.data["ultrasonic"])
         assert s.ground_truth.objects == c.ground_truth.objects  # Marker differs between the distros too
     # replayed to ROS 2 Jazzy subscribers (edge replay), the messages are re-encoded with Jazzy's definitions
     out = list(replay(bag, rate=None, raw=True, topics=[US, T.GT_OBJECTS]))
     assert len(out) == 60 and all(M.deserialize(m.msg, m.msgtype) for m in out)
     assert [M.decode_range(M.deserialize(m.msg, m.msgtype))["range"] for m in out if m.topic == US][:20:2] == \
-        [c.ultrasonic[US_NAME]["range"] for c in clean[:10]]
+        [c.data["ultrasonic"][US_NAME]["range"] for c in clean[:10]]
 
 
 def test_bag_without_definitions_uses_jazzy_and_reports_once(small_bag: Path, tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_bag_without_definitions_uses_jazzy_and_reports_once(small_bag: Path, tm
         con.execute("UPDATE topics SET type_description_hash = ''")
     samples, sync = _samples(bag)
     assert sync.bag.definitions[T.RANGE] == "built-in Jazzy"
-    assert len(samples) == 20 and all(v is None for s in samples for v in s.ultrasonic.values())
+    assert len(samples) == 20 and all(v is None for s in samples for v in s.data["ultrasonic"].values())
     lines = [d for d in sync.diagnostics if US in d]
     assert len(lines) == 1 and "truncated CDR" in lines[0]  # once, not once per message
     assert _kinds(sync)[("undecodable", US)] == 20  # every reading a frame needed is counted
@@ -90,38 +91,38 @@ def test_bag_without_definitions_uses_jazzy_and_reports_once(small_bag: Path, tm
 # ---------------------------------------------------------------- the frame clock
 
 def test_gap_in_the_reference_camera_keeps_every_other_sensor(small_bag: Path, tmp_path: Path,
-                                                              clean: list[Sample]) -> None:
+                                                              clean: list[Frame]) -> None:
     bag = inject(small_bag, tmp_path / "gap", "gap", topic=FRONT, start_s=0.5, duration_s=1.0)
     samples, sync = _samples(bag)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
-    assert [_marker(s.fisheye["front"]) for s in samples] == [i if not 5 <= i < 15 else None for i in range(20)]
-    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
-    assert all(s.ultrasonic[US_NAME] == c.ultrasonic[US_NAME] for s, c in zip(samples, clean))
+    assert [_marker(s.data["fisheye"]["front"]) for s in samples] == [i if not 5 <= i < 15 else None for i in range(20)]
+    assert all(_marker(s.data["fisheye"][c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
+    assert all(s.data["ultrasonic"][US_NAME] == c.data["ultrasonic"][US_NAME] for s, c in zip(samples, clean))
     gap = [d for d in sync.degradations if d["kind"] == "missing" and d["source"] == "fisheye/front"]
     assert gap and gap[0]["count"] == 10 and gap[0]["first_ns"] == S + 500 * MS and gap[0]["last_ns"] == S + 1400 * MS
 
 
 def test_reference_starting_late_keeps_the_others_from_the_start(small_bag: Path, tmp_path: Path,
-                                                                 clean: list[Sample]) -> None:
+                                                                 clean: list[Frame]) -> None:
     bag = inject(small_bag, tmp_path / "gap", "gap", topic=FRONT, start_s=0.0, duration_s=1.5)
     samples, _ = _samples(bag)  # beyond SyncConfig.start_grace_s (1 s): a gap in the reference, not a late start
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
-    assert [_marker(s.fisheye["left"]) for s in samples] == list(range(20))
+    assert [_marker(s.data["fisheye"]["left"]) for s in samples] == list(range(20))
 
 
 def test_gap_in_one_ultrasonic_sensor_is_a_missing_span(small_bag: Path, tmp_path: Path,
-                                                         clean: list[Sample]) -> None:
+                                                         clean: list[Frame]) -> None:
     bag = inject(small_bag, tmp_path / "gap", "gap", topic=US, start_s=0.5, duration_s=1.0)
     samples, sync = _samples(bag)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
     # the reading at 0.45 s still serves the frame at 0.5 s (latest within the slop), the one at 1.5 s that at 1.5 s
-    assert [s.ultrasonic[US_NAME] is None for s in samples] == [6 <= i < 15 for i in range(20)]
-    assert all(s.ultrasonic[n] == c.ultrasonic[n] for s, c in zip(samples, clean) for n in c.ultrasonic if n != US_NAME)
+    assert [s.data["ultrasonic"][US_NAME] is None for s in samples] == [6 <= i < 15 for i in range(20)]
+    assert all(s.data["ultrasonic"][n] == c.data["ultrasonic"][n] for s, c in zip(samples, clean) for n in c.data["ultrasonic"] if n != US_NAME)
     assert [(d["count"], d["first_ns"]) for d in sync.degradations if d["source"] == "ultrasonic/" + US_NAME] == \
         [(9, S + 600 * MS)]
 
 
-def test_gap_in_every_sensor_skips_the_empty_ticks(small_bag: Path, tmp_path: Path, clean: list[Sample]) -> None:
+def test_gap_in_every_sensor_skips_the_empty_ticks(small_bag: Path, tmp_path: Path, clean: list[Frame]) -> None:
     bag = inject(small_bag, tmp_path / "gap", "gap", start_s=0.5, duration_s=1.0)  # no topic: all of them
     samples, _ = _samples(bag)
     # the frame at 0.5 s keeps the readings of 0.45 s (within the slop); none from 0.6 to 1.4 s has any data
@@ -130,26 +131,26 @@ def test_gap_in_every_sensor_skips_the_empty_ticks(small_bag: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("topic", [FRONT])
 def test_duplicates_are_dropped_and_counted_never_multiply_frames(small_bag: Path, tmp_path: Path,
-                                                                  clean: list[Sample], topic: str) -> None:
+                                                                  clean: list[Frame], topic: str) -> None:
     bag = inject(small_bag, tmp_path / "dup", "duplicate", topic=topic, start_s=0.0, duration_s=2.0)
     samples, sync = _samples(bag)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
-    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in T.FISHEYE_CAMERAS)
-    assert all(s.ultrasonic == c.ultrasonic for s, c in zip(samples, clean))
+    assert all(_marker(s.data["fisheye"][c]) == i for i, s in enumerate(samples) for c in T.FISHEYE_CAMERAS)
+    assert all(s.data["ultrasonic"] == c.data["ultrasonic"] for s, c in zip(samples, clean))
     assert _kinds(sync)[("duplicate", topic)] == (20 if topic == FRONT else 40)
     assert sum(topic in d for d in sync.diagnostics) == 1
 
 
-def test_reordered_reference_is_put_back_in_order(small_bag: Path, tmp_path: Path, clean: list[Sample]) -> None:
+def test_reordered_reference_is_put_back_in_order(small_bag: Path, tmp_path: Path, clean: list[Frame]) -> None:
     bag = inject(small_bag, tmp_path / "reorder", "reorder", topic=FRONT, start_s=0.0, duration_s=2.0, seed=3)
     samples, sync = _samples(bag)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
-    assert [_marker(s.fisheye["front"]) for s in samples] == list(range(20))
+    assert [_marker(s.data["fisheye"]["front"]) for s in samples] == list(range(20))
     assert _kinds(sync)[("reordered", FRONT)] > 0
 
 
 @pytest.mark.parametrize("topic", [FRONT, US])
-def test_backwards_stamps_are_dropped_time_never_rewinds(small_bag: Path, tmp_path: Path, clean: list[Sample],
+def test_backwards_stamps_are_dropped_time_never_rewinds(small_bag: Path, tmp_path: Path, clean: list[Frame],
                                                          topic: str) -> None:
     bag = inject(small_bag, tmp_path / "back", "backwards", topic=topic, start_s=1.0, duration_s=1.0, shift_s=5.0)
     samples, sync = _samples(bag)
@@ -157,9 +158,9 @@ def test_backwards_stamps_are_dropped_time_never_rewinds(small_bag: Path, tmp_pa
     late = _kinds(sync)[("late", topic)]
     assert late == (10 if topic == FRONT else 20)
     for i, s in enumerate(samples):
-        assert all(_marker(s.fisheye[c]) == i for c in ("rear", "left", "right"))
+        assert all(_marker(s.data["fisheye"][c]) == i for c in ("rear", "left", "right"))
         if i >= 11:  # the faulted sensor is missing (the reading at 0.95 s still serves 1.0 s), never the others
-            assert (s.fisheye["front"] is None) == (topic == FRONT) and (s.ultrasonic[US_NAME] is None) == (topic == US)
+            assert (s.data["fisheye"]["front"] is None) == (topic == FRONT) and (s.data["ultrasonic"][US_NAME] is None) == (topic == US)
 
 
 # ---------------------------------------------------------------- audio format
@@ -171,11 +172,11 @@ def test_audio_format_change_degrades_audio_and_recovers(small_bag: Path, tmp_pa
     bag = inject(small_bag, tmp_path / fault, fault, start_s=0.5, duration_s=0.5)
     samples, sync = _samples(bag, cfg)
     assert len(samples) == 20
-    had = [s.audio is not None for s in clean]
-    got = [s.audio is not None for s in samples]
+    had = [s.data["audio"] is not None for s in clean]
+    got = [s.data["audio"] is not None for s in samples]
     faulted = [0.5e9 < s.stamp_ns - S < 1.4e9 for s in samples]  # windows overlapping chunks 0.52 .. 0.96 s
     assert got == [h and not f for h, f in zip(had, faulted)]
-    assert got[-1] and samples[-1].audio.shape == clean[-1].audio.shape  # recovered with the stream's 4 channels
+    assert got[-1] and samples[-1].data["audio"].shape == clean[-1].data["audio"].shape  # recovered with the stream's 4 channels
     assert _kinds(sync)[("format", T.AUDIO)] == 12 and sum(T.AUDIO in d for d in sync.diagnostics) == 1
 
 
@@ -183,7 +184,7 @@ def test_audio_format_change_degrades_audio_and_recovers(small_bag: Path, tmp_pa
 
 @pytest.mark.parametrize("change,label", [({"encoding": "mono8"}, "image 128x96 mono8, the stream's 128x96 bgr8"),
                                           ({"size": (64, 48)}, "image 64x48 bgr8, the stream's 128x96 bgr8")])
-def test_camera_format_change_is_named_and_converted(small_bag: Path, tmp_path: Path, clean: list[Sample],
+def test_camera_format_change_is_named_and_converted(small_bag: Path, tmp_path: Path, clean: list[Frame],
                                                      change: dict[str, Any], label: str) -> None:
     """bgr8 -> mono8, 128x96 -> 64x48 (the same field of view) for 0.5 s: the images are still used (the encoders
     convert them; on the 4 s drive below this keeps obstacle IoU where dropping them lost 0.05), the change is
@@ -191,11 +192,11 @@ def test_camera_format_change_is_named_and_converted(small_bag: Path, tmp_path: 
     bag = inject(small_bag, tmp_path / "fmt", "camera_format", topic=FRONT, start_s=0.5, duration_s=0.5, **change)
     samples, sync = _samples(bag)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
-    fronts = [s.fisheye["front"] for s in samples]
+    fronts = [s.data["fisheye"]["front"] for s in samples]
     assert all(f is not None for f in fronts)
-    assert [f.shape != clean[0].fisheye["front"].shape for f in fronts] == [5 <= i < 10 for i in range(20)]
+    assert [f.shape != clean[0].data["fisheye"]["front"].shape for f in fronts] == [5 <= i < 10 for i in range(20)]
     assert [_marker(f) for f in fronts[:5] + fronts[10:]] == list(range(5)) + list(range(10, 20))  # back as before
-    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
+    assert all(_marker(s.data["fisheye"][c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
     assert [(d["kind"], d["count"], d["first_ns"], d["last_ns"]) for d in sync.degradations
             if d["source"] == FRONT] == [("converted", 5, S + 500 * MS, S + 900 * MS)]
     lines = [d for d in sync.diagnostics if FRONT in d]
@@ -203,13 +204,13 @@ def test_camera_format_change_is_named_and_converted(small_bag: Path, tmp_path: 
 
 
 def test_camera_aspect_change_skips_that_camera_until_it_is_back(small_bag: Path, tmp_path: Path,
-                                                                 clean: list[Sample]) -> None:
+                                                                 clean: list[Frame]) -> None:
     """128x96 -> 128x48: another aspect ratio is a crop or another camera, whose calibration does not hold."""
     bag = inject(small_bag, tmp_path / "fmt", "camera_format", topic=FRONT, start_s=0.5, duration_s=0.5, size=(128, 48))
     samples, sync = _samples(bag)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
-    assert [_marker(s.fisheye["front"]) for s in samples] == [None if 5 <= i < 10 else i for i in range(20)]
-    assert all(_marker(s.fisheye[c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
+    assert [_marker(s.data["fisheye"]["front"]) for s in samples] == [None if 5 <= i < 10 else i for i in range(20)]
+    assert all(_marker(s.data["fisheye"][c]) == i for i, s in enumerate(samples) for c in ("rear", "left", "right"))
     assert [(d["kind"], d["count"], d["first_ns"], d["last_ns"]) for d in sync.degradations
             if d["source"] in (FRONT, "fisheye/front")] == \
         [("format", 5, S + 500 * MS, S + 900 * MS), ("missing", 5, S + 500 * MS, S + 900 * MS)]
@@ -218,15 +219,15 @@ def test_camera_aspect_change_skips_that_camera_until_it_is_back(small_bag: Path
 
 
 def test_range_layout_change_degrades_that_sensor_and_recovers(small_bag: Path, tmp_path: Path,
-                                                               clean: list[Sample]) -> None:
+                                                               clean: list[Frame]) -> None:
     """Humble-layout Range messages (no `variance`, 4 bytes shorter) in the Jazzy bag's topic for 0.5 s."""
     bag = inject(small_bag, tmp_path / "layout", "range_layout", topic=US, start_s=0.5, duration_s=0.5)
     samples, sync = _samples(bag)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]
     # the reading at 0.45 s still serves the frame at 0.5 s (latest within the slop), as for a gap
-    assert [s.ultrasonic[US_NAME] is None for s in samples] == [6 <= i < 10 for i in range(20)]
-    assert all(s.ultrasonic[US_NAME] == c.ultrasonic[US_NAME] for s, c in zip(samples[10:], clean[10:]))
-    assert all(s.ultrasonic[n] == c.ultrasonic[n] for s, c in zip(samples, clean) for n in c.ultrasonic if n != US_NAME)
+    assert [s.data["ultrasonic"][US_NAME] is None for s in samples] == [6 <= i < 10 for i in range(20)]
+    assert all(s.data["ultrasonic"][US_NAME] == c.data["ultrasonic"][US_NAME] for s, c in zip(samples[10:], clean[10:]))
+    assert all(s.data["ultrasonic"][n] == c.data["ultrasonic"][n] for s, c in zip(samples, clean) for n in c.data["ultrasonic"] if n != US_NAME)
     assert _kinds(sync)[("format", US)] == 10
     lines = [d for d in sync.diagnostics if US in d]
     assert len(lines) == 1 and "layout changed" in lines[0] and "bytes, the stream's" in lines[0]
@@ -262,7 +263,7 @@ def test_corrupt_chunk_names_its_span_and_topics_rest_is_read(drive_bag: Path, t
     assert any(f"{lo}..{hi} ns is damaged" in d for d in sync.diagnostics)
     kept = [c.stamp_ns for c in clean if not lo - 50 * MS <= c.stamp_ns <= hi + 50 * MS]
     assert kept and set(kept) <= {s.stamp_ns for s in samples}  # everything outside the chunk is still there
-    assert all(_marker(s.fisheye["front"]) == (s.stamp_ns - S) // (100 * MS) for s in samples if s.stamp_ns in kept)
+    assert all(_marker(s.data["fisheye"]["front"]) == (s.stamp_ns - S) // (100 * MS) for s in samples if s.stamp_ns in kept)
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -278,7 +279,7 @@ def test_truncated_bag_is_read_up_to_the_damage(drive_bag: Path, make_bag: Any, 
     assert cut and cut[0]["last_ns"] is None and cut[0]["first_ns"] >= samples[-2].stamp_ns
     assert any("the rest is lost" in d for d in sync.diagnostics)
     full = [s for s in samples if s.stamp_ns < cut[0]["first_ns"] - 600 * MS]  # well before the cut: untouched
-    assert full and all(_marker(s.fisheye["left"]) == i for i, s in enumerate(full))
+    assert full and all(_marker(s.data["fisheye"]["left"]) == i for i, s in enumerate(full))
 
 
 def test_sqlite3_bag_cut_before_its_topic_table_is_a_clear_error(make_bag: Any, tmp_path: Path) -> None:
@@ -416,12 +417,12 @@ def test_ultrasonic_stuck_at_no_echo_is_implausible_and_excluded(drive4: Path, c
     assert np.mean(inside) >= np.mean(clean_inside) - 0.10  # measured -0.062; without the check -0.844
 
 
-def test_frozen_camera_is_ignored_while_frozen(small_bag: Path, tmp_path: Path, clean: list[Sample]) -> None:
+def test_frozen_camera_is_ignored_while_frozen(small_bag: Path, tmp_path: Path, clean: list[Frame]) -> None:
     from edge.runtime.context import ContextEstimator
 
     bag = inject(small_bag, tmp_path / "frozen", "camera_frozen", topic=FRONT, start_s=0.5, duration_s=1.0)
     samples, _ = _samples(bag)
-    assert [_marker(s.fisheye["front"]) for s in samples] == [min(i, 5) if i < 15 else i for i in range(20)]
+    assert [_marker(s.data["fisheye"]["front"]) for s in samples] == [min(i, 5) if i < 15 else i for i in range(20)]
     est, ref = ContextEstimator(), ContextEstimator()
     got = [est.update(s).implausible for s in samples]
     assert not any(ref.update(s).implausible for s in clean) and not ref.degradations
@@ -505,12 +506,12 @@ def test_a_decoder_that_raises_loses_that_message_only(small_bag: Path, monkeypa
     samples, sync = _samples(small_bag, cfg)
     assert [s.stamp_ns for s in samples] == [c.stamp_ns for c in clean]  # no frame lost, none added
 
-    def view(s: Sample) -> dict[str, Any]:  # every stream of a sample, comparable
-        return {"front": _marker(s.fisheye["front"]), "left": _marker(s.fisheye["left"]), "range": s.ultrasonic,
-                "odometry": s.odometry, "audio": None if s.audio is None else s.audio.tolist(),
+    def view(s: Frame) -> dict[str, Any]:  # every stream of a sample, comparable
+        return {"front": _marker(s.data["fisheye"]["front"]), "left": _marker(s.data["fisheye"]["left"]), "range": s.data["ultrasonic"],
+                "odometry": s.odometry, "audio": None if s.data["audio"] is None else s.data["audio"].tolist(),
                 "qa": s.ground_truth.qa}
 
-    def expected(c: Sample) -> dict[str, Any]:  # the clean sample without the message that failed
+    def expected(c: Frame) -> dict[str, Any]:  # the clean sample without the message that failed
         e = view(c)
         if case == "audio":  # windows [t - 0.4 s, t) holding a failed chunk (0.52 .. 0.60 s) have no audio
             if c.stamp_ns > S + 520 * MS and c.stamp_ns - 400 * MS < S + 600 * MS:

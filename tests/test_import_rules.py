@@ -38,6 +38,8 @@ RULES = (
          re.compile(r"^edge\.(drives|sensors|encoders|runtime)(\.|$)")),
     Rule("encoders never import the runtime", ("edge.encoders",), re.compile(r"^edge\.runtime(\.|$)")),
     Rule("kernels never import the runtime or the LLM", ("edge.kernels",), re.compile(r"^edge\.(runtime|llm)(\.|$)")),
+    Rule("the frame type sits below everything (imports no other package of edge)", ("edge.frames",),
+         re.compile(r"^edge\.")),
     Rule("modality declarations never import what iterates them (encoders, perception, runtime, LLM)",
          ("edge.modalities",), re.compile(r"^edge\.(encoders|perception|runtime|llm)(\.|$)")),
 )

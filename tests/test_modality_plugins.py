@@ -135,7 +135,8 @@ FAKE_PLUGINS = {
 
         LIDAR = ModalityPlugin(name="lidar", sensors=lambda rig: ("roof",), default_sensors=("roof",), topics=points,
                                sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(8, 128, "pillars-v1"),
-                               weights="lidar.safetensors", health_streams=("lidar",), encoder="fake_lidar_encoder:build")
+                               weights="lidar.safetensors", health_streams=("lidar",), encoder="fake_lidar_encoder:build",
+                               decoder="fake_lidar_encoder:POINTS")
         NOT_A_PLUGIN = {"name": "radar"}
         SECOND_CAMERA = dataclasses.replace(LIDAR, name="camera", topics=lambda s: ())
         FRONT_THIEF = dataclasses.replace(
@@ -151,7 +152,7 @@ FAKE_PLUGINS = {
 
         BAD = ModalityPlugin(name="Thermal Cam", sensors=lambda rig: (), default_sensors=(), topics=lambda s: (),
                              sync="nearest", bev=False, tokens=TokenSpec(0, 128, ""), weights="thermal.pt",
-                             health_streams=(), encoder="thermal.encoder")
+                             health_streams=(), encoder="thermal.encoder", decoder="thermal:decode")
     ''',
 }
 # entry point name -> (value, what the problem must say); "lidar" is the valid fifth plugin.
@@ -209,11 +210,18 @@ def test_declaration_is_checked_and_no_plugins_is_a_problem() -> None:
     with pytest.raises(PluginError, match="sync 'sweep' is not one of nearest, window, latest"):
         ModalityPlugin(name="radar", sensors=lambda rig: (), default_sensors=(), topics=lambda s: (),
                        sync="sweep", bev=False, tokens=TokenSpec(4, 128, "radar-v1"),  # type: ignore[arg-type]
-                       weights="radar.safetensors", health_streams=("radar",), encoder="edge_radar:build")
+                       weights="radar.safetensors", health_streams=("radar",), encoder="edge_radar:build",
+                       decoder="edge_radar:DECODER")
     with pytest.raises(PluginError, match="encoder 'edge_radar.build' must be 'module:callable'"):
         ModalityPlugin(name="radar", sensors=lambda rig: (), default_sensors=(), topics=lambda s: (),
                        sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(4, 128, "radar-v1"),
-                       weights="radar.safetensors", health_streams=("radar",), encoder="edge_radar.build")
+                       weights="radar.safetensors", health_streams=("radar",), encoder="edge_radar.build",
+                       decoder="edge_radar:DECODER")
+    with pytest.raises(PluginError, match="decoder 'edge_radar.decode' must be 'module:attribute'"):
+        ModalityPlugin(name="radar", sensors=lambda rig: (), default_sensors=(), topics=lambda s: (),
+                       sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(4, 128, "radar-v1"),
+                       weights="radar.safetensors", health_streams=("radar",), encoder="edge_radar:build",
+                       decoder="edge_radar.decode")
     empty = build([])
     assert empty.names == () and "no plugin installed" in str(empty.problems[0])
 

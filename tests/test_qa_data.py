@@ -29,7 +29,7 @@ class _StubStack:
         class Out:
             tokens = {m: torch.full((1, t, 128), float(sample.stamp_ns % 997)) for m, t in SHAPES.items()}
 
-        assert all(v is None or hasattr(v, "shape") for v in sample.fisheye.values())  # images were decoded
+        assert all(v is None or hasattr(v, "shape") for v in sample.data["fisheye"].values())  # images were decoded
         return Out()
 
 

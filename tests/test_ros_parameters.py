@@ -176,7 +176,7 @@ def test_pipeline_reports_an_undecodable_image_and_keeps_going() -> None:
     while len(got) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     pipeline.stop()
-    assert len(got) >= 5 and all(s.front is None and s.fisheye["front"] is not None for s in got)
+    assert len(got) >= 5 and all(s.sensor("camera", "front") is None and s.sensor("fisheye", "front") is not None for s in got)
     assert pipeline.failed_frames == 1  # logged and counted; the frames after it came
     assert any("camera/front/image_raw" in p for p in pipeline.input_problems()), pipeline.input_problems()
 

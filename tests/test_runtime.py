@@ -152,7 +152,7 @@ def test_a_sensor_that_arrives_after_start_up_is_measured_on_arrival_and_chosen(
     samples = list(Synchronizer(drive, SyncConfig(image_reduce=rt.stack.cfg.image_reduce)))
 
     def without_ultrasonic(s: Any) -> Any:
-        return dataclasses.replace(s, ultrasonic={k: None for k in s.ultrasonic}, source_stamps={
+        return dataclasses.replace(s.with_data(ultrasonic={k: None for k in s.data["ultrasonic"]}), source_stamps={
             k: v for k, v in s.source_stamps.items() if not k.startswith("ultrasonic/")})
 
     results = [rt.step(without_ultrasonic(s) if i < 8 else s) for i, s in enumerate(samples)]

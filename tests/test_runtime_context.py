@@ -41,7 +41,7 @@ def test_stream_health_tracks_silence_and_recovery(drives: dict[str, Path]) -> N
     est = ContextEstimator(window=10)
     healthy = [est.update(s) for s in samples[:8]]
     assert healthy[-1].streams["ultrasonic"].healthy and healthy[-1].streams["fisheye"].healthy
-    silent = [dataclasses.replace(s, ultrasonic={k: None for k in s.ultrasonic},
+    silent = [dataclasses.replace(s.with_data(ultrasonic={k: None for k in s.data["ultrasonic"]}),
                                   source_stamps={k: v for k, v in s.source_stamps.items() if not k.startswith("ultrasonic/")})
               for s in samples[8:]]
     ctx = [est.update(s) for s in silent]

@@ -19,7 +19,6 @@ keeps no dead code. Tolerances are tight (float32 noise of a different CPU's ker
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +60,7 @@ def test_outputs_equal_the_code_before_the_plugins(stack: PerceptionStack, sampl
     index, use, keep, drop = CASES[case]
     sample = samples[index]
     if drop:
-        sample = replace(sample, fisheye={**sample.fisheye, drop: None})
+        sample = sample.with_data(fisheye={**sample.data["fisheye"], drop: None})
     out = stack.run(sample, use, {"camera": keep} if keep is not None else None)
     p = f"c{case}/"
     assert ",".join(out.modalities) == str(REFERENCE[p + "modalities"])

@@ -32,11 +32,11 @@ def test_full_drive_every_modality_present_and_aligned(drive_bag: Path):
     assert len(samples) == 20 and sync.assembler.reference_key == "fisheye/front"
     for i, s in enumerate(samples):
         assert s.stamp_ns == S + i * 100 * MS
-        assert {cam: frame_marker(im) for cam, im in s.fisheye.items()} == {c: i for c in T.FISHEYE_CAMERAS}
-        assert s.fisheye["left"].shape == (480, 640, 3) and s.front.shape == (384, 640, 3)
-        assert frame_marker(s.front) == i
-        assert len(s.ultrasonic) == 12
-        us = s.ultrasonic["front_left_corner"]
+        assert {cam: frame_marker(im) for cam, im in s.data["fisheye"].items()} == {c: i for c in T.FISHEYE_CAMERAS}
+        assert s.data["fisheye"]["left"].shape == (480, 640, 3) and s.sensor("camera", "front").shape == (384, 640, 3)
+        assert frame_marker(s.sensor("camera", "front")) == i
+        assert len(s.data["ultrasonic"]) == 12
+        us = s.data["ultrasonic"]["front_left_corner"]
         assert us["status"] == "ok" and us["stamp_ns"] == s.stamp_ns  # the reading at t, not the one at t + 50 ms
         assert math.isclose(us["range"], 1.0 + 0.01 * (2 * i), rel_tol=1e-6)
         assert s.odometry["x"] == pytest.approx(0.1 * 5 * i)
@@ -47,7 +47,7 @@ def test_full_drive_every_modality_present_and_aligned(drive_bag: Path):
         for key, stamp in s.source_stamps.items():
             assert abs(stamp - s.stamp_ns) <= 50 * MS or key == "audio", key
     # no echo on sensor 0 every 10th reading is reported as such, not dropped
-    assert samples[5].ultrasonic["front_left_side"]["status"] == "no_echo"
+    assert samples[5].data["ultrasonic"]["front_left_side"]["status"] == "no_echo"
 
 
 def test_audio_window_exact_or_missing(drive_bag: Path):
@@ -55,13 +55,13 @@ def test_audio_window_exact_or_missing(drive_bag: Path):
     samples = list(synchronized_samples(drive_bag, cfg))
     for s in samples:
         covered = s.stamp_ns - S >= 400 * MS
-        assert ("audio" in s.missing) == (not covered) and (s.audio is not None) == covered
+        assert ("audio" in s.missing) == (not covered) and (s.data["audio"] is not None) == covered
         if covered:
             # 40 ms chunks hold their chunk index: sample j of the window lies in chunk (start + j / rate) // 40 ms
             start = s.stamp_ns - S - 400 * MS
-            assert s.audio.shape == (4, 6400) and s.audio.dtype == np.int16
+            assert s.data["audio"].shape == (4, 6400) and s.data["audio"].dtype == np.int16
             expected = ((start + np.arange(6400) * 62_500) // (40 * MS)).astype(np.int16)
-            assert np.array_equal(s.audio[2], expected)
+            assert np.array_equal(s.data["audio"][2], expected)
             assert s.source_stamps["audio"] == S + (start // (40 * MS)) * 40 * MS
 
 
@@ -89,14 +89,14 @@ def test_slop_is_respected_and_images_never_reused(tmp_path: Path):
     bag = _write(tmp_path / "b", items)
     samples = list(synchronized_samples(bag, SyncConfig(slop_s=0.05)))
     assert [s.stamp_ns for s in samples] == [S + i * 100 * MS for i in range(6)]
-    left = [None if s.fisheye["left"] is None else frame_marker(s.fisheye["left"]) for s in samples]
+    left = [None if s.data["fisheye"]["left"] is None else frame_marker(s.data["fisheye"]["left"]) for s in samples]
     assert left == [0, 1, None, 2, None, None]  # frame 2 (270 ms) is 70 ms from sample 2, 30 ms from sample 3
     assert samples[1].source_stamps["fisheye/left"] == S + 130 * MS
-    right = [None if s.fisheye["right"] is None else frame_marker(s.fisheye["right"]) for s in samples]
+    right = [None if s.data["fisheye"]["right"] is None else frame_marker(s.data["fisheye"]["right"]) for s in samples]
     assert right.count(9) == 1
-    assert all(s.fisheye["rear"] is None and "fisheye/rear" in s.missing for s in samples)
-    assert all("front" in s.missing and s.front is None for s in samples)  # front camera not in this bag
-    assert all(s.audio is None and "audio" in s.missing for s in samples)
+    assert all(s.data["fisheye"]["rear"] is None and "fisheye/rear" in s.missing for s in samples)
+    assert all("front" in s.missing and s.sensor("camera", "front") is None for s in samples)  # front camera not in this bag
+    assert all(s.data["audio"] is None and "audio" in s.missing for s in samples)
 
 
 def test_ultrasonic_latest_within_slop_never_stale(tmp_path: Path):
@@ -110,11 +110,11 @@ def test_ultrasonic_latest_within_slop_never_stale(tmp_path: Path):
         items.append(("/ultrasonic/c", T.RANGE, t, M.range_msg(t, "c", 9.0, 1.0, 0.15, 5.5)))
     bag = _write(tmp_path / "b", items)
     samples = list(synchronized_samples(bag))
-    a = [None if s.ultrasonic["a"] is None else s.ultrasonic["a"]["range"] for s in samples]
+    a = [None if s.data["ultrasonic"]["a"] is None else s.data["ultrasonic"]["a"]["range"] for s in samples]
     assert a == [1.0, 3.0, None, None, None]  # at t=100: the reading at 100 (latest <= t); 120 is stale at 200
     assert "ultrasonic/a" in samples[2].missing and "ultrasonic/a" not in samples[1].missing
-    assert all(s.ultrasonic["b"]["status"] == "invalid" and math.isnan(s.ultrasonic["b"]["range"]) for s in samples)
-    assert all(s.ultrasonic["c"]["status"] == "invalid" and not s.ultrasonic["c"]["valid"] for s in samples)
+    assert all(s.data["ultrasonic"]["b"]["status"] == "invalid" and math.isnan(s.data["ultrasonic"]["b"]["range"]) for s in samples)
+    assert all(s.data["ultrasonic"]["c"]["status"] == "invalid" and not s.data["ultrasonic"]["c"]["valid"] for s in samples)
 
 
 def test_raw_and_compressed_forms_and_slowest_reference(tmp_path: Path):
@@ -127,8 +127,8 @@ def test_raw_and_compressed_forms_and_slowest_reference(tmp_path: Path):
     bag = _write(tmp_path / "b", items)
     s = list(synchronized_samples(bag, SyncConfig(reference="slowest")))
     assert [x.stamp_ns for x in s] == [S + 10 * MS, S + 210 * MS]
-    assert [frame_marker(x.fisheye["front"]) for x in s] == [0, 2]
-    assert np.array_equal(s[0].fisheye["front"], img(0))  # the raw form is lossless
+    assert [frame_marker(x.data["fisheye"]["front"]) for x in s] == [0, 2]
+    assert np.array_equal(s[0].data["fisheye"]["front"], img(0))  # the raw form is lossless
     with pytest.raises(SyncError, match="fisheye/left"):
         Synchronizer(bag, SyncConfig(reference="fisheye/left"))
 
@@ -151,7 +151,7 @@ def test_wrong_type_topic_is_named_and_skipped_rest_read(tmp_path: Path):
         w._writer.write(conn, S, M.serialize(M.string_json({"x": 1}), T.STRING))
     sync = Synchronizer(bag)
     samples = list(sync)
-    assert len(samples) == 3 and all(s.ultrasonic["a"]["valid"] for s in samples)
+    assert len(samples) == 3 and all(s.data["ultrasonic"]["a"]["valid"] for s in samples)
     assert any("'/audio/raw'" in d and "std_msgs/msg/String" in d for d in sync.diagnostics), sync.diagnostics
 
 
@@ -184,15 +184,15 @@ def test_corrupt_jpeg_marks_camera_missing_for_that_sample(tmp_path: Path):
         items.append((topic, mt, t, msg))
     sync = Synchronizer(_write(tmp_path / "b", items))
     samples = list(sync)
-    assert [s.fisheye["left"] is None for s in samples] == [False, True, False]
+    assert [s.data["fisheye"]["left"] is None for s in samples] == [False, True, False]
     assert any("/fisheye/left/image_raw/compressed" in d for d in sync.diagnostics)
 
 
 def test_reduced_decode_and_no_decode(drive_bag: Path):
     s = next(iter(synchronized_samples(drive_bag, SyncConfig(image_reduce=2))))
-    assert s.fisheye["front"].shape == (240, 320, 3) and s.front.shape == (192, 320, 3)
+    assert s.data["fisheye"]["front"].shape == (240, 320, 3) and s.sensor("camera", "front").shape == (192, 320, 3)
     s = next(iter(synchronized_samples(drive_bag, SyncConfig(decode_images=False))))
-    mt, msg = s.fisheye["rear"]
+    mt, msg = s.data["fisheye"]["rear"]
     assert mt == T.COMPRESSED_IMAGE and M.decode_image(msg, mt).shape == (480, 640, 3)
 
 
@@ -203,7 +203,7 @@ def test_jittered_stamps_pair_by_header_stamp(make_bag):
         for key, st in s.source_stamps.items():
             if key != "audio":
                 assert abs(st - s.stamp_ns) <= 50 * MS
-        assert len({frame_marker(im) for im in s.fisheye.values()}) == 1
+        assert len({frame_marker(im) for im in s.data["fisheye"].values()}) == 1
 
 
 def test_qa_pairs_all_attached_once_and_conditions_state_age(tmp_path: Path):

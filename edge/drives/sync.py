@@ -1,4 +1,4 @@
-"""Time-aligned multimodal samples from a drive: a frame clock no single sensor owns, matching on header stamps.
+"""Time-aligned multimodal frames (edge.frames.Frame) from a drive: a frame clock no single sensor owns, matching on header stamps.
 
 Policy:
 - Frames come from a clock at `rate_hz` (default: the reference camera's rate, measured from its first stamps;
@@ -30,6 +30,12 @@ Policy:
   Each kind of degradation is reported once per topic in `diagnostics` and recorded with its count and time span
   in `degradations` (for the run's report), as are spans where a sensor that had data went missing.
 
+The topic plan comes from the modality plugins (edge.modalities): each plugin's sensors (its recorded sensors, found
+from the topic names, or its default ones), its data topics (those of its topics whose type its decoder takes, in
+its order of preference), its sync kind (`nearest`: cameras above; `latest`: range sensors; `window`: audio) and
+its decoder (`ModalityPlugin.decoder`, edge/drives/decoders.py for the built-ins), which makes each message its
+frame entry. A plugin whose decoder cannot be imported is named once in `diagnostics`; its data is missing.
+
 Cameras accept sensor_msgs/Image or CompressedImage (image_transport's `<base>/compressed`); if both are recorded
 the raw form is used. A topic with an unexpected or unknown type is reported once in `diagnostics`, naming the
 topic, and ignored; reading continues with the other topics. Messages are decoded by the bag's own definitions
@@ -41,15 +47,16 @@ and the exception) and the frame goes on with the other sensors.
 from __future__ import annotations
 
 import bisect
+import importlib
 import json
 import logging
 import struct
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from rosbags.typesys.store import Typestore
@@ -58,6 +65,10 @@ from edge.drives import messages as M
 from edge.drives import topics as T
 from edge.drives.bag import Bag, BagMessage, open_bag
 from edge.errors import EdgeError
+from edge.frames import Frame, GroundTruth
+from edge.modalities import ModalityPlugin, SyncKind
+from edge.modalities.interface import MessageDecoder
+from edge.modalities.registry import registry
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +91,6 @@ class SyncConfig:
     image_reduce: int = 1                # 2, 4, 8: decode images that much smaller (see messages.decode_image)
     ground_truth: bool = True
     conditions_max_age_s: float = 2.0    # conditions are a state published on change / at ~1 Hz, not per frame
-
-
-@dataclass
-class GroundTruth:
-    bev: dict[str, Any] | None = None            # decode_occupancy_grid()
-    objects: list[dict[str, Any]] | None = None  # decode_marker_array_boxes()
-    audio_events: list[dict[str, Any]] | None = None
-    qa: list[Any] = field(default_factory=list)  # QA JSON objects attached to this sample
-    conditions: Any | None = None
-
-
-@dataclass
-class Sample:
-    """One time-aligned set. None / absence from a dict value means *missing*; `missing` lists those keys."""
-
-    stamp_ns: int
-    fisheye: dict[str, np.ndarray | None]
-    front: np.ndarray | None
-    ultrasonic: dict[str, dict[str, Any] | None]
-    audio: np.ndarray | None                     # (channels, window samples) int16
-    odometry: dict[str, Any] | None
-    ground_truth: GroundTruth | None
-    source_stamps: dict[str, int]                # key ("fisheye/front", "ultrasonic/<name>", "audio", ...) -> stamp
-    missing: list[str]
-
-    def present(self, key: str) -> bool:
-        return key in self.source_stamps
 
 
 class SyncError(EdgeError):
@@ -172,8 +156,7 @@ class DegradationLog:
 
 
 _ITEM = tuple[int, int, str, str, Any]  # (header stamp, seq, topic, msgtype, msg)
-_SENSOR_KINDS = ("image", "range", "audio", "odom")
-_FIXED_SIZE_KINDS = ("range", "odom")  # one topic's CDR has one size while its layout and frame ids stay the same
+_SENSOR_KINDS = (*SyncKind, "odom")  # the plugins' streams and odometry; ground truth is not sensor data
 
 
 def _stamp(msg: Any, msgtype: str, bag_time: int) -> int:
@@ -260,27 +243,57 @@ class _Stream:
         return before or after
 
 
-class SampleAssembler:
-    """Turns a time-ordered message stream (bag or in-process replay) into `Sample`s; see the module docstring.
+@dataclass
+class _Modality:
+    """One plugin as the synchroniser plans it on a drive: its decoder and its streams (sensor, stream key)."""
 
-    `typestore` decodes CDR messages (a bag's own definitions, `Bag.typestore`); default ROS 2 Jazzy.
+    plugin: ModalityPlugin
+    decoder: MessageDecoder | None  # None: not importable (named in diagnostics); its data is missing
+    streams: list[tuple[str | None, str]]
+    per_sensor: bool  # its frame entry is a dict sensor -> value (else the one stream's value)
+
+
+def load_decoder(plugin: ModalityPlugin) -> MessageDecoder:
+    """The plugin's MessageDecoder, imported from its dotted path; EdgeError naming the plugin if unusable."""
+    module, _, attr = plugin.decoder.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # a third-party import: any error is that plugin's, the others go on
+        raise EdgeError(f"modality '{plugin.name}': decoder {plugin.decoder} failed to import "
+                        f"({_why(exc)})") from None
+    if not isinstance(obj, MessageDecoder):
+        raise EdgeError(f"modality '{plugin.name}': decoder {plugin.decoder} is a {type(obj).__name__}, not an "
+                        "edge.modalities.MessageDecoder")
+    return obj
+
+
+class SampleAssembler:
+    """Turns a time-ordered message stream (bag or in-process replay) into `Frame`s; see the module docstring.
+
+    `typestore` decodes CDR messages (a bag's own definitions, `Bag.typestore`); default ROS 2 Jazzy. `plugins`:
+    the modalities to read (default: the installed ones, `edge.modalities.registry.registry()`).
     """
 
     def __init__(self, topic_types: dict[str, str], config: SyncConfig | None = None,
                  counts: dict[str, int] | None = None, source: str = "drive",
-                 typestore: Typestore | None = None) -> None:
+                 typestore: Typestore | None = None, plugins: Iterable[ModalityPlugin] | None = None) -> None:
         self.cfg = config or SyncConfig()
         self.source = source
         self.typestore = typestore or M.typestore()
         self.range_floats = M.range_cdr_floats(self.typestore)  # None: decode Range generically
         self.log = DegradationLog(source)
         self.routes: dict[str, tuple[str, str]] = {}  # topic -> (stream key, kind)
-        self._plan(topic_types, counts or {})
+        self.modalities: list[_Modality] = []
+        self.decoders: dict[str, MessageDecoder] = {}  # stream key -> its plugin's decoder
+        self._plan(topic_types, counts or {}, registry() if plugins is None else plugins)
         self.streams: dict[str, _Stream] = {
-            key: _Stream(key, kind, reuse=kind not in ("image", "qa")) for key, kind in set(self.routes.values())
+            key: _Stream(key, kind, reuse=kind not in (SyncKind.NEAREST, "qa"))
+            for key, kind in set(self.routes.values())
         }
-        self.camera_keys = [k for k, kind in set(self.routes.values()) if kind == "image"]
-        self.ultrasonic_names = sorted(k.split("/", 1)[1] for k, kind in set(self.routes.values()) if kind == "range")
+        self.topic_of = {key: topic for topic, (key, _) in self.routes.items()}
+        self.nearest_keys = [k for k, kind in set(self.routes.values()) if kind == SyncKind.NEAREST]
         self._sensor_streams = [s for s in self.streams.values() if s.kind in _SENSOR_KINDS]
         self._seq = 0
         self._seen: dict[str, set[int]] = {}      # topic -> stamps received (duplicates), pruned as frames pass
@@ -289,9 +302,9 @@ class SampleAssembler:
         self._period: int | None = None if self.cfg.rate_hz is None else int(round(1e9 / self.cfg.rate_hz))
         self._next: int | None = None             # nominal stamp of the next tick
         self.last_stamp: int | None = None        # stamp of the last frame produced
-        self._audio_channels = self.cfg.audio_channels
+        self._rows: dict[str, int] = {}           # window stream key -> rows (audio channels) of its first message
         self._sizes: dict[str, int] = {}          # topic -> CDR size of its first message (fixed-size kinds)
-        self.image_formats: dict[str, tuple[tuple[Any, ...], str]] = {}  # camera key -> first image's (format, label)
+        self.formats: dict[str, Any] = {}         # stream key -> its first message's format (decoders' checks)
 
     @property
     def diagnostics(self) -> list[str]:
@@ -300,15 +313,17 @@ class SampleAssembler:
     def deserialize(self, data: bytes | bytearray | memoryview, msgtype: str) -> Any:
         return self.typestore.deserialize_cdr(data, msgtype)
 
-    def msg(self, it: _ITEM) -> Any:
-        """The message object of an item, deserialising CDR bytes kept raw until a sample needed them."""
-        msg = it[4]
-        return self.deserialize(msg, it[3]) if isinstance(msg, (bytes, bytearray, memoryview)) else msg
+    def message(self, payload: Any, msgtype: str) -> Any:
+        """The message object of a payload, deserialising CDR bytes kept raw until a frame needed them."""
+        return self.deserialize(payload, msgtype) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
 
-    def decode_range(self, it: _ITEM) -> dict[str, Any]:
-        if isinstance(it[4], (bytes, bytearray, memoryview)) and self.range_floats is not None:
-            return M.decode_range_cdr(it[4], self.range_floats)
-        return M.decode_range(self.msg(it))
+    def msg(self, it: _ITEM) -> Any:
+        """The message object of an item."""
+        return self.message(it[4], it[3])
+
+    def decode(self, key: str, it: _ITEM) -> Any:
+        """The value of an item of stream `key`, by its plugin's decoder (exceptions are the caller's)."""
+        return self.decoders[key].decode(it[4], it[3], self)
 
     # ------------------------------------------------------------------ topic plan
     def _diag(self, text: str) -> None:
@@ -316,8 +331,8 @@ class SampleAssembler:
             self.log.diagnostics.append(text)
             log.warning("%s", text)
 
-    def _plan(self, topic_types: dict[str, str], counts: dict[str, int]) -> None:
-        def accept(topic: str, key: str, kind: str, types: tuple[str, ...]) -> bool:
+    def _plan(self, topic_types: dict[str, str], counts: dict[str, int], plugins: Iterable[ModalityPlugin]) -> None:
+        def accept(topic: str, key: str, kind: str, types: Sequence[str]) -> bool:
             msgtype = topic_types.get(topic)
             if msgtype is None:
                 return False
@@ -328,20 +343,39 @@ class SampleAssembler:
             self.routes[topic] = (key, kind)
             return True
 
-        cams = {f"fisheye/{c}": T.fisheye_image_topic(c) for c in T.FISHEYE_CAMERAS}
-        cams["front"] = T.FRONT_CAMERA_IMAGE
+        names = tuple(topic_types)
+        cams: dict[str, str] = {}  # nearest stream key -> its preferred topic (the clock's reference candidates)
         cam_counts: dict[str, int] = {}
-        for key, base in cams.items():
-            # raw form preferred (lossless); the compressed form is used only when the raw one is absent
-            if not accept(base, key, "image", (T.IMAGE,)):
-                if accept(base + T.COMPRESSED_SUFFIX, key, "image", (T.COMPRESSED_IMAGE,)):
-                    cam_counts[key] = counts.get(base + T.COMPRESSED_SUFFIX, 0)
-            else:
-                cam_counts[key] = counts.get(base, 0)
-        for topic in topic_types:
-            if topic.startswith("/ultrasonic/"):
-                accept(topic, "ultrasonic/" + topic[len("/ultrasonic/"):], "range", (T.RANGE,))
-        accept(T.AUDIO, "audio", "audio", (T.IMAGE,))
+        for p in plugins:
+            per_sensor = p.recorded_sensors is not None or bool(p.default_sensors)
+            streams: list[tuple[str | None, str]] = []
+            topics: dict[str, tuple[T.TopicSpec, ...]] = {}
+            dec: MessageDecoder | None = None
+            try:
+                sensors = p.default_sensors if p.recorded_sensors is None else tuple(sorted(p.recorded_sensors(names)))
+                streams = [(s, p.key(s)) for s in sensors] if per_sensor else [(None, p.name)]
+                topics = {key: p.topics(() if sensor is None else (sensor,)) for sensor, key in streams}
+                dec = load_decoder(p)
+            except EdgeError as exc:
+                self._diag(f"{self.source}: {exc}; its data will be missing")
+            except Exception as exc:  # the plugin's own sensors / topics code: name it, read the others
+                self._diag(f"{self.source}: modality '{p.name}': its sensors or topics raised ({_why(exc)}); its "
+                           "data will be missing")
+                streams = []
+            self.modalities.append(_Modality(p, dec, streams, per_sensor))
+            if dec is None:
+                continue
+            for sensor, key in streams:
+                self.decoders[key] = dec
+                # its data topics in order of preference: a camera's raw form (lossless) before /compressed
+                specs = [t for t in topics[key] if set(t.types) & set(dec.types)]
+                if p.sync == SyncKind.NEAREST and specs:
+                    cams[key] = specs[0].name
+                for spec in specs:
+                    if accept(spec.name, key, p.sync, spec.types):
+                        if p.sync == SyncKind.NEAREST:
+                            cam_counts[key] = counts.get(spec.name, 0)
+                        break
         accept(T.ODOM, "odometry", "odom", (T.ODOMETRY,))
         if self.cfg.ground_truth:
             accept(T.GT_BEV, "gt/bev", "grid", (T.OCCUPANCY_GRID,))
@@ -386,7 +420,8 @@ class SampleAssembler:
         stamp = None
         if isinstance(msg, (bytes, bytearray, memoryview)):
             stamp = cdr_header_stamp(msg) if m.msgtype in _HEADER_FIRST else None
-            if kind in _FIXED_SIZE_KINDS:
+            dec = self.decoders.get(self.routes[m.topic][0])
+            if kind == "odom" or dec is not None and dec.fixed_size:
                 first = self._sizes.setdefault(m.topic, len(msg))
                 if len(msg) != first:
                     self.log.note("format", m.topic, stamp or m.stamp_ns,
@@ -394,24 +429,25 @@ class SampleAssembler:
                                   f"ROS distribution's definition, or another frame_id); skipped until messages have "
                                   f"the stream's layout again")
                     return None
-            if stamp is None or kind == "audio":
+            if stamp is None or kind == SyncKind.WINDOW:
                 try:
                     msg = self.deserialize(msg, m.msgtype)
                 except Exception as exc:
                     self.log.note("undecodable", m.topic, m.stamp_ns, f"message not deserialised as {m.msgtype} "
                                                                       f"({exc}); skipped")
                     return None
-        if kind == "audio":  # decoded once here: every chunk serves ~window/chunk consecutive samples
+        if kind == SyncKind.WINDOW:  # decoded once here: every chunk serves ~window/chunk consecutive frames
+            key = self.routes[m.topic][0]
             try:
-                pcm = M.decode_audio(msg)
+                pcm = self.decode(key, (0, 0, m.topic, m.msgtype, msg))
             except M.MessageError as exc:  # an encoding or layout the reader does not take
-                self.log.note("format", m.topic, m.stamp_ns, f"audio chunk not decoded ({exc}); skipped, audio "
+                self.log.note("format", m.topic, m.stamp_ns, f"{key} chunk not decoded ({exc}); skipped, {key} "
                                                              "missing until chunks decode again")
                 return None
-            expected = self._audio_channels = self._audio_channels or pcm.shape[0]
+            expected = self._rows.setdefault(key, self.cfg.audio_channels or pcm.shape[0])
             if pcm.shape[0] != expected:
-                self.log.note("format", m.topic, m.stamp_ns, f"audio chunk has {pcm.shape[0]} channels, the stream "
-                                                             f"{expected}; skipped, audio missing until it has "
+                self.log.note("format", m.topic, m.stamp_ns, f"{key} chunk has {pcm.shape[0]} channels, the stream "
+                                                             f"{expected}; skipped, {key} missing until it has "
                                                              f"{expected} again")
                 return None
             return (M.header_stamp_ns(msg) or m.stamp_ns, self._seq, m.topic, m.msgtype, pcm)
@@ -446,7 +482,7 @@ class SampleAssembler:
     def _usable_from(self, kind: str) -> int:
         assert self.last_stamp is not None
         slop = int(self.cfg.slop_s * 1e9)
-        if kind == "audio":
+        if kind == SyncKind.WINDOW:
             return self.last_stamp - int(self.cfg.audio_window_s * 1e9) - slop - int(1e9)
         return self.last_stamp - slop
 
@@ -518,7 +554,7 @@ class SampleAssembler:
         sel: dict[str, Any] = {}
         for key, stream in self.streams.items():
             kind = stream.kind
-            if kind == "audio":
+            if kind == SyncKind.WINDOW:
                 sel[key] = [it for it in stream.items if it[0] < t]
                 stream.prune(t - window - int(1e9))  # keep a margin for chunks longer than a second
                 continue
@@ -530,22 +566,23 @@ class SampleAssembler:
                 sel[key] = stream.latest(t, age, ahead=slop)
                 continue
             else:
-                sel[key] = stream.latest(t, slop) if kind == "range" else stream.nearest(t, slop)
+                sel[key] = stream.latest(t, slop) if kind == SyncKind.LATEST else stream.nearest(t, slop)
             stream.prune(t - slop)
         return sel
 
 
 class Synchronizer:
-    """Iterate a bag as `Sample`s. `diagnostics` collects the bag's and the synchroniser's warnings once each;
+    """Iterate a bag as `Frame`s. `diagnostics` collects the bag's and the synchroniser's warnings once each;
     `degradations` lists every kind of bad data with its count and span (for the run's report)."""
 
-    def __init__(self, bag: str | Path | Bag, config: SyncConfig | None = None) -> None:
+    def __init__(self, bag: str | Path | Bag, config: SyncConfig | None = None,
+                 plugins: Iterable[ModalityPlugin] | None = None) -> None:
         self.cfg = config or SyncConfig()
         self.bag = bag if isinstance(bag, Bag) else open_bag(bag)
         types = {name: info.msgtype for name, info in self.bag.topics.items()}
         counts = {name: info.count or 0 for name, info in self.bag.topics.items()}
         self.assembler = SampleAssembler(types, self.cfg, counts, source=str(self.bag.path),
-                                         typestore=self.bag.typestore)
+                                         typestore=self.bag.typestore, plugins=plugins)
         self._own_diag: list[str] = []
         self.frames = 0
 
@@ -564,7 +601,31 @@ class Synchronizer:
                 for t, n in self.bag.undecoded.items()]
         return out + self.assembler.log.all()
 
-    def __iter__(self) -> Iterator[Sample]:
+    def decode_deferred(self, frame: Frame) -> None:
+        """Decode, in place, the (msgtype, msg) pairs that SyncConfig(decode_images=False) left in the `nearest`
+        modalities' entries, by their plugins' decoders (and format checks); one that fails is missing, counted as
+        undecodable on its topic like any other."""
+        asm = self.assembler
+        for mod in asm.modalities:
+            entry = frame.data.get(mod.plugin.name)
+            if mod.plugin.sync != SyncKind.NEAREST or mod.decoder is None or not isinstance(entry, dict):
+                continue
+            for sensor, key in mod.streams:
+                item = entry.get(sensor)
+                if item is None:
+                    continue
+                msgtype, msg = item
+                it = (frame.source_stamps.get(key, frame.stamp_ns), 0, asm.topic_of.get(key, key), msgtype, msg)
+                try:
+                    value = mod.decoder.decode(msg, msgtype, asm)
+                    entry[sensor] = value if mod.decoder.check is None else \
+                        mod.decoder.check(value, key, it[2], it[0], asm)
+                except Exception as exc:
+                    asm.log.note("undecodable", it[2], it[0], f"{mod.decoder.noun} not decoded ({_why(exc)}); {key} "
+                                                              "missing for that frame")
+                    entry[sensor] = None
+
+    def __iter__(self) -> Iterator[Frame]:
         topics = list(self.assembler.routes)
         self.assembler.typestore = self.bag.typestore  # a damaged MCAP's definitions are known once read
         # Raw CDR: stamps come from the bytes and only messages a sample uses are deserialised.
@@ -576,7 +637,7 @@ class Synchronizer:
 
 def build_samples(
     selections: Iterable[tuple[int, dict[str, Any]]], asm: SampleAssembler, cfg: SyncConfig, diag: list[str],
-) -> Iterator[Sample]:
+) -> Iterator[Frame]:
     """Decode selections into Samples; image decoding runs in a thread pool, several samples in flight.
 
     Undecodable messages are reported once per topic (in asm.log); `diag` is kept for callers' own lines."""
@@ -588,44 +649,46 @@ def build_samples(
     def note(topic: str, stamp: int, text: str) -> None:
         asm.log.note("undecodable", topic, stamp, text)
 
-    def decode_image(it: _ITEM) -> tuple[np.ndarray, str | None] | None:
+    def decode(key: str, it: _ITEM) -> Any:
         try:
-            msg = asm.msg(it)
-            return M.decode_image(msg, it[3], reduce=cfg.image_reduce), _pixel_encoding(msg, it[3])
+            return asm.decode(key, it)
         except Exception as exc:
-            note(it[2], it[0], f"image not decoded ({_why(exc)}); camera missing for that frame")
+            note(it[2], it[0], f"{asm.decoders[key].noun} not decoded ({_why(exc)}); {key} missing for that frame")
             return None
 
-    def message(it: _ITEM) -> tuple[str, Any] | None:
+    def message(key: str, it: _ITEM) -> tuple[str, Any] | None:
         try:
             return it[3], asm.msg(it)
         except Exception as exc:
-            note(it[2], it[0], f"message not deserialised ({_why(exc)}); camera missing for that frame")
+            note(it[2], it[0], f"message not deserialised ({_why(exc)}); {key} missing for that frame")
             return None
 
+    def checked(key: str, it: _ITEM, value: Any) -> Any:  # in frame order: a stream's format is its first message's
+        check = asm.decoders[key].check
+        return value if value is None or check is None else check(value, key, it[2], it[0], asm)
+
     def start(t: int, sel: dict[str, Any]) -> None:
-        imgs: dict[str, Any] = {}
-        for key in asm.camera_keys:
+        values: dict[str, Any] = {}
+        for key in asm.nearest_keys:
             it = sel.get(key)
             if it is None:
                 continue
             if not cfg.decode_images:
-                imgs[key] = message(it)
+                values[key] = message(key, it)
             elif pool is not None:
-                imgs[key] = pool.submit(decode_image, it)
+                values[key] = pool.submit(decode, key, it)
             else:
-                imgs[key] = decode_image(it)
-        pending.append((t, sel, imgs))
+                values[key] = decode(key, it)
+        pending.append((t, sel, values))
 
-    def finish() -> Sample:
-        t, sel, imgs = pending.popleft()
-        images = {k: (v.result() if isinstance(v, Future) else v) for k, v in imgs.items()}
-        if cfg.decode_images:  # (image, declared encoding) -> the image, if its stream can use it
-            images = {k: d if d is None else d[0] if _usable_format(asm, k, sel[k], *d, cfg.image_reduce) else None
-                      for k, d in images.items()}
-        return _make_sample(t, sel, images, asm, cfg, note)
+    def finish() -> Frame:
+        t, sel, values = pending.popleft()
+        done = {k: (v.result() if isinstance(v, Future) else v) for k, v in values.items()}
+        if cfg.decode_images:
+            done = {k: checked(k, sel[k], v) for k, v in done.items()}
+        return _make_frame(t, sel, done, asm, cfg, note)
 
-    def useful(sample: Sample) -> bool:  # a tick where no sensor had valid data is no frame
+    def useful(sample: Frame) -> bool:  # a tick where no sensor had valid data is no frame
         if any(not k.startswith("gt/") for k in sample.source_stamps):
             gaps.update(sample)
             return True
@@ -654,7 +717,7 @@ class _GapTracker:
         self.seen: set[str] = set()
         self.open: dict[str, tuple[int, int, int]] = {}  # key -> (first missing stamp, last, frames)
 
-    def update(self, s: Sample) -> None:
+    def update(self, s: Frame) -> None:
         for key in self.keys:
             if key in s.source_stamps:
                 self.seen.add(key)
@@ -673,21 +736,22 @@ class _GapTracker:
             self._close(key)
 
 
-def _make_sample(
-    t: int, sel: dict[str, Any], imgs: dict[str, Any], asm: SampleAssembler, cfg: SyncConfig,
+def _make_frame(
+    t: int, sel: dict[str, Any], nearest: dict[str, Any], asm: SampleAssembler, cfg: SyncConfig,
     note: Callable[[str, int, str], None],
-) -> Sample:
+) -> Frame:
+    """The frame at t: each plugin's entry from its streams' selections (`nearest`: those already decoded)."""
     stamps: dict[str, int] = {}
     missing: list[str] = []
 
-    def decoded(key: str, fn: Callable[[Any], Any], on_item: Callable[[_ITEM], Any] | None = None) -> Any:
+    def decoded(key: str, fn: Callable[[_ITEM], Any]) -> Any:
         it = sel.get(key)
         if it is None:
             if key in asm.streams:
                 missing.append(key)
             return None
         try:
-            val = on_item(it) if on_item is not None else fn(asm.msg(it))
+            val = fn(it)
         except Exception as exc:
             note(it[2], it[0], f"message not decoded ({_why(exc)}); {key} missing for that frame")
             missing.append(key)
@@ -695,91 +759,52 @@ def _make_sample(
         stamps[key] = it[0]
         return val
 
-    fisheye: dict[str, np.ndarray | None] = {}
-    front = None
-    for cam in T.FISHEYE_CAMERAS:
-        key = f"fisheye/{cam}"
-        fisheye[cam] = imgs.get(key)
-        if fisheye[cam] is None:
+    def window(key: str) -> Any:
+        if key not in asm.streams:
             missing.append(key)
-        else:
-            stamps[key] = sel[key][0]
-    front = imgs.get("front")
-    if front is None:
-        missing.append("front")
-    else:
-        stamps["front"] = sel["front"][0]
-
-    ultrasonic = {n: decoded(f"ultrasonic/{n}", M.decode_range, asm.decode_range) for n in asm.ultrasonic_names}
-    odom = decoded("odometry", M.decode_odometry)
-    audio = None
-    if "audio" in asm.streams:
-        chunks = sel.get("audio") or []
+            return None
+        chunks = sel.get(key) or []
         try:
-            audio = _audio_window(t, chunks, cfg, stamps, note)
+            pcm = _window(t, chunks, cfg, key, stamps)
         except Exception as exc:  # chunks that decoded but do not join (e.g. a sample type of their own)
-            note(T.AUDIO, chunks[-1][0] if chunks else t, f"audio window not assembled ({_why(exc)}); audio "
-                                                          "missing for that frame")
-            stamps.pop("audio", None)
-    if audio is None:
-        missing.append("audio")
+            note(asm.topic_of[key], chunks[-1][0] if chunks else t, f"{key} window not assembled ({_why(exc)}); "
+                                                                    f"{key} missing for that frame")
+            stamps.pop(key, None)
+            pcm = None
+        if pcm is None:
+            missing.append(key)
+        return pcm
+
+    data: dict[str, Any] = {}
+    for mod in asm.modalities:
+        values: dict[str | None, Any] = {}
+        for sensor, key in mod.streams:
+            if mod.plugin.sync == SyncKind.NEAREST:
+                values[sensor] = nearest.get(key)
+                if values[sensor] is None:
+                    missing.append(key)
+                else:
+                    stamps[key] = sel[key][0]
+            elif mod.plugin.sync == SyncKind.LATEST:
+                values[sensor] = decoded(key, lambda it, k=key: asm.decode(k, it))
+            else:
+                values[sensor] = window(key)
+        data[mod.plugin.name] = values if mod.per_sensor else values.get(None)
+    odom = decoded("odometry", lambda it: M.decode_odometry(asm.msg(it)))
 
     gt = None
     if cfg.ground_truth and any(k.startswith("gt/") for k in asm.streams):
         qa_items = sel.get("gt/qa") or []
         gt = GroundTruth(
-            bev=decoded("gt/bev", M.decode_occupancy_grid),
-            objects=decoded("gt/objects", M.decode_marker_array_boxes),
-            audio_events=decoded("gt/audio_events", M.decode_marker_array_events),
-            conditions=decoded("gt/conditions", M.decode_json),
+            bev=decoded("gt/bev", lambda it: M.decode_occupancy_grid(asm.msg(it))),
+            objects=decoded("gt/objects", lambda it: M.decode_marker_array_boxes(asm.msg(it))),
+            audio_events=decoded("gt/audio_events", lambda it: M.decode_marker_array_events(asm.msg(it))),
+            conditions=decoded("gt/conditions", lambda it: M.decode_json(asm.msg(it))),
             qa=[qa for it in qa_items if (qa := _decode_qa(it, asm, note)) is not None],
         )
         if qa_items:
             stamps["gt/qa"] = qa_items[0][0]
-    return Sample(t, fisheye, front, ultrasonic, audio, odom, gt, stamps, missing)
-
-
-_PIXEL_ENCODINGS = ("bgr8", "rgb8", "bgra8", "rgba8", "mono8", "mono16", "8uc1", "16uc1", "8uc3")
-_MONO = ("mono8", "mono16", "8uc1", "16uc1")
-MAX_ASPECT_CHANGE = 0.02  # beyond this relative change of width/height an image is another crop or camera
-
-
-def _pixel_encoding(msg: Any, msgtype: str) -> str | None:
-    """The pixel encoding a camera message declares: Image.encoding, or the first part of a CompressedImage format
-    ("mono8; jpeg compressed mono8"); None when it declares none ("jpeg")."""
-    text = (msg.encoding if msgtype == T.IMAGE else (msg.format or "").split(";")[0]).strip().lower()
-    return text if text in _PIXEL_ENCODINGS else None
-
-
-def _image_label(img: np.ndarray, declared: str | None, reduce: int) -> str:
-    """A decoded image's format as a diagnostic names it: its size in the camera's pixels and its encoding."""
-    h, w = img.shape[0] * reduce, img.shape[1] * reduce
-    ch = img.shape[2] if img.ndim == 3 else 1
-    enc = declared or {(3, "uint8"): "bgr8", (1, "uint8"): "mono8", (1, "uint16"): "mono16"}.get(
-        (ch, img.dtype.name), f"{ch}-channel {img.dtype.name}")
-    return f"{w}x{h} {enc}"
-
-
-def _usable_format(asm: SampleAssembler, key: str, it: _ITEM, img: np.ndarray, declared: str | None,
-                   reduce: int) -> bool:
-    """Whether a camera's image can be used, against its stream's format (that of its first image). Another
-    resolution at the same aspect ratio or another encoding: used (the encoders resize and convert), noted once as
-    `converted`; another aspect ratio: skipped, noted once as `format`. The span of either is recorded."""
-    mono = declared in _MONO if declared else img.ndim == 2 or img.shape[2] == 1
-    fmt = (img.shape[:2], img.shape[2] if img.ndim == 3 else 1, img.dtype.str, mono)
-    label = _image_label(img, declared, reduce)
-    first = asm.image_formats.setdefault(key, (fmt, label))
-    if fmt == first[0]:
-        return True
-    (h0, w0), (h, w) = first[0][0], fmt[0]
-    if abs((w / h) / (w0 / h0) - 1) > MAX_ASPECT_CHANGE:
-        asm.log.note("format", it[2], it[0], f"image {label}, the stream's {first[1]}: another aspect ratio (a crop or "
-                                             f"another camera, its calibration does not hold); skipped, {key} missing "
-                                             f"until its images are {first[1]} again")
-        return False
-    asm.log.note("converted", it[2], it[0], f"image {label}, the stream's {first[1]}: the same field of view in "
-                                            f"another format; used, converted by the encoders")
-    return True
+    return Frame(t, data, odom, gt, stamps, missing)
 
 
 def _why(exc: BaseException) -> str:
@@ -795,10 +820,9 @@ def _decode_qa(it: _ITEM, asm: SampleAssembler, note: Callable[[str, int, str], 
         return None
 
 
-def _audio_window(
-    t: int, chunks: list[_ITEM], cfg: SyncConfig, stamps: dict[str, int], note: Callable[[str, int, str], None],
-) -> np.ndarray | None:
-    """Exactly window * rate samples ending at t, from contiguous chunks; None if any part is not covered."""
+def _window(t: int, chunks: list[_ITEM], cfg: SyncConfig, key: str, stamps: dict[str, int]) -> np.ndarray | None:
+    """Exactly window * rate samples ending at t, from contiguous (rows, samples) chunks; None if any part is not
+    covered. The window and rate are SyncConfig's audio_window_s and audio_sample_rate."""
     rate = cfg.audio_sample_rate
     n_win = int(round(cfg.audio_window_s * rate))
     start = t - int(round(n_win * 1e9 / rate))
@@ -834,10 +858,10 @@ def _audio_window(
         offset = pcm.shape[1] - n_win
         if offset < 0:
             return None
-    stamps["audio"] = first_stamp
+    stamps[key] = first_stamp
     return np.ascontiguousarray(pcm[:, offset: offset + n_win])
 
 
-def synchronized_samples(bag: str | Path | Bag, config: SyncConfig | None = None) -> Iterator[Sample]:
-    """Convenience: iterate `Sample`s of a bag (see `Synchronizer` for diagnostics)."""
+def synchronized_samples(bag: str | Path | Bag, config: SyncConfig | None = None) -> Iterator[Frame]:
+    """Convenience: iterate the `Frame`s of a bag (see `Synchronizer` for diagnostics)."""
     yield from Synchronizer(bag, config)

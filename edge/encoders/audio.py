@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from edge.encoders.base import Cost, Diagnostics, EncoderOutput, InputError, ModalityEncoder, count_macs, n_params
 from edge.encoders.config import AUDIO_EVENTS, DIRECTIONS, PerceptionConfig
 from edge.encoders.scene_tokens import AUDIO_TOKENS, audio_tokens
+from edge.frames import Frame
 
 N_FFT, HOP, N_MELS, MAX_LAG, SEGMENTS = 512, 320, 32, 20, 12
 GCC_BAND_HZ = (300.0, 3000.0)
@@ -171,10 +172,11 @@ class AudioEncoder(ModalityEncoder):
         """LLM tokens per window (edge/encoders/scene_tokens.py: the event and direction posteriors)."""
         return AUDIO_TOKENS
 
-    def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> dict[str, np.ndarray] | None:
-        if sample.audio is None:
+    def preprocess(self, sample: Frame, diag: Diagnostics | None = None) -> dict[str, np.ndarray] | None:
+        pcm = sample.get("audio")
+        if pcm is None:
             return None
-        return audio_features(sample.audio, self.cfg.audio_rate)
+        return audio_features(pcm, self.cfg.audio_rate)
 
     def forward(self, logmel: Tensor, gcc: Tensor, gcc_avg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """logmel (B, 4, 32, T), gcc (B, 6, S, 41), gcc_avg (B, 6, 41) -> (event logits, direction logits, tokens)."""
@@ -194,9 +196,9 @@ class AudioEncoder(ModalityEncoder):
         tok = nn.functional.adaptive_avg_pool1d(h, self.pos.shape[1]).transpose(1, 2)
         return event, direction, self.token_proj(tok) + self.pos
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+    def encode(self, sample: Frame, diag: Diagnostics | None = None, setting: float | None = None
                ) -> EncoderOutput | None:
-        """One Sample -> tokens and extras {'event', 'event_prob', 'direction', 'direction_prob'}, or None without
+        """One frame -> tokens and extras {'event', 'event_prob', 'direction', 'direction_prob'}, or None without
         audio."""
         feats = self.preprocess(sample, diag)
         if feats is None:

@@ -1,7 +1,7 @@
 """What every modality encoder plugin shares: a config, input checks, token output and cost figures.
 
 A modality's encoder (DESIGN.md: one modality = one plugin; its plugin names the factory that builds it,
-`ModalityPlugin.encoder`) turns a synchronised `Sample` into model inputs (`preprocess`), runs its network
+`ModalityPlugin.encoder`) turns a synchronised `Frame` (edge.frames) into model inputs (`preprocess`), runs its network
 (`forward`) and hands back one `EncoderOutput`: a fixed number of `n_tokens` tokens of width `d_enc` for the LLM
 connections, or `BevFeatures` for the fusion head, and the decoded outputs it has. Encoders never import the runtime.
 """
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from edge.errors import EdgeError
+from edge.frames import Frame
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class ModalityEncoder(nn.Module, NetworkPart):
     def n_tokens(self) -> int:
         raise NotImplementedError
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+    def encode(self, sample: Frame, diag: Diagnostics | None = None, setting: float | None = None
                ) -> EncoderOutput | None:
         """One sample -> its output, or None when the sample holds none of this modality's data."""
         raise NotImplementedError

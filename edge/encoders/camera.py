@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from edge.encoders.base import (BoundMethod, Cost, Diagnostics, EncoderOutput, ModalityEncoder, count_macs, image_tensor,
                                 n_params, to_bgr)
 from edge.encoders.config import LIGHTING, PerceptionConfig
+from edge.frames import Frame
 from edge.kernels import prune_tokens
 
 PATCH = 16
@@ -98,10 +99,11 @@ class CameraEncoder(ModalityEncoder):
     def n_tokens(self) -> int:
         return self.n_out
 
-    def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> np.ndarray | None:
-        if sample.front is None:
+    def preprocess(self, sample: Frame, diag: Diagnostics | None = None) -> np.ndarray | None:
+        img = sample.sensor("camera", "front")
+        if img is None:
             return None
-        return to_bgr(sample.front, self.cfg.front_hw, "camera/front", diag, self.native_hw)
+        return to_bgr(img, self.cfg.front_hw, "camera/front", diag, self.native_hw)
 
     def forward(self, image: Tensor, keep: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """keep: fraction of patch tokens left after all pruning stages (1.0 = no pruning; default self.keep)."""
@@ -132,9 +134,9 @@ class CameraEncoder(ModalityEncoder):
     def stage(self, setting: float | None = None) -> str:
         return f"{self.name}@{self.keep if setting is None else setting:g}"
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+    def encode(self, sample: Frame, diag: Diagnostics | None = None, setting: float | None = None
                ) -> EncoderOutput | None:
-        """One Sample at keep ratio `setting` -> tokens and extras {'lighting', 'lighting_prob', 'front_map'}, or None
+        """One frame at keep ratio `setting` -> tokens and extras {'lighting', 'lighting_prob', 'front_map'}, or None
         without a front image."""
         img = self.preprocess(sample, diag)
         if img is None:

@@ -17,6 +17,7 @@ from edge.encoders.base import (BevFeatures, Cost, Diagnostics, EncoderOutput, M
                                 image_tensor, n_params, to_bgr)
 from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.encoders.config import FISHEYE_CAMERAS, PerceptionConfig
+from edge.frames import Frame
 from edge.kernels import BevProjector, TableSpec, load_or_build_table
 
 
@@ -93,13 +94,13 @@ class FisheyeEncoder(ModalityEncoder):
         """LLM tokens (edge/encoders/scene_tokens.py: per-side posteriors of the BEV this modality alone sees)."""
         return BEV_TOKENS
 
-    def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Sample -> (4, H, W, 3) uint8 images in camera order FISHEYE_CAMERAS and a (4,) present mask."""
+    def preprocess(self, sample: Frame, diag: Diagnostics | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A frame -> (4, H, W, 3) uint8 images in camera order FISHEYE_CAMERAS and a (4,) present mask."""
         h, w = self.cfg.fisheye_hw
         imgs = np.zeros((len(FISHEYE_CAMERAS), h, w, 3), np.uint8)
         present = np.zeros(len(FISHEYE_CAMERAS), bool)
         for i, cam in enumerate(FISHEYE_CAMERAS):
-            img = (sample.fisheye or {}).get(cam)
+            img = sample.sensor("fisheye", cam)
             if img is not None:
                 imgs[i] = to_bgr(img, (h, w), f"fisheye/{cam}", diag, self.native_hw[cam])
                 present[i] = True
@@ -118,9 +119,9 @@ class FisheyeEncoder(ModalityEncoder):
         bev = self.bev(bev)
         return bev, self.tokens(bev)
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+    def encode(self, sample: Frame, diag: Diagnostics | None = None, setting: float | None = None
                ) -> EncoderOutput | None:
-        """One Sample -> BEV features (1, C, nx/2, ny/2), or None when no camera is present. (The network's pooled
+        """One frame -> BEV features (1, C, nx/2, ny/2), or None when no camera is present. (The network's pooled
         tokens are not the LLM's: those are the stack's scene tokens of the BEV the fisheyes alone see.)"""
         imgs, present = self.preprocess(sample, diag)
         if not present.any():

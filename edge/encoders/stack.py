@@ -3,7 +3,7 @@ plugin names) plus the BEV fusion head, saved and loaded as safetensors (one fil
 each file's metadata).
 
     stack = PerceptionStack.load("models/perception")        # rig from calibration/default_rig.yaml
-    out = stack.run(sample)                                     # a edge.drives.sync.Sample
+    out = stack.run(sample)                                     # an edge.frames.Frame
     out.bev_classes   # (nx, ny) uint8 class ids at 0.2 m (BEV_CLASSES), out.occupancy_grid() -> OccupancyGrid values
     out.tokens        # {'fisheye': (1, 5, 128), 'ultrasonic': (1, 5, 128), 'audio': (1, 1, 128), 'camera': (1, 16, 128)}
                       # (edge/encoders/scene_tokens.py: per-side BEV posteriors, the sound's what and where)
@@ -36,6 +36,7 @@ from edge.encoders.config import BEV_CLASSES, PerceptionConfig
 from edge.encoders.fusion import BevFusionHead, BevInput
 from edge.encoders.scene_tokens import ECHO_OFFSET, SIDES, SectorPooling
 from edge.errors import EdgeError, PluginError
+from edge.frames import Frame
 from edge.modalities import ModalityPlugin
 from edge.modalities.registry import registry
 from edge.names import BackendName
@@ -103,7 +104,7 @@ def build_encoder(plugin: ModalityPlugin, cfg: PerceptionConfig, rig: Any, table
 
 
 class PerceptionStack(nn.Module):
-    """One encoder per plugin and the fusion head; `run` takes a Sample, any modality may be missing.
+    """One encoder per plugin and the fusion head; `run` takes a Frame, any modality may be missing.
 
     The encoders are registered as submodules under their modality's name (`stack.fisheye`), in registry order, so
     parameter names and order (training state) are those of each module's own weights file. A plugin whose encoder
@@ -201,9 +202,9 @@ class PerceptionStack(nn.Module):
         names = set(self.backends.values())
         return names.pop() if len(names) == 1 else ",".join(f"{m}={b}" for m, b in self.backends.items())
 
-    # ------------------------------------------------------------------ inference on a Sample
+    # ------------------------------------------------------------------ inference on a Frame
     @torch.no_grad()
-    def run(self, sample: Any, use: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
+    def run(self, sample: Frame, use: Sequence[str] | None = None, settings: Mapping[str, float] | None = None,
             timer: Timer | None = None, isolate: bool = False) -> PerceptionOutput:
         """The encoders in `use` (all by default; those with data), the fusion of the BEV ones present, on whichever
         backends are set. `settings` gives an encoder its run-time knob by modality name (the camera's keep ratio).
@@ -248,7 +249,7 @@ class PerceptionStack(nn.Module):
                                 list(bev), outputs, tokens, diag.messages, {n: b.probs for n, b in bev.items()},
                                 failures)
 
-    def _bev_modality(self, name: str, sample: Any, diag: Diagnostics, setting: float | None) -> _BevModality | None:
+    def _bev_modality(self, name: str, sample: Frame, diag: Diagnostics, setting: float | None) -> _BevModality | None:
         """A BEV modality's features, the BEV it alone sees (the fusion head with the others absent) and its scene
         tokens pooled from that posterior, its side features (the ultrasonic echoes) written into their slots."""
         out = self.encoders[name].encode(sample, diag, setting)

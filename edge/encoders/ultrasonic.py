@@ -19,6 +19,7 @@ from edge.encoders.base import (BevFeatures, BoundMethod, Cost, Diagnostics, Enc
                                 count_macs, n_params)
 from edge.encoders.scene_tokens import BEV_TOKENS, EchoFeatures
 from edge.encoders.config import PerceptionConfig
+from edge.frames import Frame
 from edge.kernels import sensor_table, ultrasonic_raster
 
 
@@ -75,13 +76,13 @@ class UltrasonicEncoder(ModalityEncoder):
         """LLM tokens (edge/encoders/scene_tokens.py: per-side posteriors of the BEV this modality alone sees)."""
         return BEV_TOKENS
 
-    def preprocess(self, sample: Any, diag: Diagnostics | None = None) -> np.ndarray:
-        """Sample -> (S,) float32 ranges; +inf no echo, -inf too close, NaN = say nothing (missing or invalid).
+    def preprocess(self, sample: Frame, diag: Diagnostics | None = None) -> np.ndarray:
+        """A frame -> (S,) float32 ranges; +inf no echo, -inf too close, NaN = say nothing (missing or invalid).
 
         NaN and out-of-range readings are ignored (NaN) with a diagnostic naming the sensor, never clamped into
         a false obstacle."""
         out = np.full(len(self.sensor_names), np.nan, np.float32)
-        readings = sample.ultrasonic or {}
+        readings = sample.get("ultrasonic") or {}
         for name in readings:
             if name not in self.max_range and diag is not None:
                 diag.note(f"us:unknown:{name}", f"ultrasonic/{name}: not a sensor of this rig; ignored")
@@ -117,9 +118,9 @@ class UltrasonicEncoder(ModalityEncoder):
         bev = self.cadc(self.stem(raster))
         return bev, self.tokens(bev)
 
-    def encode(self, sample: Any, diag: Diagnostics | None = None, setting: float | None = None
+    def encode(self, sample: Frame, diag: Diagnostics | None = None, setting: float | None = None
                ) -> EncoderOutput | None:
-        """One Sample -> BEV features (1, C, nx/2, ny/2), the raster (1, 3, nx, ny) as their detail and the per-side
+        """One frame -> BEV features (1, C, nx/2, ny/2), the raster (1, 3, nx, ny) as their detail and the per-side
         echoes, or None when no sensor reported."""
         ranges = self.preprocess(sample, diag)
         if np.isnan(ranges).all():

@@ -125,7 +125,7 @@ def encode_drive(bag: Path, stack: Any, out: Path, progress: bool = True) -> Pat
         gt = sample.ground_truth
         if gt is None or not gt.qa:
             continue
-        _decode_images(sample, stack.cfg.image_reduce)
+        sync.decode_deferred(sample)
         out_p = stack.run(sample)
         row = len(cols[MODALITIES[0]])  # this sample's row in the token arrays
         lighting = (gt.conditions or {}).get("lighting", "unknown") if isinstance(gt.conditions, dict) else "unknown"
@@ -154,17 +154,6 @@ def encode_drive(bag: Path, stack: Any, out: Path, progress: bool = True) -> Pat
                                           "bag": str(bag), "qa": json.dumps(qa)})
     tmp.replace(out)
     return out
-
-
-def _decode_images(sample: Any, reduce: int) -> None:
-    """Replace the (msgtype, msg) pairs left by SyncConfig(decode_images=False) with decoded images, in place."""
-    from edge.drives.messages import decode_image
-
-    for cam, item in sample.fisheye.items():
-        if item is not None:
-            sample.fisheye[cam] = decode_image(item[1], item[0], reduce=reduce)
-    if sample.front is not None:
-        sample.front = decode_image(sample.front[1], sample.front[0], reduce=reduce)
 
 
 def load_drive(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict[str, Any]]]:

@@ -5,7 +5,8 @@ exactly as an external package's would. `BUILTINS` gives their order (the order 
 the registry puts them first in it. Token counts are those of the encoders (edge/encoders/scene_tokens.py: one
 token per side plus the surround for the BEV modalities, one for audio; the front camera's pruned ViT keeps
 PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that they agree. Each names its encoder
-factory as a string (`encoder`): importing this module never imports the encoders.
+factory and its message decoder (edge/drives/decoders.py) as strings (`encoder`, `decoder`): importing this module
+never imports the encoders or the decoders.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def _audio_topics(sensors: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
     return (T.TopicSpec(T.AUDIO, (T.IMAGE,), True),)  # one array, one topic: PCM in an Image (edge.drives.topics)
 
 
+def _recorded_ultrasonic(topics: tuple[str, ...]) -> tuple[str, ...]:
+    """Range sensors are named by their topics (a recording's rig may have other sensors than ours)."""
+    prefix = T.ultrasonic_topic("")
+    return tuple(t[len(prefix):] for t in topics if t.startswith(prefix))
+
+
+def _camera_key(sensor: str) -> str:
+    return sensor  # the front camera's stream key is "front" (SyncConfig.reference, reports), not "camera/front"
+
+
 def _camera_sensors(rig: Rig) -> tuple[str, ...]:
     return ("front",) if "front" in rig.cameras else ()  # the front camera is the one the encoder reads
 
@@ -62,18 +73,22 @@ def _camera_topics(cameras: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
 FISHEYE = ModalityPlugin(
     name="fisheye", sensors=_fisheye_sensors, default_sensors=T.FISHEYE_CAMERAS, topics=_fisheye_topics,
     sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["fisheye"]),
-    weights="fisheye.safetensors", health_streams=("fisheye",), encoder="edge.encoders.fisheye:build")
+    weights="fisheye.safetensors", health_streams=("fisheye",), encoder="edge.encoders.fisheye:build",
+    decoder="edge.drives.decoders:IMAGE")
 ULTRASONIC = ModalityPlugin(
     name="ultrasonic", sensors=_ultrasonic_sensors, default_sensors=(), topics=_ultrasonic_topics,
     sync=SyncKind.LATEST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["ultrasonic"]),
-    weights="ultrasonic.safetensors", health_streams=("ultrasonic",), encoder="edge.encoders.ultrasonic:build")
+    weights="ultrasonic.safetensors", health_streams=("ultrasonic",), encoder="edge.encoders.ultrasonic:build",
+    decoder="edge.drives.decoders:RANGE", recorded_sensors=_recorded_ultrasonic)
 AUDIO = ModalityPlugin(
     name="audio", sensors=_no_sensors, default_sensors=(), topics=_audio_topics,
     sync=SyncKind.WINDOW, bev=False, tokens=TokenSpec(1, D_ENC, TOKEN_LAYOUTS["audio"]),
-    weights="audio.safetensors", health_streams=("audio",), encoder="edge.encoders.audio:build")
+    weights="audio.safetensors", health_streams=("audio",), encoder="edge.encoders.audio:build",
+    decoder="edge.drives.decoders:AUDIO")
 CAMERA = ModalityPlugin(
     name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
     sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),
-    weights="camera.safetensors", health_streams=("camera",), encoder="edge.encoders.camera:build")
+    weights="camera.safetensors", health_streams=("camera",), encoder="edge.encoders.camera:build",
+    decoder="edge.drives.decoders:IMAGE", stream_key=_camera_key)
 
 BUILTINS: tuple[ModalityPlugin, ...] = (FISHEYE, ULTRASONIC, AUDIO, CAMERA)

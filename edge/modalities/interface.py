@@ -2,12 +2,14 @@
 
 A plugin is one `ModalityPlugin` object that a package exposes as an entry point of the group `edge.modalities`
 (see edge.modalities.registry and docs/plugins.md). It holds what the core's declarative lists need (topics,
-synchronisation kind, BEV fusion, LLM tokens, weights file, health streams) and where its encoder comes from.
-Decoding, health models, simulator and ground-truth hooks come later (issue 11).
+synchronisation kind, BEV fusion, LLM tokens, weights file, health streams), where its encoder comes from and how
+its messages become its frame entry (its decoder). Health models, simulator and ground-truth hooks come later
+(issue 11).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
-the factory only when it builds the encoders (edge.encoders.stack.build_encoder).
+the factory only when it builds the encoders (edge.encoders.stack.build_encoder). The decoder is a string for the
+same reason: the synchroniser (edge.drives.sync) imports it when it plans a drive's topics.
 
 Why callables for topics: topic names depend on the rig (one topic per ultrasonic sensor, one per fisheye camera),
 while a bag read without a rig still needs the contract; `sensors(rig)` names a plugin's sensors on a rig and
@@ -19,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.drives.topics import TopicSpec
 from edge.errors import PluginError
@@ -38,6 +40,38 @@ class SyncKind(StrEnum):
     NEAREST = "nearest"  # one message per frame: the one nearest the frame stamp within the slop, never reused
     WINDOW = "window"  # the messages covering a window before the frame stamp, concatenated (audio chunks)
     LATEST = "latest"  # latest value within the slop, reused by consecutive frames (range sensors)
+
+
+class DecodeContext(Protocol):
+    """What the synchroniser gives a decoder: its configuration and the drive's message definitions."""
+
+    cfg: Any  # edge.drives.sync.SyncConfig (image_reduce, audio_window_s, ...)
+    range_floats: int | None  # floats before Range.range in this drive's CDR (edge.drives.messages.range_cdr_floats)
+
+    def message(self, payload: Any, msgtype: str) -> Any:
+        """The message object: CDR bytes deserialised by the drive's own definitions, a message as it is."""
+
+
+@dataclass(frozen=True)
+class MessageDecoder:
+    """How one modality's messages become its frame entry (edge.frames.Frame.data); what `ModalityPlugin.decoder`
+    names. `decode(payload, msgtype, ctx)` turns one message (CDR bytes until needed, or a message object: use
+    `ctx.message`) into its value; any exception loses that message only (counted as `undecodable`). The sync kind
+    decides when it runs: `nearest` once per frame for the message used (in the image thread pool), `latest` per
+    frame, `window` once per message as it arrives (the values, (rows, samples) arrays, are then joined).
+
+    `types`: the message types it decodes; among the plugin's topics those with one of these types carry its data,
+    in order of preference (image_raw before its /compressed form; camera_info is not data).
+    `check(value, key, topic, stamp, ctx)`: optional, run in frame order after `decode` (formats: a stream's format
+    is its first message's); returns the value to use or None to skip it, noting why on `ctx.log`.
+    `fixed_size`: the topic's CDR has one size (a Range); a message of another size is another layout, skipped as
+    `format`. `noun`: what a diagnostic calls one message ("image", "chunk")."""
+
+    types: tuple[str, ...]
+    decode: Callable[[Any, str, Any], Any]
+    check: Callable[[Any, str, str, int, Any], Any] | None = None
+    fixed_size: bool = False
+    noun: str = "message"
 
 
 @dataclass(frozen=True)
@@ -66,6 +100,14 @@ class ModalityPlugin:
     # "module:callable" of its encoder factory, (cfg: PerceptionConfig, rig: Rig, table_cache: str | None) ->
     # edge.encoders.base.ModalityEncoder; imported by the perception stack, never at declaration
     encoder: str
+    # "module:attribute" of its MessageDecoder (above); imported by the synchroniser, never at declaration
+    decoder: str
+    # its sensors in a recording, from the recording's topic names (range sensors named by their topics); None:
+    # default_sensors
+    recorded_sensors: Callable[[tuple[str, ...]], tuple[str, ...]] | None = None
+    # the stream key of one sensor (Frame.source_stamps, missing, degradation spans, SyncConfig.reference); None:
+    # "<name>/<sensor>"; a modality without sensors has the key "<name>"
+    stream_key: Callable[[str], str] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -90,9 +132,20 @@ class ModalityPlugin:
             problems.append("health_streams must be a non-empty tuple of str")
         if not isinstance(self.encoder, str) or not FACTORY.match(self.encoder):
             problems.append(f"encoder {self.encoder!r} must be 'module:callable' (its encoder factory)")
+        if not isinstance(self.decoder, str) or not FACTORY.match(self.decoder):
+            problems.append(f"decoder {self.decoder!r} must be 'module:attribute' (its MessageDecoder)")
+        if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
+                self.stream_key is not None and not callable(self.stream_key):
+            problems.append("recorded_sensors and stream_key must be callables or None")
         if problems:
             raise PluginError(f"modality {self.name!r}", "; ".join(problems))
 
     def topics_for(self, rig: Rig | None = None) -> tuple[TopicSpec, ...]:
         """The topics it reads on this rig (None: the rig is not known, its default sensors)."""
         return self.topics(self.default_sensors if rig is None else self.sensors(rig))
+
+    def key(self, sensor: str | None) -> str:
+        """The stream key of one of its sensors (None: a modality without sensors)."""
+        if sensor is None:
+            return self.name
+        return self.stream_key(sensor) if self.stream_key is not None else f"{self.name}/{sensor}"

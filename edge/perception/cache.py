@@ -65,7 +65,7 @@ def build_cache(bag: Path, stack: Any, stride: int, cache_dir: Path, progress: b
             feats = zero_audio
         for k in AUDIO_KEYS:
             cols[k].append(feats[k].astype(np.float16))
-        cols["audio_present"].append(sample.audio is not None)
+        cols["audio_present"].append(sample.get("audio") is not None)
         cols["bev"].append(bev_targets(gt.bev if gt else None, cfg))
         ev, dr = audio_targets(gt.audio_events if gt else None, footprint)
         cols["event"].append(ev)

@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.drives.sync import Sample
+from edge.frames import Frame
 from edge.modalities.registry import registry
 from edge.runtime.plausibility import Beam, FrozenImages, ObstacleView, RangePlausibility
 
@@ -135,36 +135,37 @@ class ContextEstimator:
     def diagnostics(self) -> list[str]:
         return self.plausibility.diagnostics + self.frozen.diagnostics
 
-    def update(self, sample: Sample, obstacles: ObstacleView | None = None) -> Context:
+    def update(self, sample: Frame, obstacles: ObstacleView | None = None) -> Context:
         """`obstacles`: what the fisheyes saw on the previous frame, to check "no echo" readings against."""
-        cams = {f"fisheye/{name}": image_health(img) for name, img in sample.fisheye.items()}
-        cams["camera/front"] = image_health(sample.front)
+        fisheye, front = sample.get("fisheye") or {}, sample.sensor("camera", "front")
+        ultrasonic, audio = sample.get("ultrasonic") or {}, sample.get("audio")
+        cams = {f"fisheye/{name}": image_health(img) for name, img in fisheye.items()}
+        cams["camera/front"] = image_health(front)
         t = sample.stamp_ns
         src = sample.source_stamps
-        images = {**{f"fisheye/{n}": img for n, img in sample.fisheye.items()}, "camera/front": sample.front}
+        images = {**{f"fisheye/{n}": img for n, img in fisheye.items()}, "camera/front": front}
         frozen = self.frozen.update(t, images, {k: src.get("front" if k == "camera/front" else k) for k in images})
         fisheye_stamps = [src[k] for k in src if k.startswith("fisheye/")]
         moving = [k for k in src if k.startswith("fisheye/") and k not in frozen]
-        implausible = self.plausibility.update(t, sample.ultrasonic, obstacles)
+        implausible = self.plausibility.update(t, ultrasonic, obstacles)
         # (implausible readings arrive on time: they do not count as dropout, which would delay recovery by the
         # window; a ring mostly implausible is unhealthy through StreamHealth.implausible)
-        us_valid = [r for r in sample.ultrasonic.values() if r is not None and r.get("status") in ("ok", "no_echo")]
+        us_valid = [r for r in ultrasonic.values() if r is not None and r.get("status") in ("ok", "no_echo")]
         us_stamps = [src[k] for k in src if k.startswith("ultrasonic/")]
         streams = {
             "fisheye": replace(self.trackers["fisheye"].update(t, len(fisheye_stamps) >= 2,
                                                                max(fisheye_stamps, default=None)),
                                implausible=len(moving) < 2 <= len(fisheye_stamps)),
-            "camera": replace(self.trackers["camera"].update(t, sample.front is not None, src.get("front")),
+            "camera": replace(self.trackers["camera"].update(t, front is not None, src.get("front")),
                               implausible="camera/front" in frozen),
             "ultrasonic": replace(self.trackers["ultrasonic"].update(
-                t, len(us_valid) >= max(1, len(sample.ultrasonic) // 2), max(us_stamps, default=None)),
-                implausible=2 * len(implausible) > max(1, len(sample.ultrasonic))),
-            "audio": self.trackers["audio"].update(t, sample.audio is not None,
-                                                   (t if sample.audio is not None else None)),
+                t, len(us_valid) >= max(1, len(ultrasonic) // 2), max(us_stamps, default=None)),
+                implausible=2 * len(implausible) > max(1, len(ultrasonic))),
+            "audio": self.trackers["audio"].update(t, audio is not None, (t if audio is not None else None)),
         }
         level = -120.0
-        if sample.audio is not None:
-            rms = float(np.sqrt(np.mean(sample.audio.astype(np.float64) ** 2))) / 32768.0
+        if audio is not None:
+            rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) / 32768.0
             level = 20 * math.log10(max(rms, 1e-6))
         seen = [c.brightness for c in cams.values() if c.present]
         if seen:

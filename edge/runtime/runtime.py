@@ -18,7 +18,7 @@ import resource
 import statistics
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ import torch
 from edge.encoders.fingerprint import token_fingerprints
 from edge.encoders.stack import OCCUPANCY_VALUES, PerceptionStack
 from edge.errors import EdgeError
+from edge.frames import Frame
 from edge.names import BackendName, Policy
 from edge.runtime.answer_worker import AnswerWorker
 from edge.runtime.context import Context, ContextEstimator
@@ -136,7 +137,7 @@ class Runtime:
         self._forced: deque[tuple[float, float]] = deque()  # (clock, ms) probe time beyond the frames' slack
 
     # ---------------------------------------------------------------- inputs
-    def submit(self, sample: Any) -> None:
+    def submit(self, sample: Frame) -> None:
         """Queue a sample from a live source; when the queue is full the oldest is dropped (and counted)."""
         if len(self.queue) == self.queue.maxlen:
             self.dropped += 1
@@ -173,7 +174,7 @@ class Runtime:
         return self.notes + self.estimator.diagnostics + self.detacher.diagnostics
 
     # ---------------------------------------------------------------- costs
-    def calibrate(self, sample: Any, repeats: int = 3) -> None:
+    def calibrate(self, sample: Frame, repeats: int = 3) -> None:
         """Measure every component with data, at every thread count a plan may use, so that the first plan is
         chosen on measured costs. A first pass warms up (lazy tables, allocator, first-call dispatch) and is not
         counted; repeats the other job preempted are dropped while a clean one remains (CostModel.calibrate)."""
@@ -185,7 +186,7 @@ class Runtime:
         self.costs.calibrate(OVERHEAD, runs, self.backend, 0)
         self._calibrated = True
 
-    def _measure(self, sample: Any, modalities: tuple[str, ...], threads: int, repeats: int) -> dict[str, float]:
+    def _measure(self, sample: Frame, modalities: tuple[str, ...], threads: int, repeats: int) -> dict[str, float]:
         """Warm-up, then `repeats` timed passes of the modalities' stages (every camera keep ratio); committed
         per stage through CostModel.calibrate. Returns the median kept per stage."""
         runs: dict[str, list[tuple[float, float]]] = {}
@@ -214,7 +215,7 @@ class Runtime:
                                            else [f"camera@{k:g}" for k in KEEP_RATIOS])]
         return out + (["fusion"] if "fisheye" in usable and "ultrasonic" in usable else [])
 
-    def _probe(self, sample: Any, ctx: Context, total_ms: float) -> dict[str, float]:
+    def _probe(self, sample: Frame, ctx: Context, total_ms: float) -> dict[str, float]:
         """After the frame: measure what arrived unmeasured, else re-measure the stage whose estimate is due
         (adaptive policy only: a static plan reads no estimate)."""
         if not self.scheduler.adaptive:
@@ -276,7 +277,7 @@ class Runtime:
             torch.set_num_threads(threads)
 
     # ---------------------------------------------------------------- one frame
-    def step(self, sample: Any) -> FrameResult:
+    def step(self, sample: Frame) -> FrameResult:
         if not self._calibrated:
             self.calibrate(sample)
         self._stamps.append(sample.stamp_ns)
@@ -307,7 +308,7 @@ class Runtime:
                            rss_mb(), out["bev_classes"], self.stack.cfg.bev_grid.resolution, out["bev_modalities"], out["audio"],
                            out["camera"], answers, out["diagnostics"], probes, out["tokens"])
 
-    def _perceive(self, sample: Any, plan: Plan, timings: dict[str, float]) -> dict[str, Any]:
+    def _perceive(self, sample: Frame, plan: Plan, timings: dict[str, float]) -> dict[str, Any]:
         """Run the plan's encoders and the fusion head (PerceptionStack.run), each stage timed, costs observed."""
         threads = plan.threads or self.costs.threads
 
@@ -332,12 +333,11 @@ class Runtime:
                 "camera": camera, "tokens": out.tokens, "diagnostics": out.diagnostics}
 
 
-def _without(sample: Any, streams: tuple[str, ...]) -> Any:
+def _without(sample: Frame, streams: tuple[str, ...]) -> Frame:
     """`sample` with the implausible streams ("ultrasonic/<name>", "fisheye/<name>", "camera/front", as
     Context.implausible names them) treated as missing."""
     if not streams:
         return sample
-    return replace(sample, ultrasonic={n: None if f"ultrasonic/{n}" in streams else r
-                                       for n, r in sample.ultrasonic.items()},
-                   fisheye={n: None if f"fisheye/{n}" in streams else img for n, img in sample.fisheye.items()},
-                   front=None if "camera/front" in streams else sample.front)
+    return sample.with_data(**{
+        name: {s: None if f"{name}/{s}" in streams else v for s, v in entry.items()}
+        for name, entry in sample.data.items() if isinstance(entry, dict)})
