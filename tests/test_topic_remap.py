@@ -52,8 +52,9 @@ def _marker(img: np.ndarray | None) -> int | None:
 
 
 def _digest(s: Any) -> tuple[Any, ...]:
-    return (s.stamp_ns, {k: _marker(v) for k, v in s.fisheye.items()}, _marker(s.front),
-            {k: (v or {}).get("range") for k, v in s.ultrasonic.items()}, None if s.audio is None else s.audio.shape,
+    audio = s.get("audio")
+    return (s.stamp_ns, {k: _marker(v) for k, v in s.get("fisheye", {}).items()}, _marker(s.sensor("camera", "front")),
+            {k: (v or {}).get("range") for k, v in s.get("ultrasonic", {}).items()}, None if audio is None else audio.shape,
             s.odometry is not None, s.source_stamps, sorted(s.missing))
 
 
