@@ -327,8 +327,8 @@ def test_a_plan_known_only_from_slow_probes_is_tried_and_judged_on_its_own_frame
     c.observe("fisheye", 150.0)
     s = s2
     assert "on trial" in [d for d in frames(3, 20.0) if d.changed][0].reason
-    left = frames(2, 130.0)  # its first frame over the budget ends the trial, at once
-    assert left[0].changed and left[0].reason.startswith("current plan over budget")
+    left = frames(3, 130.0)  # its second frame over the budget ends the trial, at once (the first may be warm-up)
+    assert not left[0].changed and left[1].changed and left[1].reason.startswith("current plan over budget")
     assert "fisheye" not in s.current.modalities
     assert not any(d.changed for d in frames(20, 20.0))  # and it is banned for a while (5 s)
     clock.t += 10.0
@@ -336,5 +336,5 @@ def test_a_plan_known_only_from_slow_probes_is_tried_and_judged_on_its_own_frame
     again = [d for d in frames(3, 20.0) if d.changed][0]
     assert "on trial" in again.reason
     c.observe("audio", 150.0)  # the load rises: now nothing fits on prediction ...
-    left = frames(1, 130.0)  # ... and the trial, over the budget, is still left at once, for the cheapest plan
-    assert left[0].changed and "no plan fits" in left[0].reason and s.current != again.plan
+    left = frames(2, 130.0)  # ... and the trial, over the budget, is still left at once, for the cheapest plan
+    assert left[1].changed and "no plan fits" in left[1].reason and s.current != again.plan

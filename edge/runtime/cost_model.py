@@ -253,6 +253,10 @@ class CostModel:
             return None
         return self.quantile(key[0], self.percentile if q is None else q, key[1], 0)
 
+    def frames_over(self, plan: Any, ms: float) -> int:
+        """How many of the recent frames this plan ran took more than `ms`."""
+        return sum(x > ms for x in self._recent((FRAME + plan.describe(), plan.backend, 0)))
+
     def observe_frame(self, plan: Any, ms: float) -> None:
         """A whole frame of `plan`, end to end."""
         self.observe(FRAME + plan.describe(), ms, None, plan.backend, 0)
