@@ -192,3 +192,149 @@ def test_a_plan_left_over_budget_is_not_re_chosen_voluntarily_until_its_tabu_end
     times = [clock.t - 0.1 * (len(fast) - 1 - i) for i in range(len(fast))]
     assert all(d.plan != first for t, d in zip(times, fast) if t < t_left + TABU_S)  # not before its tabu ended
     assert any("fisheye" in d.plan.modalities for d in fast)  # fisheye itself comes back once measured fast
+
+
+def test_one_preempted_sample_among_ten_to_nineteen_does_not_set_the_tail() -> None:
+    c = CostModel(clock=Clock())
+    for ms in [30.0] * 11 + [250.0]:  # 12 frames of a plan just started, one of them preempted
+        c.observe("fisheye", ms)
+    assert c.quantile("fisheye", 95) == 30.0  # inverted_cdf took the maximum of anything under 20: 250
+    c.observe("fisheye", 240.0)  # two in 13 is a tail, not one outlier
+    assert c.quantile("fisheye", 95) == 240.0
+    few = CostModel(clock=Clock())
+    for ms in (30.0, 31.0, 90.0):
+        few.observe("fisheye", ms)
+    assert few.quantile("fisheye", 95) == 90.0 and few.p50("fisheye") == 31.0  # under 10: the maximum; medians
+    # as before
+
+
+def test_contention_weighs_each_stage_by_its_milliseconds() -> None:
+    # a preempted slice adds milliseconds whatever the stage: a 4 ms stage shows a large ratio, a 40 ms one a small
+    c = CostModel(clock=Clock())
+    for i in range(20):
+        c.observe("camera@1", 12.0 if i >= 17 else 4.0)  # 3 in 20 at 12: p95 12, spread 8 (ratio 2)
+    for i in range(20):
+        c.observe("ultrasonic", 50.0 if i >= 17 else 40.0)  # spread 10 (ratio 0.25)
+    for i in range(20):
+        c.observe("overhead", 6.0 if i >= 17 else 2.0, threads=0)  # spread 4 (ratio 2)
+    assert c.contention(95) == pytest.approx((8.0 + 10.0 + 4.0) / (4.0 + 40.0 + 2.0))  # the median ratio was 2.0
+    c.observe("fisheye", 35.0)  # one probe borrows that tail
+    assert c.plan_latency(Plan(("fisheye",), 0, 1.0)) == pytest.approx(
+        35.0 + 2.0 + math.hypot(35.0 * c.contention(95), 4.0))
+
+
+def test_a_new_plan_whose_own_frames_meet_the_budget_is_not_left_on_a_prediction_alone() -> None:
+    clock = Clock()
+    c = CostModel(clock=clock)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ALL, 0, dwell=3)
+    plan = s.step(ctx()).plan
+    assert "fisheye" in plan.modalities
+
+    def frames(n: int, frame_ms: float) -> list:
+        out = []
+        for i in range(n):
+            clock.t += 0.1
+            for name in c.components(plan.modalities, plan.camera_keep):
+                c.observe(name, QUIET[name])
+            c.observe_frame(plan, frame_ms)
+            if i == 0:
+                c.observe("fisheye", 150.0)  # one slow re-measurement (another job had the core): under 10, the tail
+            out.append(s.step(ctx()))
+        return out
+
+    kept = frames(5, 70.0)
+    assert s.predicted(plan) > 100.0  # the prediction says over budget ...
+    assert not any(d.changed for d in kept) and s.current == plan  # ... the plan's own 5 frames (max 70 ms) do not
+    s2 = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ALL, 0, dwell=3)
+    s2.current = plan  # a plan whose own frames miss the budget is left after the dwell, as before
+    for _ in range(3):
+        clock.t += 0.1
+        c.observe_frame(plan, 130.0)
+    c.observe("fisheye", 150.0)
+    left = [s2.step(ctx()) for _ in range(3)]
+    assert [d.changed for d in left] == [False, False, True] and left[-1].reason.startswith("current plan over budget")
+
+
+def test_a_plan_left_over_budget_again_is_banned_twice_as_long() -> None:
+    from edge.runtime.scheduler import TABU_S
+
+    clock = Clock()
+    c = CostModel(clock=clock)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("fisheye", "audio"), 0, dwell=2,
+                  max_changes_per_min=60)
+    first = s.step(ctx()).plan
+    assert first.modalities == ("fisheye", "audio")
+
+    def frames(seconds: float, fisheye_ms: float) -> list[tuple[float, Plan, bool]]:
+        out = []
+        for _ in range(round(seconds / 0.1)):
+            clock.t += 0.1
+            for name in ("fisheye", "audio"):
+                c.observe(name, fisheye_ms if name == "fisheye" else QUIET[name])
+            d = s.step(ctx())
+            out.append((clock.t, d.plan, d.changed))
+        return out
+
+    def left_at(run: list) -> float:
+        return next(t for t, p, ch in run if ch and "fisheye" not in p.modalities)
+
+    def back_at(run: list) -> float:
+        return next(t for t, p, _ in run if p == first)
+
+    # fisheye alone (not banned) comes back once its estimate is fast again; the plan that was left waits its ban
+    t1 = left_at(frames(0.5, 500.0))
+    t2 = back_at(frames(10.0, 30.0))
+    assert t1 + TABU_S <= t2 <= t1 + TABU_S + 0.5  # back soon after its first ban (a fixed 15 s kept it out)
+    t3 = left_at(frames(0.5, 500.0))
+    t4 = back_at(frames(20.0, 30.0))
+    assert t3 + 2 * TABU_S <= t4 <= t3 + 2 * TABU_S + 0.5  # left again: banned twice as long
+
+
+def test_a_plan_known_only_from_slow_probes_is_tried_and_judged_on_its_own_frames() -> None:
+    clock = Clock()
+    c = CostModel(clock=clock)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)  # fisheye ran at 30 ms at start-up ...
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("fisheye", "audio"), 0, dwell=2)
+    s.current = Plan(("audio",), 0, 1.0, "eager", "", 1)
+    clock.t = 3.0
+    c.observe("fisheye", 150.0)  # ... and a probe after a frame now says 150 (it retires the start-up ones)
+    assert not s.fits(Plan(("fisheye", "audio"), 0, 1.0, "eager", "", 1))
+
+    def frames(n: int, frame_ms: float) -> list:
+        out = []
+        for _ in range(n):
+            clock.t += 0.1
+            c.observe("audio", 4.0)
+            if "fisheye" in s.current.modalities:
+                c.observe("fisheye", frame_ms - 4.0)
+            c.observe_frame(s.current, frame_ms)
+            out.append(s.step(ctx()))
+        return out
+
+    tried = [d for d in frames(3, 20.0) if d.changed]
+    assert len(tried) == 1 and "fisheye" in tried[0].plan.modalities and "on trial" in tried[0].reason
+    trial = s.current
+    assert not any(d.changed for d in frames(12, 40.0))  # its frames meet the budget: kept, then judged as usual
+    assert s.current == trial and s.fits(trial)  # now measured inside frames, its prediction fits
+    s2 = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("fisheye", "audio"), 0, dwell=2)
+    s2.current = Plan(("audio",), 0, 1.0, "eager", "", 1)
+    clock.t += 3.0
+    c.observe("fisheye", 150.0)
+    s = s2
+    assert "on trial" in [d for d in frames(3, 20.0) if d.changed][0].reason
+    left = frames(3, 130.0)  # its second frame over the budget ends the trial, at once (the first may be warm-up)
+    assert not left[0].changed and left[1].changed and left[1].reason.startswith("current plan over budget")
+    assert "fisheye" not in s.current.modalities
+    assert not any(d.changed for d in frames(20, 20.0))  # and it is banned for a while (5 s)
+    clock.t += 10.0
+    c.observe("fisheye", 150.0)
+    again = [d for d in frames(3, 20.0) if d.changed][0]
+    assert "on trial" in again.reason
+    c.observe("audio", 150.0)  # the load rises: now nothing fits on prediction ...
+    left = frames(2, 130.0)  # ... and the trial, over the budget, is still left at once, for the cheapest plan
+    assert left[1].changed and "no plan fits" in left[1].reason and s.current != again.plan

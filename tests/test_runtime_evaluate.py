@@ -189,3 +189,21 @@ def test_the_evaluation_runs_the_oracle_and_prints_every_figure(tmp_path) -> Non
     for heading in ("Hindsight oracle", "share of oracle", "changes/min: steady", "recovery s: budget / plan",
                     "Agreement of repeated runs"):
         assert heading in out["table"]
+
+
+def test_prediction_ratio_per_plan_segment() -> None:
+    from edge.runtime.evaluate import budget_markdown, prediction_ratios
+
+    def f(mods: list[str], predicted: float | None, ms: float) -> dict:
+        return {"plan": {"modalities": mods, "camera_keep": 1.0, "threads": 1}, "predicted_ms": predicted,
+                "timings_ms": {"total": ms}}
+
+    frames = ([f(["fisheye"], 120.0, 50.0)] * 3 + [f(["fisheye"], 100.0, 60.0)] * 5  # predicted 120, p95 60: 2.0
+              + [f(["audio"], 10.0, 10.0)] * 4  # under 5 frames: no segment
+              + [f(["camera"], None, 5.0)] + [f(["camera"], 5.0, 5.0)] * 5)  # no prediction on its first frame
+    assert prediction_ratios(frames) == [2.0]
+    row = {"drive": "d", "policy": "adaptive", "budget_ms": 50.0, "load": 0, "within_budget": 1.0,
+           "latency_p50_ms": 1.0, "latency_p95_ms": 1.0, "latency_p99_ms": 1.0, "obstacle_iou_near5m": None,
+           "exact_match": None, "changes_per_min": 0.0, "top_plan": "fisheye x1", "top_plan_share": 1.0,
+           "recovery_s": None, "prediction_ratios": [2.0, 1.0, 0.5]}
+    assert budget_markdown([row]).splitlines()[-1].endswith("| 1.00 (3) |")

@@ -221,3 +221,18 @@ def test_the_llm_is_left_blind_only_when_nothing_an_aligner_set_reads_fits() -> 
     d = only_fisheye.step(ctx("night", silent=("ultrasonic", "audio", "camera")))
     assert d.plan.modalities == ("fisheye",) and d.plan.aligners == ""
     assert "the LLM answers from text alone" in d.reason
+
+
+def test_a_better_plan_is_taken_after_the_dwell_even_when_near_equal_ones_trade_the_lead() -> None:
+    s = scheduler(dwell=3)
+    s.step(ctx("day"))
+    s.current = Plan(("audio",), 8, 1.0, "eager", "", 1)  # far worse than what fits
+    base, tick = s.score, {"n": 0}
+    # the estimates' noise: the camera's keep 0.5 and 0.25 variants of the best plan swap places every frame
+    s.score = lambda plan, c: base(plan, c) + (0.01 if plan.camera_keep == 0.5 and tick["n"] % 2 == 0 else 0.0)
+    changed = []
+    for i in range(1, 8):
+        tick["n"] = i
+        changed.append(s.step(ctx("day", t=i)).changed)
+    assert changed.index(True) == 2  # after `dwell` frames with a better plan, whichever leads
+    assert "fisheye" in s.current.modalities

@@ -106,6 +106,23 @@ def budget_scores(frames: list[dict[str, Any]], budget_ms: float, frame_wall: li
             "top_plan": top, "top_plan_share": top_n / len(frames) if frames else None, "recovery_s": recovery}
 
 
+def prediction_ratios(frames: list[dict[str, Any]], min_frames: int = 5) -> list[float]:
+    """Per plan segment (a run of `min_frames` or more consecutive frames on one plan): what the scheduler predicted
+    for it (median `predicted_ms` over its first `min_frames` frames) over the p95 its frames then measured (end to
+    end). Above 1 the cost model was pessimistic and kept plans that fit out of the choice; below 1, optimistic."""
+    out: list[float] = []
+    start = 0
+    for i in range(1, len(frames) + 1):
+        if i < len(frames) and frames[i]["plan"] == frames[start]["plan"]:
+            continue
+        seg = frames[start:i]
+        start = i
+        predicted = [f["predicted_ms"] for f in seg[:min_frames] if f.get("predicted_ms") is not None]
+        if len(seg) >= min_frames and len(predicted) == min_frames:
+            out.append(float(np.median(predicted)) / float(np.percentile([f["timings_ms"]["total"] for f in seg], 95)))
+    return out
+
+
 def _plan_key(plan: dict[str, Any]) -> str:
     keep = f"@{plan['camera_keep']:g}" if "camera" in plan["modalities"] else ""
     return "+".join(plan["modalities"]) + keep + (f" x{plan['threads']}" if plan.get("threads") else "")
@@ -197,6 +214,7 @@ def _run(bag: Path, base: RuntimeConfig, policy: str, budget_ms: float, load: in
            "mean_compute_ms": summary["mean_compute_ms"], "correct": _correct(frames), "switches": summary["switches"],
            "latency_p99_ms": summary["latency_ms"]["p99"],
            **budget_scores(frames, budget_ms, wall, hog.stopped_at),
+           "prediction_ratios": [round(x, 3) for x in prediction_ratios(frames)] if plan is None else [],
            "_frames": [(f["stamp_ns"], f.get("obstacle_iou_near5m"), "occupancy_near5m" in f) for f in frames],
            "_plans": [_plan_key(f["plan"]) for f in frames], "_wall": wall, "_hog_stopped_at": hog.stopped_at}
     if plan is None:
@@ -352,7 +370,8 @@ def report_markdown(result: dict[str, Any], budgets: tuple[float, ...], loads: t
 def budget_markdown(rows: list[dict[str, Any]]) -> str:
     return _table(["drive", "policy", "budget ms", "load", "run", "within budget (after 2 s)", "p50 / p95 / p99 ms",
                    "obstacle IoU 5 m: all frames (mapped frames, share mapped)", "EM (prior)", "share of oracle",
-                   "changes/min: steady (all)", "plan most run (share)", "recovery s: budget / plan"],
+                   "changes/min: steady (all)", "plan most run (share)", "recovery s: budget / plan",
+                   "predicted / measured p95: median (segments)"],
                   ([r["drive"], r["policy"], f"{r['budget_ms']:g}", str(r["load"]), str(r.get("run", 1)),
                     _f(r["within_budget"]),
                     f"{_f(r['latency_p50_ms'], 1)} / {_f(r['latency_p95_ms'], 1)} / {_f(r['latency_p99_ms'], 1)}",
@@ -361,7 +380,9 @@ def budget_markdown(rows: list[dict[str, Any]]) -> str:
                     _f(r.get("oracle_share"), 2),
                     f"{_f(r.get('changes_per_min_steady'), 1)} ({_f(r['changes_per_min'], 1)})",
                     f"{r['top_plan'] or 'none'} ({_f(r['top_plan_share'], 2)})",
-                    f"{_f(r['recovery_s'], 1)} / {_f(r.get('recovery_plan_s'), 1)}"]
+                    f"{_f(r['recovery_s'], 1)} / {_f(r.get('recovery_plan_s'), 1)}",
+                    f"{_f(float(np.median(r['prediction_ratios'])) if r.get('prediction_ratios') else None, 2)} "
+                    f"({len(r.get('prediction_ratios') or [])})"]
                    for r in rows))
 
 

@@ -7,7 +7,7 @@ latency and memory budget: the whole frame's latency at the budget's percentile,
 distributions kept measured while running (edge.runtime.cost_model), keyed by backend and thread count (the
 encoders' thread count is part of the plan). The plan names the aligner set attached to the LLM, so a switch of
 the LLM's connections is a plan change, logged with its reason like any other. Hysteresis keeps the plan from
-flapping: a better plan must stay better for `dwell` frames, fit with headroom, and wait while the last minute
+flapping: a better plan must be there for `dwell` frames in a row, fit with headroom, and wait while the last minute
 already saw `max_changes_per_min` changes; a modality of the current plan losing its sensor, or the current plan
 staying over budget, is acted on at once.
 """
@@ -35,7 +35,15 @@ BEV_MODALITIES: tuple[str, ...] = registry().bev_names  # those fused into the B
 KEEP_RATIOS = (1.0, 0.5, 0.25)
 # Static baselines: "camera" is the camera setup (every camera: the surround fisheyes and the front camera).
 STATIC = {Policy.CAMERA: ("fisheye", "camera"), Policy.ALL: MODALITIES}
-TABU_S = 15.0  # a plan left for running over budget is not chosen again voluntarily for this long
+# A plan left for running over budget is not chosen again voluntarily for TABU_S, doubled each time the same plan
+# is left again (up to TABU_MAX_S): a fixed 15 s kept a plan near the budget's edge (the hindsight oracle's, issue 16)
+# out for most of a drive after one overrun a passing load caused, while a plan that keeps overrunning is still held
+# off ever longer.
+TABU_S = 5.0
+TABU_MAX_S = 60.0
+# Frames of its own over the budget that end a trial: the first frame of a newly started stage is often slow (as
+# probes are: a stage run once after seconds idle), and one preempted frame is the machine's, not the plan's.
+TRIAL_MISSES = 2
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,11 @@ class Scheduler:
         self._over = 0  # consecutive frames the current plan has been over budget
         self._changes: deque[float] = deque()  # clock times of plan changes in the last minute
         self._tabu: dict[Plan, float] = {}  # plan -> clock time until which it is not re-chosen voluntarily
+        self._left: dict[Plan, int] = {}  # plan -> times it was left over budget (its next tabu doubles)
+        self._trial: Plan | None = None  # the current plan while it is on trial (chosen on its best case)
+        # Failed trials ban trials of every plan (its neighbours share the slow stage) for TABU_S, doubling per failure
+        self._failed_trials = 0
+        self._no_trial_until = -math.inf
         self._predicted: dict[Plan, float | None] = {}  # memo of one step
         self._scores: dict[Plan, float] = {}
 
@@ -225,9 +238,26 @@ class Scheduler:
         return self._scores[plan]
 
     def over_budget(self, plan: Plan) -> bool:
-        """The current plan, judged on its own recent frames where it has enough of them, else on prediction."""
+        """The current plan, judged on its own recent frames where it has 10 of them, else on prediction; but a
+        plan whose own frames so far (at least `dwell`) all met the budget is not left on a prediction alone (a
+        prediction built from a probe or two and borrowed tails had sent plans that met the budget away within
+        half a second, issue 16)."""
         ms = self.costs.frame_latency(plan, self.budget.percentile)
-        return not self.fits(plan) if ms is None else ms > self.budget.latency_ms
+        if ms is not None:
+            return ms > self.budget.latency_ms
+        if plan == self._trial:  # a trial is judged on its own frames alone: a second one over the budget ends it
+            return self.costs.frames_over(plan, self.budget.latency_ms) >= TRIAL_MISSES
+        worst = self.costs.frame_latency(plan, 100.0, min_frames=self.dwell)
+        if worst is not None and worst <= self.budget.latency_ms:
+            return False
+        return not self.fits(plan)
+
+    def tryable(self, plan: Plan) -> bool:
+        """A plan that does not fit on its prediction, but would with headroom if its stages ran as fast as they
+        ever measured (`CostModel.best_case`), and whose memory fits: worth a trial on its own frames."""
+        best = self.costs.best_case(plan)
+        return (best is not None and best <= (1.0 - self.headroom) * self.budget.latency_ms
+                and self.costs.plan_memory(plan) <= self.budget.memory_mb)
 
     def _audio_active(self, ctx: Context) -> bool:
         """An event is likely when the audio level rises well above its running background."""
@@ -298,9 +328,12 @@ class Scheduler:
         if lost:
             return self._switch(best, f"{', '.join(lost)} unhealthy (silent or dropping)", ctx)
         roomy = [p for p in fitting if self.fits(p, 1.0 - self.headroom)]
+        if self._trial is not None and (self._trial != self.current or (self.costs.frame_latency(
+                self._trial, self.budget.percentile) is not None)):
+            self._trial = None  # left, or 10 frames of its own: judged like any plan from now on
         if self.over_budget(self.current):
             self._over += 1
-            if self._over >= self.dwell:  # sustained, not one slow frame
+            if self._over >= (1 if self.current == self._trial else self.dwell):  # sustained, not one slow frame
                 self._over = 0
                 ran = self.costs.frame_latency(self.current, self.budget.percentile)
                 ms, how = (ran, "measured") if ran is not None else (self.predicted(self.current), "predicted")
@@ -309,18 +342,29 @@ class Scheduler:
                 # to a cheaper plan (a dearer one would not do better on this machine now), with headroom where
                 # there is one: landing just under the budget invites the next overrun
                 now = self.costs.plan_latency(self.current, 50.0) or math.inf
-                cheaper = [p for p in (roomy or fitting) if (self.costs.plan_latency(p, 50.0) or math.inf) < now]
+                cheaper = [p for p in (roomy or fitting) if p != self.current and (
+                    self.current == self._trial or (self.costs.plan_latency(p, 50.0) or math.inf) < now)]
                 if cheaper:
                     target = max(cheaper, key=lambda p: self._score(p, ctx))
-                    self._tabu[self.current] = self.costs.clock() + TABU_S
+                    if self.current == self._trial:  # a failed trial: no trial of any plan for a while either
+                        self._failed_trials += 1
+                        self._no_trial_until = self.costs.clock() + min(TABU_S * 2 ** (self._failed_trials - 1),
+                                                                         TABU_MAX_S)
+                    self._ban(self.current)
                     return self._switch(target, "current plan over budget" + over, ctx)
             return self._stay(ctx)
         self._over = 0
-        # A voluntary change: only to a plan that fits with headroom, that was not left over budget in the last
-        # TABU_S (the load that pushed it out is likely still there), and not more often than the rate allows.
+        # A voluntary change: only to a plan that fits with headroom, that is not banned for having been left over
+        # budget (the load that pushed it out may still be there: `_ban`), and not more often than the rate allows.
         now = self.costs.clock()
         roomy = [p for p in roomy if self._tabu.get(p, -math.inf) <= now]
-        best = max(roomy + [self.current], key=lambda p: self._score(p, ctx))
+        # Trials: a plan whose prediction rests on probes (stages it does not run) may be better than they say.
+        # Only one better than every roomy plan is tried, judged on its own frames (TRIAL_MISSES over budget end it
+        # and ban it, 5 s, 10 s, ...), so a failed trial costs about two frames over budget.
+        roomy_ids = set(roomy)
+        trials = [p for p in options if p not in roomy_ids and p != self.current
+                  and self._tabu.get(p, -math.inf) <= now and self.tryable(p)] if now >= self._no_trial_until else []
+        best = max(roomy + trials + [self.current], key=lambda p: self._score(p, ctx))
         if best == self.current:
             self._pending = None
             return self._stay(ctx)
@@ -328,11 +372,18 @@ class Scheduler:
         if gain < self.margin:
             self._pending = None
             return self._stay(ctx)
-        count = self._pending[1] + 1 if self._pending and self._pending[0] == best else 1
+        # counted while *a* plan beats the current one by the margin, not the same one: near-equal candidates (the
+        # camera's keep ratios, with or without audio) trade places with the estimates' noise from frame to frame,
+        # and requiring one of them to lead `dwell` frames in a row kept a better plan out indefinitely
+        count = self._pending[1] + 1 if self._pending else 1
         self._pending = (best, count)
         if count < self.dwell or self._recent_changes() >= self.max_changes_per_min:
             return self._stay(ctx)
-        return self._switch(best, self._why(best, ctx, gain), ctx)
+        trial = best not in roomy_ids
+        d = self._switch(best, self._why(best, ctx, gain) + ("; on trial: predicted over the budget from probes, "
+                                                             "judged on its own frames" if trial else ""), ctx)
+        self._trial = best if trial else None
+        return d
 
     def _unmet(self, options: list[Plan], ctx: Context) -> Decision:
         """No plan fits: keep serving the cheapest measured plan, and say which and by how much."""
@@ -347,8 +398,9 @@ class Scheduler:
         miss = {"budget_ms": b.latency_ms, "percentile": b.percentile, "memory_mb": b.memory_mb,
                 "cheapest_plan": cheapest.describe(), "cheapest_ms": round(cheapest_ms, 2),
                 "cheapest_memory_mb": round(self.costs.plan_memory(cheapest), 1)}
-        if self.current in known:
+        if self.current in known and not (self.current == self._trial and self.over_budget(self.current)):
             # which plan is cheapest flips with noise in the estimates: move only for a sustained, clear gap
+            # (a trial over the budget is left at once, here as when other plans fit)
             self._over = self._over + 1 if self.predicted(self.current) > 1.5 * cheapest_ms else 0
             if self._over < self.dwell:
                 return Decision(self.current, False, "", self._score(self.current, ctx),
@@ -359,6 +411,12 @@ class Scheduler:
                   f"{self.costs.plan_memory(cheapest):.0f} MB; running it")
         d = self._switch(plan, reason, ctx)
         return Decision(d.plan, True, reason, d.score, d.predicted_ms, miss)
+
+    def _ban(self, plan: Plan) -> None:
+        """Keep a plan left over budget out of voluntary changes: TABU_S, doubled for each earlier time it was left."""
+        n = self._left.get(plan, 0)
+        self._left[plan] = n + 1
+        self._tabu[plan] = self.costs.clock() + min(TABU_S * 2 ** n, TABU_MAX_S)
 
     def _recent_changes(self) -> int:
         now = self.costs.clock()
