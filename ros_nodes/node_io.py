@@ -79,16 +79,10 @@ class TransportChoice:
             return True
 
 
-MAX_LAG_S = 1.0  # how far (in stamp time) the worker may fall behind the newest message before it skips ahead
-
-
 class Pipeline:
     """Sensor messages -> time-aligned samples -> runtime frames -> `publish`, on one worker thread.
 
-    The executor's callbacks only enqueue (bounded: a full inbox drops and counts, never blocks DDS). When the
-    runtime falls behind, the worker skips messages stamped more than MAX_LAG_S before the newest one received on
-    the same stream (counted as dropped; per stream, so one sensor stamping in the future starves only itself): a node that is late works on the present, not through a backlog. Before this bound, a
-    node behind by a full inbox (2,000 messages, ~8 s of sensor data) published frames 40 s late under load.
+    The executor's callbacks only enqueue (bounded: a full inbox drops and counts, never blocks DDS).
     `before_frame` runs on the worker between frames (parameter changes take effect there, never mid-frame)."""
 
     def __init__(self, runtime: Any, topic_types: dict[str, str], publish: Callable[[Any], None],
@@ -98,7 +92,6 @@ class Pipeline:
         self.assembler = SampleAssembler(topic_types, cfg, source="ros")
         self.inbox: queue.Queue[BagMessage | None] = queue.Queue(maxsize=2000)  # None: wake up and stop
         self.dropped = 0
-        self.newest_ns: dict[str, int] = {}  # newest header stamp received per stream (the present to keep up with)
         self.failed_frames = 0
         self.received: dict[str, int] = {}  # messages per stream since activate
         self.decode_notes: list[str] = []  # images that could not be decoded (build_samples reports each once)
@@ -110,7 +103,6 @@ class Pipeline:
         if stamp is None:
             return
         self.received[stream] = self.received.get(stream, 0) + 1
-        self.newest_ns[stream] = max(self.newest_ns.get(stream, stamp), stamp)
         try:
             self.inbox.put_nowait(BagMessage(stream, msgtype, stamp, data))
         except queue.Full:  # the runtime is far behind: drop, never block the executor
@@ -132,12 +124,8 @@ class Pipeline:
     def _incoming(self) -> Iterator[BagMessage]:
         while not self._stop.is_set():
             msg = self.inbox.get()
-            if msg is None:
-                continue
-            if self.newest_ns.get(msg.topic, msg.stamp_ns) - msg.stamp_ns > MAX_LAG_S * 1e9:
-                self.dropped += 1  # stale: the runtime is behind; its newer data is already queued
-                continue
-            yield msg
+            if msg is not None:
+                yield msg
 
     def input_problems(self) -> list[str]:
         """Bad input seen so far, one line per kind and topic (wrong encodings, duplicates, late stamps...)."""
