@@ -112,8 +112,10 @@ SLOW_RUN = textwrap.dedent("""
     import sys, time
     from edge.runtime.runtime import Runtime
     step = Runtime.step
-    def slow(self, sample):  # 0.3 s a frame: the signal surely comes mid-drive
-        time.sleep(0.3)
+    # 1 s a frame: the signal comes mid-drive even when a loaded suite starves the test process (at 0.3 s a
+    # frame, one CI run sent it after the last of the 20 frames)
+    def slow(self, sample):
+        time.sleep(1.0)
         return step(self, sample)
     Runtime.step = slow
     from edge.cli import main
