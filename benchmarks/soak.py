@@ -32,7 +32,6 @@ import json
 import os
 import random
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -244,16 +243,6 @@ BAG_FAULTS: list[tuple[str, dict[str, Any]]] = [
 ROS_FAULTS = ("publisher_restart", "question_flood")
 
 
-def _restamp(data: bytes, delta_ns: int) -> bytes:
-    """CDR of a header-first message with header.stamp moved by delta_ns."""
-    end = "<" if data[1] == 1 else ">"
-    sec, nsec = struct.unpack_from(end + "iI", data, 4)
-    sec, nsec = divmod(sec * 1_000_000_000 + nsec + delta_ns, 1_000_000_000)
-    out = bytearray(data)
-    struct.pack_into(end + "iI", out, 4, sec, nsec)
-    return bytes(out)
-
-
 def _load(bag: Path) -> list[tuple[str, str, int, bytes]]:
     """A pass of the drive as published: sensor topics only (no ground truth, no camera_info), bag-time order."""
     from edge.drives.bag import is_sensor_topic, open_bag
@@ -333,6 +322,7 @@ def _drive_node(args: argparse.Namespace, proc: subprocess.Popen, work: Path, cl
     from std_msgs.msg import String
 
     from edge.config import RuntimeConfig
+    from edge.drives.faults import restamp
     from ros_nodes.node_io import MESSAGE_CLASSES
     from ros_nodes.qos import reliable_qos, sensor_qos
 
@@ -416,7 +406,7 @@ def _drive_node(args: argparse.Namespace, proc: subprocess.Popen, work: Path, cl
                 if now < audio_back:
                     continue
                 pubs[AUDIO] = make_pub(AUDIO, types[AUDIO])
-            out = _restamp(data, shift)
+            out = restamp(data, shift)
             if topic == FRONT:
                 stamp = struct.unpack_from(("<" if out[1] == 1 else ">") + "iI", out, 4)
                 with lock:

@@ -96,7 +96,7 @@ def _message_fault(
         return ts, each(lambda m: [plain(m), plain(m)])
     if fault == "backwards":
         shift = int(params.get("shift_s", 2.0) * 1e9)
-        return ts, each(lambda m: [(m.topic, m.msgtype, m.stamp_ns, _restamp(m.msg, -shift))])
+        return ts, each(lambda m: [(m.topic, m.msgtype, m.stamp_ns, restamp(m.msg, -shift))])
     if fault == "reorder":
         block = int(params.get("block", 4))
 
@@ -152,7 +152,7 @@ def _message_fault(
             if m.msgtype not in (T.COMPRESSED_IMAGE, T.IMAGE):
                 return [plain(m)]
             held = first.setdefault(m.topic, m.msg)
-            return [(m.topic, m.msgtype, m.stamp_ns, _restamp(held, _stamp_ns(m.msg) - _stamp_ns(held)))]
+            return [(m.topic, m.msgtype, m.stamp_ns, restamp(held, _stamp_ns(m.msg) - _stamp_ns(held)))]
         return ts, each(frozen)
     if fault == "camera_format":
         encoding, size = params.get("encoding"), params.get("size")
@@ -214,7 +214,7 @@ def _stamp_ns(data: bytes) -> int:
     return sec * 1_000_000_000 + nsec
 
 
-def _restamp(data: bytes, delta_ns: int) -> bytes:
+def restamp(data: bytes, delta_ns: int) -> bytes:
     """CDR of a header-first message with header.stamp moved by delta_ns."""
     end = "<" if data[1] == 1 else ">"
     sec, nsec = struct.unpack_from(end + "iI", data, 4)
