@@ -323,6 +323,7 @@ def _drive_node(args: argparse.Namespace, proc: subprocess.Popen, work: Path, cl
 
     from edge.config import RuntimeConfig
     from edge.drives.faults import restamp
+    from edge.drives.sync import cdr_header_stamp
     from ros_nodes.node_io import MESSAGE_CLASSES
     from ros_nodes.qos import reliable_qos, sensor_qos
 
@@ -408,9 +409,8 @@ def _drive_node(args: argparse.Namespace, proc: subprocess.Popen, work: Path, cl
                 pubs[AUDIO] = make_pub(AUDIO, types[AUDIO])
             out = restamp(data, shift)
             if topic == FRONT:
-                stamp = struct.unpack_from(("<" if out[1] == 1 else ">") + "iI", out, 4)
                 with lock:
-                    published[stamp[0] * 1_000_000_000 + stamp[1]] = (time.monotonic(), kind == "clean")
+                    published[cdr_header_stamp(out)] = (time.monotonic(), kind == "clean")
             pubs[topic].publish(out)
             if not rss or now - t0 - rss[-1][0] >= 1.0:
                 m = _rss_mb(proc.pid)
