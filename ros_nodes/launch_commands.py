@@ -31,6 +31,7 @@ REPLAY_ARGUMENTS: dict[str, Arg] = {
     "delay": Arg("0.0", "seconds to wait before playing, for discovery (--delay)"),
     "wait_for_subscribers": Arg("0.0", "wait up to this many seconds until every topic has a subscriber; "
                                        "0 = don't wait (--wait-for-subscribers)"),
+    "subscribers": Arg("1", "with wait_for_subscribers: the subscribers every topic must have (--subscribers)"),
     "linger": Arg("0.5", "keep the node this many seconds after the end (--linger)"),
     "raw_images": Arg("false", "publish camera streams decoded as sensor_msgs/Image on <base> (--raw-images)"),
 }
@@ -90,6 +91,7 @@ def replay_command(values: Mapping[str, str]) -> list[str]:
     cmd = edge_command("replay", os.path.expanduser(bag), "--rate", values["rate"],
                        "--start-offset", values["start_offset"], "--clock-hz", values["clock_hz"],
                        "--delay", values["delay"], "--wait-for-subscribers", values["wait_for_subscribers"],
+                       "--subscribers", values["subscribers"],
                        "--linger", values["linger"])
     if as_bool("loop", values["loop"]):
         cmd.append("--loop")

@@ -103,7 +103,7 @@ def run_replay(args: argparse.Namespace) -> int:
         if args.delay > 0:
             time.sleep(args.delay)  # let subscribers discover the publishers, like ros2 bag play --delay
         if args.wait_for_subscribers > 0:
-            _wait_for_subscribers(pubs, args.wait_for_subscribers)
+            _wait_for_subscribers(pubs, args.wait_for_subscribers, args.subscribers)
         print(f"edge replay: {args.bag}: {len(pubs)} topics, rate {args.rate}x"
               f"{', loop' if args.loop else ''}", file=sys.stderr)
         sent = 0
@@ -133,15 +133,17 @@ def run_replay(args: argparse.Namespace) -> int:
             rclpy.shutdown()
 
 
-def _wait_for_subscribers(pubs: dict[str, Any], timeout_s: float) -> None:
-    """Hold playback until every topic has a matched subscriber (best-effort data sent earlier is lost)."""
+def _wait_for_subscribers(pubs: dict[str, Any], timeout_s: float, count: int = 1) -> None:
+    """Hold playback until every topic has `count` matched subscribers (best-effort data sent before a match is
+    lost to that subscriber: two graphs fed by one replay would start from different data)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(p.get_subscription_count() == 0 for p in pubs.values()):
+    while time.monotonic() < deadline and any(p.get_subscription_count() < count for p in pubs.values()):
         time.sleep(0.05)
-    unmatched = sorted(t for t, p in pubs.items() if p.get_subscription_count() == 0)
-    if unmatched:
-        print(f"edge replay: warning: no subscriber after {timeout_s:g} s on {len(unmatched)} topic(s), "
-              f"e.g. {unmatched[0]}; playing anyway", file=sys.stderr)
+    short = sorted(t for t, p in pubs.items() if p.get_subscription_count() < count)
+    if short:
+        print(f"edge replay: warning: fewer than {count} subscriber(s) after {timeout_s:g} s on {len(short)} "
+              f"topic(s), e.g. {short[0]} ({pubs[short[0]].get_subscription_count()}); playing anyway",
+              file=sys.stderr)
     else:
         time.sleep(0.2)  # the subscribers' side of the match completes a moment after ours
 
@@ -158,6 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delay", type=float, default=0.0, metavar="S", help="wait S seconds before playing [0]")
     p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds until every topic has a subscriber [0: don't wait]")
+    p.add_argument("--subscribers", type=int, default=1, metavar="N",
+                   help="with --wait-for-subscribers: wait until every topic has N subscribers (N nodes fed at once) [1]")
     p.add_argument("--linger", type=float, default=0.5, metavar="S", help="keep the node S seconds after the end")
     p.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], dest="ros_args", metavar="ARG",
                    help="ROS 2 arguments, last on the line (e.g. -r /odom:=/vehicle/odom)")
@@ -169,4 +173,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     if args.clock_hz <= 0:
         raise BagError(f"--clock-hz must be > 0, not {args.clock_hz}")
+    if args.subscribers < 1:
+        raise BagError(f"--subscribers must be >= 1, not {args.subscribers}")
     return run_replay(args)

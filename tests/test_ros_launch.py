@@ -155,7 +155,7 @@ def test_runtime_launch_defaults_are_the_cli_defaults(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("command,table,builder,given", [
     ("replay", L.REPLAY_ARGUMENTS, L.replay_command,
      dict(bag="/d", rate="2.5", loop="True", start_offset="1.5", topics="/odom, /audio/raw", clock_hz="10",
-          delay="0.25", wait_for_subscribers="4", linger="0.1", raw_images="yes")),
+          delay="0.25", wait_for_subscribers="4", subscribers="2", linger="0.1", raw_images="yes")),
     ("node", L.RUNTIME_ARGUMENTS, L.runtime_command,
      dict(params_file="/p.param.yaml", rig="/r.yaml", policy="all", budget_ms="50", aligners="/al", llm="false",
           backend="onnxruntime", autostart="false", use_sim_time="1", role="perception")),
