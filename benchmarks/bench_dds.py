@@ -12,8 +12,8 @@ Three graphs, one after the other, each fed the same drive at `--rate` (1x) with
 `all`, default `all`: the adaptive scheduler measures its own costs in each process and may choose other plans,
 which would compare plans, not transports), the LLM on, a question every `--ask-every` s:
   in-process  the node's own path without DDS: edge.runtime.Runtime built as the node builds it, fed by
-              ros_nodes.node_io.Pipeline (same frame clock, same `max_input_delay_s` window), the drive's messages
-              handed in at `--rate` from memory by this process
+              ros_nodes.node_io.Pipeline (same frame clock, `max_input_delay_s` window and `max_input_lag_s` skip),
+              the drive's messages handed in at `--rate` from memory by this process
   composite   `edge node` over DDS, fed by `edge replay`
   split       `edge node --role perception` + `edge node --role llm` over DDS, fed by `edge replay`
 Occupancy latency, stamp-matched (docs/ros.md's rule: a grid carries the header stamp of the front fisheye image
@@ -101,7 +101,8 @@ def run_in_process(bag: Path, policy: str, ask_every: float, rate: float) -> Rec
             for a in result.answers:
                 rec.answered.append(now)
 
-    pipeline = io.Pipeline(runtime, io.stream_types(rig), publish, lambda: None, cfg.max_input_delay_s)
+    pipeline = io.Pipeline(runtime, io.stream_types(rig), publish, lambda: None, cfg.max_input_delay_s,
+                           cfg.max_input_lag_s)
     by_topic = {"/" + i.name: i for i in io.inputs(rig, {b: ("compressed",) for b in io.camera_bases(rig)})}
     player = Player(bag, ReplayConfig(rate=rate, topics=[t for t in by_topic if t in open_bag(bag).topics], raw=True))
     pipeline.start()

@@ -10,15 +10,17 @@ latency over time, and every frame lost accounted for (issue 12, item 7). Not pa
       the runtime (Runtime.dropped): lost frames not among them are unaccounted.
 
   python benchmarks/soak.py node [--minutes 30] [--fault-every-s 60] [--drive BAG] [--json soak-node.json]
-      `edge node` (LLM on, default parameters) in its own process; this process publishes the drive's sensor
-      topics in real time over DDS, looping with stamps moved on, and every `--fault-every-s` plays the next
-      fault once: bag faults of edge.drives.faults (a topic silent and back, duplicates, reordering, backwards
-      stamps, a stuck range sensor, a frozen camera, an audio channel change), a publisher destroyed and made
-      again, and a question flood on /mpnp/question. Questions at the demo's rate otherwise. Per frame (the
-      node's /diagnostics, one per frame after its grid, stamped as it): latency from publishing the front fisheye
-      image to the frame's /diagnostics arriving, the node's RSS (/proc) every second. Lost = front images published in clean
-      passes without a frame of that stamp; accounted for by DDS (images the node did not receive, from its
-      `received` counters), the node's input drops and failed frames.
+                                 [--ros-args -p max_input_lag_s:=0.0 ...]
+      `edge node` (LLM on, default parameters unless --ros-args sets some) in its own process; this process
+      publishes the drive's sensor topics in real time over DDS, looping with stamps moved on, and every
+      `--fault-every-s` plays the next fault once: bag faults of edge.drives.faults (a topic silent and back,
+      duplicates, reordering, backwards stamps, a stuck range sensor, a frozen camera, an audio channel change), a
+      publisher destroyed and made again, and a question flood on /mpnp/question. Questions at the demo's rate
+      otherwise. Per frame (the node's /diagnostics, one per frame after its grid, stamped as it): latency from
+      publishing the front fisheye image to the frame's /diagnostics arriving, the node's RSS (/proc) every second.
+      Lost = front images published in clean passes without a frame of that stamp; accounted for by DDS (images the
+      node did not receive, from its `received` counters), the node's input drops, its lag skips (max_input_lag_s)
+      and failed frames.
 
 Figures are printed beside the targets: RSS growth <= 2 % after the first minute; latency flat over time
 (last-minute p95 / first-minute p95 <= 1.2); every frame lost accounted for. `--frames` / `--minutes` shorten a run.
@@ -282,8 +284,9 @@ def soak_node(args: argparse.Namespace) -> dict[str, Any]:
                RMW_IMPLEMENTATION="rmw_fastrtps_cpp", PYTHONUNBUFFERED="1")
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION")})
     node_log = open(work / "node.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "node"], cwd=ROOT, env=env, stderr=subprocess.STDOUT,
-                            stdout=node_log, text=True)
+    node_args = ["--ros-args", *args.ros_args] if args.ros_args else []
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "node", *node_args], cwd=ROOT, env=env,
+                            stderr=subprocess.STDOUT, stdout=node_log, text=True)
     try:
         return _drive_node(args, proc, work, clean, variants, questions, span, start_ns)
     finally:
@@ -450,7 +453,7 @@ def _node_figures(args: argparse.Namespace, proc: subprocess.Popen, wall: float,
         raise SystemExit(f"the node produced no frame in {wall:.0f} s (its log: drives/soak-faults-*/node.log)")
     first = min(t for t, _ in diag.values())
     series = sorted((t, _counter(v, "/input_drops"), _counter(v, f"received {FRONT[:-len('/compressed')]}"),
-                     _counter(v, "/failed_frames")) for t, v in diag.values())
+                     _counter(v, "/failed_frames"), _counter(v, "/lag_skips")) for t, v in diag.values())
     times = [x[0] for x in series]
 
     def at(t: float, k: int) -> int:  # a counter's value at wall time t (0 before the first frame)
@@ -464,7 +467,8 @@ def _node_figures(args: argparse.Namespace, proc: subprocess.Popen, wall: float,
         frames.append({"t": t_arr - first, "stamp_ns": stamp, "grid": stamp in grids,
                        "latency_ms": (t_arr - pub[0]) * 1e3 if pub is not None else None, "rss_mb": None,
                        "total_ms": float(values.get("mpnp_edge/processing_time/total_ms", "nan"))})
-    lost = {"node input drops": 0, "DDS (not received by the node)": 0, "failed frames": 0, "unaccounted": 0}
+    lost = {"node input drops": 0, "node lag skips (max_input_lag_s)": 0, "DDS (not received by the node)": 0,
+            "failed frames": 0, "unaccounted": 0}
     lost_at: list[float] = []
     for stamp, (tp, clean) in published.items():
         if not clean or stamp in diag:
@@ -474,6 +478,8 @@ def _node_figures(args: argparse.Namespace, proc: subprocess.Popen, wall: float,
         n_sent = bisect.bisect_right(sent, b) - bisect.bisect_right(sent, a)
         if at(b, 1) > at(a, 1):
             lost["node input drops"] += 1
+        elif at(b, 4) > at(a, 4):
+            lost["node lag skips (max_input_lag_s)"] += 1
         elif at(b, 2) - at(a, 2) < n_sent:
             lost["DDS (not received by the node)"] += 1
         elif at(b, 3) > at(a, 3):
@@ -495,8 +501,8 @@ def _node_figures(args: argparse.Namespace, proc: subprocess.Popen, wall: float,
         "mode": "node", "minutes": args.minutes, "frames": len(diag), "wall_s": wall - since, "per_minute": per_minute,
         "rss_mb": rss, "faults": faults, "frame_records": frames,
         "lost_causes": ", ".join(f"{k} {n}" for k, n in lost.items()) + f" (node counters at the end: input drops "
-                       f"{last[1]} messages, front images received {last[2]} of {len(published)} sent, failed "
-                       f"frames {last[3]})",
+                       f"{last[1]} messages, lag skips {last[4]} messages, front images received {last[2]} of "
+                       f"{len(published)} sent, failed frames {last[3]})",
         "targets": targets(per_minute, rss, n_lost, n_lost - lost["unaccounted"]),
         "extra": {"node exit": proc.poll(), "faults played": sum(1 for f in faults if f["fault"] != "clean"),
                   "passes": len(faults), "grids": len(grids), "node loading (s)": round(since, 1),
@@ -522,6 +528,8 @@ def main() -> int:
     n = sub.add_parser("node", help="edge node under a looping replay with faults")
     n.add_argument("--minutes", type=float, default=30.0, help="replay length [30]")
     n.add_argument("--fault-every-s", type=float, default=60.0, help="one fault pass this often [60]")
+    n.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], dest="ros_args", metavar="ARG",
+                   help="last on the line: the node's ROS arguments, e.g. -p max_input_lag_s:=0.0 [defaults]")
     for q in (r, n):
         q.add_argument("--drive", help="drive to loop [drives/soak-10s, generated once]")
         q.add_argument("--drive-seconds", type=float, default=10.0, help="length of the generated drive [10]")

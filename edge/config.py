@@ -132,6 +132,10 @@ class RuntimeConfig(StrictModel):
     max_input_delay_s: float = Field(0.1, ge=0.0, le=2.0, **_opt(
         "how long a frame waits for sensor messages stamped before it that are still on their way (reordering "
         "window, s): frames leave this much after their stamp; later messages are dropped and counted", scope="node"))
+    max_input_lag_s: float = Field(1.0, ge=0.0, le=60.0, **_opt(
+        "how far behind the present the node may work (s of stamp time): a sensor message stamped more than this "
+        "before the latest one received on its stream is skipped and counted; 0 = never skip, every message in "
+        "order (evaluation replays)", dynamic=True, scope="node"))
     camera_transport: CameraTransport = Field("auto", **_opt(
         "camera topics: raw sensor_msgs/Image on <base>, CompressedImage on <base>/compressed (image_transport), or "
         "auto: the form that is published (raw preferred), else the first to deliver", scope="node"))

@@ -79,19 +79,55 @@ class TransportChoice:
             return True
 
 
+class LagBound:
+    """Keeps a node that falls behind working on the present (parameter max_input_lag_s).
+
+    Per stream, the stamp of the latest message received is that stream's present; the worker skips (and counts) a
+    message stamped more than `max_lag_s` before it, so its backlog is worked through only as far as the newest
+    `max_lag_s` of data. Per stream, so one sensor stamping in the future starves only itself; the latest received,
+    not the largest stamp ever seen, so a stream whose clock jumps back (a replay looping without moving its stamps
+    on, a sensor's clock reset) or one future-stamped message costs at most what was queued at that moment. 0 never
+    skips. Without the bound a node behind by a full inbox (2,000 messages, ~8 s of data) published frames 38-46 s
+    after their stamps under load (benchmarks/soak.py node)."""
+
+    def __init__(self, max_lag_s: float) -> None:
+        self.max_lag_s = max_lag_s  # may change between frames (a dynamic parameter): read at every message
+        self.latest_ns: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}  # per stream, since activate
+
+    def received(self, stream: str, stamp_ns: int) -> None:
+        """On arrival (executor thread), before the message is queued."""
+        self.latest_ns[stream] = stamp_ns
+
+    def stale(self, stream: str, stamp_ns: int) -> bool:
+        """On the worker, as it takes the message: True = skip it (counted)."""
+        lag_ns = self.max_lag_s * 1e9
+        if lag_ns <= 0 or self.latest_ns.get(stream, stamp_ns) - stamp_ns <= lag_ns:
+            return False
+        self.skipped[stream] = self.skipped.get(stream, 0) + 1
+        return True
+
+    @property
+    def total(self) -> int:
+        return sum(self.skipped.values())
+
+
 class Pipeline:
     """Sensor messages -> time-aligned samples -> runtime frames -> `publish`, on one worker thread.
 
-    The executor's callbacks only enqueue (bounded: a full inbox drops and counts, never blocks DDS).
-    `before_frame` runs on the worker between frames (parameter changes take effect there, never mid-frame)."""
+    The executor's callbacks only enqueue (bounded: a full inbox drops and counts, never blocks DDS); the worker
+    skips what is more than `max_lag_s` behind its stream (LagBound), so a node that cannot keep up publishes late
+    by about that much, not by its whole inbox. `before_frame` runs on the worker between frames (parameter changes
+    take effect there, never mid-frame)."""
 
     def __init__(self, runtime: Any, topic_types: dict[str, str], publish: Callable[[Any], None],
-                 before_frame: Callable[[], None], max_delay_s: float) -> None:
+                 before_frame: Callable[[], None], max_delay_s: float, max_lag_s: float = 0.0) -> None:
         self.runtime, self.publish, self.before_frame = runtime, publish, before_frame
         cfg = SyncConfig(image_reduce=runtime.stack.cfg.image_reduce, ground_truth=False, max_delay_s=max_delay_s)
         self.assembler = SampleAssembler(topic_types, cfg, source="ros")
         self.inbox: queue.Queue[BagMessage | None] = queue.Queue(maxsize=2000)  # None: wake up and stop
-        self.dropped = 0
+        self.dropped = 0  # the inbox was full (the runtime is far behind)
+        self.lag = LagBound(max_lag_s)
         self.failed_frames = 0
         self.received: dict[str, int] = {}  # messages per stream since activate
         self.decode_notes: list[str] = []  # images that could not be decoded (build_samples reports each once)
@@ -103,6 +139,7 @@ class Pipeline:
         if stamp is None:
             return
         self.received[stream] = self.received.get(stream, 0) + 1
+        self.lag.received(stream, stamp)
         try:
             self.inbox.put_nowait(BagMessage(stream, msgtype, stamp, data))
         except queue.Full:  # the runtime is far behind: drop, never block the executor
@@ -124,8 +161,12 @@ class Pipeline:
     def _incoming(self) -> Iterator[BagMessage]:
         while not self._stop.is_set():
             msg = self.inbox.get()
-            if msg is not None:
+            if msg is not None and not self.lag.stale(msg.topic, msg.stamp_ns):
                 yield msg
+
+    def losses(self) -> dict[str, int]:
+        """Messages that never reached a frame, by cause (the node's tally and stop line)."""
+        return {"skipped as behind (max_input_lag_s)": self.lag.total, "dropped (inbox full)": self.dropped}
 
     def input_problems(self) -> list[str]:
         """Bad input seen so far, one line per kind and topic (wrong encodings, duplicates, late stamps...)."""
@@ -172,11 +213,14 @@ class QuestionGate:
 
 
 class Tally:
-    """What the node produced, printed every `every_s` (wall) and when it stops: a CLI user sees it working."""
+    """What the node produced, printed every `every_s` (wall) and when it stops: a CLI user sees it working, and
+    the input messages it lost (`losses`: cause -> count so far, e.g. Pipeline.losses) when it falls behind."""
 
-    def __init__(self, every_s: float = 10.0, out: Any = sys.stderr) -> None:
-        self.every_s, self.out = every_s, out
+    def __init__(self, every_s: float = 10.0, out: Any = sys.stderr,
+                 losses: Callable[[], dict[str, int]] = dict) -> None:
+        self.every_s, self.out, self.losses = every_s, out, losses
         self.total = {"frames": 0, "grids": 0, "plan changes": 0, "answers": 0}
+        self._lost_before: dict[str, int] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -195,12 +239,16 @@ class Tally:
         for key, n in zip(self.total, (self.frames, self.grids, len(self.plans), self.answers)):
             self.total[key] += n
         span = time.monotonic() - self.since
-        if self.frames or self.plans:
+        lost = self.losses()
+        new_losses = "".join(f"; {n - self._lost_before.get(k, 0)} messages {k}" for k, n in lost.items()
+                             if n > self._lost_before.get(k, 0))
+        self._lost_before = lost
+        if self.frames or self.plans or new_losses:
             print(f"edge node: {span:.1f} s: {self.frames} frames, {self.grids} occupancy grids, {self.answers} "
-                  f"answers" + "".join(f"; plan {p}" for p in self.plans), file=self.out, flush=True)
+                  f"answers" + "".join(f"; plan {p}" for p in self.plans) + new_losses, file=self.out, flush=True)
         if final:
-            print("edge node: while active: " + ", ".join(f"{n} {k}" for k, n in self.total.items()),
-                  file=self.out, flush=True)
+            print("edge node: while active: " + ", ".join(f"{n} {k}" for k, n in self.total.items())
+                  + "".join(f"; {n} messages {k}" for k, n in lost.items()), file=self.out, flush=True)
         self._reset()
 
 
@@ -269,6 +317,11 @@ def diagnostics_msg(result: Any, pipeline: Pipeline, runtime_dropped: int, ignor
     inputs.values = [KeyValue(key="problems", value=str(len(input_problems))),
                      KeyValue(key="ignored_images_other_transport", value=str(ignored_images))]
     inputs.values += [KeyValue(key=f"received {topic}", value=str(n)) for topic, n in sorted(pipeline.received.items())]
+    # Lost on the node's side, apart from input_drops (inbox or runtime queue full): skipped as more than
+    # max_input_lag_s behind their stream, in all and per topic.
+    inputs.values.append(KeyValue(key="lag_skips", value=str(pipeline.lag.total)))
+    inputs.values += [KeyValue(key=f"lag_skipped {topic}", value=str(n))
+                      for topic, n in sorted(pipeline.lag.skipped.items())]
     diag.status.append(inputs)
     timing = DiagnosticStatus(name="mpnp_edge/processing_time", hardware_id="runtime", level=DiagnosticStatus.OK,
                               message="; ".join(result.diagnostics) or "ok")

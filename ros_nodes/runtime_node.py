@@ -117,8 +117,8 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
             forms = {b: (f,) if f else ("raw", "compressed") for b, f in chosen.items()}
             subscriptions = io.inputs(self.rig, forms)
             self.pipeline = io.Pipeline(self.runtime, io.stream_types(self.rig), self._publish, self._apply_pending,
-                                        self.cfg.max_input_delay_s)
-            self.tally = io.Tally()
+                                        self.cfg.max_input_delay_s, self.cfg.max_input_lag_s)
+            self.tally = io.Tally(losses=self.pipeline.losses)
             for sub in subscriptions:
                 module, name = io.MESSAGE_CLASSES[sub.msgtype]
                 cls = getattr(importlib.import_module(module), name)
@@ -191,6 +191,8 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
             s.budget = dataclasses.replace(s.budget, latency_ms=cfg.budget_ms, memory_mb=cfg.budget_mb)
             if self.gate is not None:
                 self.gate.every_s = cfg.questions_every_s
+            if self.pipeline is not None:
+                self.pipeline.lag.max_lag_s = cfg.max_input_lag_s
             self.get_logger().info("parameters applied: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
 
         # ------------------------------------------------------------ data

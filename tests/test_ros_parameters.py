@@ -30,7 +30,8 @@ def test_schema_accepts_the_shipped_file_and_rejects_unknown_keys_and_out_of_ran
     schema = P.json_schema()
     jsonschema.validate(yaml.safe_load(P.PARAM_FILE.read_text()), schema)
     jsonschema.validate({"/**": {"ros__parameters": {}}}, schema)  # every key optional
-    for bad in ({"budget_msec": 50.0}, {"dwell_frames": 0}, {"policy": "night"}, {"use_llm": "yes"}):
+    for bad in ({"budget_msec": 50.0}, {"dwell_frames": 0}, {"policy": "night"}, {"use_llm": "yes"},
+                {"max_input_lag_s": -1.0}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"/**": {"ros__parameters": bad}}, schema)
 
@@ -82,7 +83,8 @@ def test_every_node_option_has_a_type_description_and_range_where_numeric() -> N
         if o.kind in (int, float):
             assert o.minimum is not None and o.maximum is not None and o.minimum <= o.default <= o.maximum, o.name
     assert {o.name for o in opts if o.dynamic} == {"policy", "budget_ms", "budget_mb", "dwell_frames",
-                                                   "quality_per_ms", "answer_weight", "questions_every_s"}
+                                                   "quality_per_ms", "answer_weight", "questions_every_s",
+                                                   "max_input_lag_s"}
     policy = next(o for o in opts if o.name == "policy")
     assert policy.choices == ("adaptive", "camera", "all") and policy.default == "adaptive"
     backend = next(o for o in opts if o.name == "backend")
@@ -179,3 +181,75 @@ def test_pipeline_reports_an_undecodable_image_and_keeps_going() -> None:
     assert len(got) >= 5 and all(s.sensor("camera", "front") is None and s.sensor("fisheye", "front") is not None for s in got)
     assert pipeline.failed_frames == 1  # logged and counted; the frames after it came
     assert any("camera/front/image_raw" in p for p in pipeline.input_problems()), pipeline.input_problems()
+
+
+def _stamped(t_s: float) -> bytes:
+    """A CDR message whose header stamp is `t_s` (little-endian: encapsulation, then header.stamp first)."""
+    import struct
+
+    ns = round(t_s * 1e9)
+    return b"\x00\x01\x00\x00" + struct.pack("<iI", ns // 1_000_000_000, ns % 1_000_000_000) + b"\x00" * 8
+
+
+def test_a_node_behind_skips_what_is_older_than_max_input_lag_s_per_stream(capsys) -> None:
+    """The worker's side of the inbox (no DDS, a stand-in runtime): a message stamped more than max_input_lag_s
+    before the latest received on its own stream is skipped and counted per topic, apart from inbox-full drops, and
+    named in the node's stop line; the others go on in order, another stream's stamps (even far ahead) never make
+    one stale, a stream whose clock jumps back is not starved, and 0 processes everything."""
+    import io as stdio
+    import types
+
+    from edge.sensors.rig import load_rig
+    from ros_nodes import node_io as io
+
+    def pipeline(max_lag_s: float) -> io.Pipeline:
+        runtime = types.SimpleNamespace(stack=types.SimpleNamespace(cfg=types.SimpleNamespace(image_reduce=4)))
+        return io.Pipeline(runtime, io.stream_types(load_rig()), publish=lambda r: None, before_frame=lambda: None,
+                           max_delay_s=0.1, max_lag_s=max_lag_s)
+
+    def taken(p: io.Pipeline) -> list[tuple[str, float]]:
+        """What the worker takes from the inbox (it never started), up to an end mark (a stream of its own)."""
+        p.put("end", "x/msg/Y", _stamped(0.0))
+        out = []
+        for m in p._incoming():
+            if m.topic == "end":
+                return out
+            out.append((m.topic, m.stamp_ns / 1e9))
+        raise AssertionError("the end mark was skipped")
+
+    sent = [("a", 10.0), ("a", 10.5), ("b", 10.1), ("a", 11.2), ("a", 11.6), ("c", 500.0), ("b", 10.2)]
+    p = pipeline(1.0)
+    for stream, t in sent:
+        p.put(stream, "x/msg/Y", _stamped(t))
+    assert taken(p) == [("b", 10.1), ("a", 11.2), ("a", 11.6), ("c", 500.0), ("b", 10.2)]
+    assert p.lag.skipped == {"a": 2} and p.lag.total == 2 and p.dropped == 0  # a@10.0, a@10.5: 1.6 s, 1.1 s behind
+    out = stdio.StringIO()
+    io.Tally(out=out, losses=p.losses).flush(final=True)
+    assert "2 messages skipped as behind (max_input_lag_s); 0 messages dropped (inbox full)" in out.getvalue()
+
+    p = pipeline(0.0)  # never skip: every message, in order (a bag replayed for evaluation)
+    for stream, t in sent:
+        p.put(stream, "x/msg/Y", _stamped(t))
+    assert taken(p) == sent and p.lag.total == 0
+
+    p = pipeline(1.0)  # the clock jumps back (a replay looping with its own stamps): the new present counts
+    for t in (30.0, 31.0, 32.0, 0.0, 0.1):
+        p.put("a", "x/msg/Y", _stamped(t))
+    assert taken(p) == [("a", 30.0), ("a", 31.0), ("a", 32.0), ("a", 0.0), ("a", 0.1)]
+
+    bound = io.LagBound(0.5)  # the dynamic parameter: a new value holds from the next message taken
+    bound.received("a", 2_000_000_000)
+    assert bound.stale("a", 1_400_000_000) and not bound.stale("a", 1_600_000_000)
+    bound.max_lag_s = 0.0
+    assert not bound.stale("a", 0) and bound.skipped == {"a": 1}
+
+
+@pytest.mark.parametrize("value, problem", [(-0.5, "greater than or equal to 0"), (float("nan"), "finite number"),
+                                            (61.0, "less than or equal to 60")])
+def test_max_input_lag_s_is_validated_naming_it(value: float, problem: str) -> None:
+    """As the node validates its parameters at configure and on a runtime change (ros_nodes/lifecycle.py)."""
+    with pytest.raises(ConfigError, match=f"key 'max_input_lag_s': .*{problem}"):
+        P.validate({"max_input_lag_s": value}, "parameter set")
+    assert P.validate({"max_input_lag_s": 0.0}, "parameter set").max_input_lag_s == 0.0
+    lag = next(o for o in P.node_options() if o.name == "max_input_lag_s")
+    assert (lag.kind, lag.default, lag.minimum, lag.dynamic) == (float, 1.0, 0.0, True)

@@ -211,8 +211,12 @@ def test_managed_node_lifecycle_parameters_transports_and_remaps(drive, ros_env,
         # A static policy with fisheye and ultrasonic: the adaptive default's choice varies with the machine's load
         # (docs/ros.md has its figures), and this test is about the node, not the scheduler.
         assert client.set_parameter("policy", "all").successful  # taken at activate
+        # Every frame of the replays, however far behind a loaded machine puts the node (the default skips what is
+        # more than 1 s behind: docs/ros.md); a runtime change, taken at activate like the policy.
+        assert client.set_parameter("max_input_lag_s", 0.0).successful
         assert client.transition("activate")[0] and client.state() == "active"
         node.wait_for("edge node: subscribed")
+        assert any("parameters applied:" in ln and "max_input_lag_s=0.0" in ln for ln in node.lines)
         subs = {t: len(client.node.get_subscriptions_info_by_topic(t)) for t in ("/vehicle/odom", "/odom")}
         assert subs == {"/vehicle/odom": 1, "/odom": 0}  # inputs are relative names, remappable
         refused = client.set_parameter("policy", "night")
@@ -236,6 +240,7 @@ def test_managed_node_lifecycle_parameters_transports_and_remaps(drive, ros_env,
             assert values <= {0, 100, 90, 80, -1}
         status = {s.name: {v.key: v.value for v in s.values} for s in client.diagnostics[-1].status}
         assert "fisheye_ms" in status["mpnp_edge/processing_time"]  # per-stage processing times
+        assert status["mpnp_edge/input"]["lag_skips"] == "0"  # max_input_lag_s 0: nothing skipped
         assert int(status["mpnp_edge/input"]["received /fisheye/front/image_raw"]) >= len(client.grids)
 
         ok, deactivate_s = client.transition("deactivate")

@@ -3,7 +3,8 @@ replayed drive feeds both graphs at once, this test process is the client.
 
 Both graphs run with `policy` pinned to `all`: under the adaptive default each process's scheduler measures its own
 costs on a shared, loaded machine and may choose different plans, which would make the grids differ for a reason
-that is not the node path."""
+that is not the node path. And with `max_input_lag_s` 0 (never skip): a process that falls behind on a loaded
+machine skips its backlog, and two processes never skip the same messages, so their grids would differ for that."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.test_runtime_node_ros import NodeProcess, drive, replay, ros_env  # n
 pytestmark = [pytest.mark.ros]
 SPLIT_BEV, COMPOSITE_BEV = "/split/bev", "/composite/bev"
 OCCUPIED = 100  # nav_msgs/OccupancyGrid value of an obstacle cell (docs/drives.md)
+NO_SKIP = "max_input_lag_s:=0.0"  # every message processed in order, however late (see the module's docstring)
 
 
 class GraphClient:
@@ -84,10 +86,10 @@ def test_split_graph_gives_the_composite_occupancy_and_answers_while_it_flows(dr
     agree (IoU of obstacle cells >= 0.99)."""
     bag, front_stamps = drive
     nodes = {
-        "perception": NodeProcess(["--role", "perception", "--policy", "all", "--ros-args",
+        "perception": NodeProcess(["--role", "perception", "--policy", "all", "--ros-args", "-p", NO_SKIP,
                                    "-r", f"perception/bev_occupancy:={SPLIT_BEV}"], ros_env),
         "llm": NodeProcess(["--role", "llm", "--ros-args", "-p", "questions_every_s:=0.5"], ros_env),
-        "composite": NodeProcess(["--no-llm", "--policy", "all", "--ros-args", "-r",
+        "composite": NodeProcess(["--no-llm", "--policy", "all", "--ros-args", "-p", NO_SKIP, "-r",
                                   f"perception/bev_occupancy:={COMPOSITE_BEV}", "-r", "mpnp/plan:=/composite/plan",
                                   "-r", "mpnp/question:=/composite/question", "-r", "mpnp/answer:=/composite/answer",
                                   "-r", "__node:=mpnp_edge_composite"], ros_env),
