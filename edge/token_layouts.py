@@ -8,5 +8,5 @@ import the encoders to read it (tests/test_import_rules.py). Bump a modality's v
 
 from __future__ import annotations
 
-TOKEN_LAYOUTS: dict[str, str] = {"fisheye": "sector-posteriors-v2", "ultrasonic": "sector-posteriors-echoes-v3",
+TOKEN_LAYOUTS: dict[str, str] = {"fisheye": "sector-posteriors-v3", "ultrasonic": "sector-posteriors-echoes-v4",
                                  "audio": "event-direction-v2", "camera": "vit-pruned-v1"}

@@ -57,14 +57,18 @@ def test_aligner_for_other_llm_or_modality_is_refused(tmp_path):
 def test_aligner_trained_on_another_token_layout_is_refused(tmp_path):
     """Same shapes, other slot meanings (the ultrasonic tokens before the echo features): refused, naming both."""
     al = ModalityAligner.for_llm("ultrasonic", 8, LLMShape.of(tiny_llama()), 2)
-    assert al.spec.token_layout == "sector-posteriors-echoes-v3"
+    assert al.spec.token_layout == "sector-posteriors-echoes-v4"
     path = save_aligner(al, tmp_path / "aligner_ultrasonic.safetensors")
     meta_old = {k: v for k, v in al.spec.to_metadata().items() if k != "token_layout"}  # a file from before layouts
     save_file({k: v.contiguous() for k, v in al.state_dict().items()}, str(tmp_path / "old.safetensors"), metadata=meta_old)
     assert load_aligner(path, modality="ultrasonic").spec == al.spec
     with pytest.raises(LLMError, match=r"old.safetensors: aligner was trained on 'ultrasonic' tokens of layout "
-                                       r"'unversioned', the encoders now give layout 'sector-posteriors-echoes-v3'"):
+                                       r"'unversioned', the encoders now give layout 'sector-posteriors-echoes-v4'"):
         load_aligner(tmp_path / "old.safetensors", modality="ultrasonic")
+    # a warm start for training may take it (edge train aligners --init-relayout), relabelled to today's layout
+    warm = load_aligner(tmp_path / "old.safetensors", modality="ultrasonic", relayout=True)
+    assert warm.spec == al.spec
+    assert all(torch.equal(a, b) for a, b in zip(warm.state_dict().values(), al.state_dict().values()))
 
 
 def test_damaged_or_foreign_checkpoints_are_named(tmp_path):

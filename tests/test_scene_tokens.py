@@ -9,8 +9,8 @@ import pytest
 
 from edge.drives.qa import DISTANCE_BINS, distance_answer, side_of
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
-from edge.encoders.scene_tokens import (ECHO_OFFSET, ECHO_WIDTH, N_RINGS, SIDES, EchoFeatures, SectorPooling,
-                                        side_of_points)
+from edge.encoders.scene_tokens import (BEV_TOKENS, ECHO_OFFSET, ECHO_WIDTH, N_RINGS, SIDE_ID_OFFSET, SIDES,
+                                        EchoFeatures, SectorPooling, side_of_points)
 from edge.sensors.rig import load_rig
 
 RIG = load_rig()
@@ -86,7 +86,21 @@ def test_sector_pooling_places_a_vehicle_and_counts_it() -> None:
     assert vehicle.max() == 1.0 and tok[SIDES.index("front"), 2 * N_RINGS:3 * N_RINGS].max() == 0.0
     surround = tok[len(SIDES)]
     assert surround[1] == 1.0 and surround[0] == 0.0  # one vehicle within 5 m
-    assert tok[SIDES.index("left"), ECHO_OFFSET:].max() == 0.0  # echo slots stay free for the ultrasonic tokens
+    assert tok[SIDES.index("left"), ECHO_OFFSET:SIDE_ID_OFFSET].max() == 0.0  # echo slots: the ultrasonic tokens'
+
+
+def test_every_token_says_which_side_it_describes() -> None:
+    """Modality keys carry no position, so the same scene on two sides must give two different tokens: each token
+    carries a one-hot identity (front, left, rear, right, surround) after the echo slots, and nothing else there."""
+    grid = CFG.bev_grid
+    nx, ny = round((grid.x_max - grid.x_min) / grid.resolution), round((grid.y_max - grid.y_min) / grid.resolution)
+    probs = np.zeros((len(BEV_CLASSES), nx, ny), np.float32)
+    probs[BEV_CLASSES.index("free")] = 1.0  # an empty yard: every side's posteriors alike
+    tok = SectorPooling(grid, FOOTPRINT, CFG.d_enc)(probs).numpy()
+    assert SIDE_ID_OFFSET >= ECHO_OFFSET + ECHO_WIDTH and SIDE_ID_OFFSET + BEV_TOKENS <= CFG.d_enc
+    np.testing.assert_array_equal(tok[:, SIDE_ID_OFFSET:SIDE_ID_OFFSET + BEV_TOKENS], np.eye(BEV_TOKENS))
+    assert tok[:, SIDE_ID_OFFSET + BEV_TOKENS:].max(initial=0.0) == 0.0
+    assert len({row.tobytes() for row in tok[:len(SIDES)]}) == len(SIDES)
 
 
 def test_echo_rule_reads_the_distance_bins_back() -> None:

@@ -9,7 +9,8 @@ slot), the audio and camera outputs, and each BEV encoder's features (every 8th 
 ultrasonic raster. It was first recorded by the code before encoders were built from the plugins (commit 76c7878:
 one attribute and one code path per modality, exactly two BEV inputs), and the plugin-built stack matched it; it
 was re-recorded, by tests/data/record_perception_reference.py, only when the shipped weights changed (version 3,
-fine-tuned on the yard drives), after that recorder had reproduced the first fixture exactly on the old weights.
+fine-tuned on the yard drives), after that recorder had reproduced the first fixture exactly on the old weights,
+and when the fisheye and ultrasonic tokens gained their side identity slots (122-126; nothing else moved).
 
 Why a recorded fixture rather than a frozen copy of the old code: the old path is ~200 lines across the stack and
 the fusion head; the fixture pins what matters (the numbers the runtime, the report and the QA data read) and

@@ -35,6 +35,11 @@ MIN_BLOB_CELLS = 3
 BEV_TOKENS = len(SIDES) + 1  # one token per side, one for the whole surround
 ECHO_OFFSET = 7 * N_RINGS + 2  # side-token slots after the pooled posteriors and the two blob counts
 ECHO_WIDTH = 2 * N_RINGS + 3
+# One-hot token identity (front, left, rear, right, surround) after the echo slots. Why: modality keys carry no
+# position (edge.llm.attention), and an aligner maps every token with the same weights, so without it the LLM sees
+# four side tokens it cannot tell apart and cannot say on which side an obstacle is (a probe, which reads tokens by
+# index, could).
+SIDE_ID_OFFSET = ECHO_OFFSET + ECHO_WIDTH
 AUDIO_TOKENS = 1
 # What each modality's tokens mean, slot by slot, is versioned in edge/token_layouts.py: bump it when they change.
 _FREE, _STATIC, _VEHICLE, _VRU, _UNKNOWN = (BEV_CLASSES.index(c) for c in
@@ -84,7 +89,7 @@ class SectorPooling:
         self.groups = np.flatnonzero(sizes)  # (side, ring) groups with cells; a grid too small leaves some empty
         self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[self.groups]
         self.sizes = sizes[self.groups]
-        need = max(ECHO_OFFSET + ECHO_WIDTH, 10)
+        need = SIDE_ID_OFFSET + BEV_TOKENS
         if d_enc < need:
             raise ValueError(f"SectorPooling needs d_enc >= {need}, got {d_enc}")
 
@@ -115,6 +120,7 @@ class SectorPooling:
             n = len(blobs[c])  # whole surround: counts within the radius, one-hot 0/1/2/3+
             out[len(SIDES), 4 * j + min(n, 3)] = 1.0
             out[len(SIDES), 8 + j] = n / 3.0
+        out[np.arange(BEV_TOKENS), SIDE_ID_OFFSET + np.arange(BEV_TOKENS)] = 1.0
         return torch.from_numpy(out)
 
     def _blobs(self, mask: np.ndarray) -> list[tuple[int, float]]:

@@ -13,7 +13,8 @@ blocks it was trained on.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+import logging
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ from torch import nn
 from edge.llm.arch import LLMShape
 from edge.llm.errors import LLMError
 from edge.token_layouts import TOKEN_LAYOUTS
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mpnp-edge-aligner"
 FORMAT_VERSION = "1"
@@ -174,8 +177,12 @@ def load_aligner(
     shape: LLMShape | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    relayout: bool = False,
 ) -> ModalityAligner:
-    """Read an aligner checkpoint; with `modality`/`shape`, refuse one made for another modality or LLM."""
+    """Read an aligner checkpoint; with `modality`/`shape`, refuse one made for another modality or LLM.
+
+    `relayout`: accept one trained on another token layout of `modality`, relabelled to the current one (a warm
+    start only, when a layout gained slots the old tokens left at zero; never for inference)."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -191,6 +198,10 @@ def load_aligner(
     spec = AlignerSpec.from_metadata(meta, source)
     if modality is not None and spec.modality != modality:
         raise LLMError(f"{source}: aligner is for modality '{spec.modality}', expected '{modality}'")
+    if modality is not None and relayout and spec.token_layout != current_token_layout(modality):
+        log.warning("%s: trained on '%s' tokens of layout '%s'; warm start under layout '%s'", source, modality,
+                    spec.token_layout, current_token_layout(modality))
+        spec = replace(spec, token_layout=current_token_layout(modality))
     if modality is not None and spec.token_layout != current_token_layout(modality):
         raise LLMError(f"{source}: aligner was trained on '{modality}' tokens of layout '{spec.token_layout}', the "
                        f"encoders now give layout '{current_token_layout(modality)}'; retrain it (edge train aligners)")

@@ -21,9 +21,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from edge.llm.errors import LLMError
+from edge.token_layouts import TOKEN_LAYOUTS
 
 MODALITIES = ("fisheye", "ultrasonic", "audio", "camera")
 CACHE_VERSION = "3"  # 2: scene tokens (edge/encoders/scene_tokens.py), QA at 2 Hz; 3: ultrasonic echo features
+# The cache key also holds every modality's token layout (edge/token_layouts.py): a layout bump re-encodes.
 DEFAULT_CACHE = Path(".cache/qa")
 DEFAULT_DRIVES_DIR = Path("drives/qa")
 # The QA benchmark's drives (docs/qa.md): the yard scenarios, whose answers are spread by construction. Every
@@ -105,7 +107,8 @@ def _cache_file(bag: Path, perception_dir: Path, cache_dir: Path) -> Path:
     meta = bag / "metadata.yaml"
     weights = sorted(perception_dir.glob("*.safetensors"))
     stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in [meta, *weights] if p.exists())
-    key = hashlib.sha256(f"{CACHE_VERSION}|{bag.resolve()}|{stamp}".encode()).hexdigest()[:12]
+    layouts = ",".join(f"{m}={v}" for m, v in sorted(TOKEN_LAYOUTS.items()))
+    key = hashlib.sha256(f"{CACHE_VERSION}|{layouts}|{bag.resolve()}|{stamp}".encode()).hexdigest()[:12]
     return cache_dir / f"{bag.name}-{key}.safetensors"
 
 

@@ -103,8 +103,10 @@ class TrunkCache:
 class QAModel:
     """The LLM with one method's trainable parts attached; `loss` trains, `answer` evaluates, `save`/`load` persist."""
 
-    def __init__(self, llm: LoadedLLM, cfg: QAConfig, init_from: Path | None = None) -> None:
-        self.llm, self.cfg = llm, cfg
+    def __init__(self, llm: LoadedLLM, cfg: QAConfig, init_from: Path | None = None,
+                 init_relayout: bool = False) -> None:
+        """`init_relayout`: warm start from aligners of an older token layout (edge.llm.aligner.load_aligner)."""
+        self.llm, self.cfg, self.init_relayout = llm, cfg, init_relayout
         self.model = llm.model
         self.shape = llm.shape
         self.text = QATokenizer(llm.tokenizer)
@@ -141,7 +143,7 @@ class QAModel:
             for m in cfg.modalities:
                 src = init / f"aligner_{m}.safetensors" if init else None
                 if src is not None and src.exists():
-                    aligner = load_aligner(src, modality=m, shape=self.shape)
+                    aligner = load_aligner(src, modality=m, shape=self.shape, relayout=self.init_relayout)
                     if aligner.spec.n_blocks < n:
                         aligner.extend_gates(n)
                 else:

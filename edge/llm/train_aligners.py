@@ -210,6 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-blocks", type=int, default=8, help="connect into the last N blocks (mpnp, text)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA on k/v of the connected blocks (0 = aligners only)")
     p.add_argument("--init", type=Path, default=None, help="warm start from a run directory")
+    p.add_argument("--init-relayout", action="store_true",
+                   help="--init's aligners may be of an older token layout (one that gained slots): warm start anyway")
     p.add_argument("--random-subsets", action="store_true",
                    help="composable aligners: every item sees a random non-empty subset of --modalities")
     add_data_args(p, TRAIN_DRIVES, "day")
@@ -226,7 +228,7 @@ def _main(args: argparse.Namespace) -> int:
                    lora_rank=args.lora_rank, random_subsets=args.random_subsets)
     data = load_data(args)
     llm = load_llm(args.llm)
-    model = QAModel(llm, cfg, init_from=args.init)
+    model = QAModel(llm, cfg, init_from=args.init, init_relayout=args.init_relayout)
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                 progress=not args.quiet, extra={"drives": args.drives, "lighting": args.lighting,
                                                 "command": "edge train aligners " + " ".join(_argv(args)),

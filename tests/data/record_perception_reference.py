@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ def record(out: Path) -> None:
     for case, (index, use, keep, drop) in enumerate(CASES):
         sample = samples[index]
         if drop:
-            sample = replace(sample, fisheye={**sample.fisheye, drop: None})
+            sample = sample.with_data(fisheye={**sample.data["fisheye"], drop: None})
         res = stack.run(sample, use, {"camera": keep} if keep is not None else None)
         p = f"c{case}/"
         arrays[p + "modalities"] = np.array(",".join(res.modalities))
