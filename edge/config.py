@@ -112,7 +112,7 @@ class RuntimeConfig(StrictModel):
     max_estimate_age_s: float = Field(5.0, ge=0.1, le=60.0, **_opt(
         "no plan rests longer on a cost estimate nobody re-measured, s"))
     max_plan_changes_per_min: int = Field(6, ge=1, le=600, **_opt(
-        "voluntary plan changes per minute at most (forced ones always happen)"))
+        "plan changes per minute, paced: a voluntary one waits for the rate; forced ones happen at once and count"))
     adapt_threads: bool = Field(True, **_opt("eager encoders: a plan may choose 1 thread (under contention) or all"))
     dwell_frames: int = Field(5, ge=1, le=1000, **_opt(
         "frames a better plan must stay better before the scheduler switches to it", dynamic=True))

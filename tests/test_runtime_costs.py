@@ -139,7 +139,7 @@ def test_plan_changes_are_bounded_per_minute_but_forced_changes_are_not() -> Non
     for i in range(1, 120):  # lighting flips every frame: every voluntary change is worth making
         clock.t = i * 0.1
         changes += s.step(ctx("day" if i % 2 else "night")).changed
-    assert changes == 1  # the first plan and one more within the minute
+    assert changes == 2  # the burst the credit holds (the first plan is not a change), then 2 a minute
     silent = Context(0, {}, {m: StreamHealth(m != "ultrasonic", 0.0, 0.0) for m in ALL}, -40.0, 0.0, "night")
     assert "ultrasonic" in s.current.modalities
     assert s.step(silent).changed  # losing a sensor is acted on at once, whatever the rate
@@ -188,7 +188,7 @@ def test_a_plan_left_over_budget_is_not_re_chosen_voluntarily_until_its_tabu_end
     left = [d for d in slow if d.changed]
     assert left and left[0].reason.startswith("current plan over budget") and "fisheye" not in s.current.modalities
     t_left = clock.t - 0.1 * (len(slow) - 1 - slow.index(left[0]))
-    fast = frames(int(TABU_S / 0.1) + 20, 30.0)  # the load goes
+    fast = frames(int(TABU_S / 0.1) + 80, 30.0)  # the load goes (the two forced changes spent the pacing credit)
     times = [clock.t - 0.1 * (len(fast) - 1 - i) for i in range(len(fast))]
     assert all(d.plan != first for t, d in zip(times, fast) if t < t_left + TABU_S)  # not before its tabu ended
     assert any("fisheye" in d.plan.modalities for d in fast)  # fisheye itself comes back once measured fast
@@ -299,7 +299,8 @@ def test_a_plan_known_only_from_slow_probes_is_tried_and_judged_on_its_own_frame
     c = CostModel(clock=clock)
     for name, ms in QUIET.items():
         c.calibrate(name, [(ms, ms)] * 3)  # fisheye ran at 30 ms at start-up ...
-    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("fisheye", "audio"), 0, dwell=2)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("fisheye", "audio"), 0, dwell=2,
+                  max_changes_per_min=60)  # trials, not the change rate, are under test here
     s.current = Plan(("audio",), 0, 1.0, "eager", "", 1)
     clock.t = 3.0
     c.observe("fisheye", 150.0)  # ... and a probe after a frame now says 150 (it retires the start-up ones)
@@ -321,7 +322,8 @@ def test_a_plan_known_only_from_slow_probes_is_tried_and_judged_on_its_own_frame
     trial = s.current
     assert not any(d.changed for d in frames(12, 40.0))  # its frames meet the budget: kept, then judged as usual
     assert s.current == trial and s.fits(trial)  # now measured inside frames, its prediction fits
-    s2 = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("fisheye", "audio"), 0, dwell=2)
+    s2 = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("fisheye", "audio"), 0, dwell=2,
+                   max_changes_per_min=60)
     s2.current = Plan(("audio",), 0, 1.0, "eager", "", 1)
     clock.t += 3.0
     c.observe("fisheye", 150.0)
@@ -338,3 +340,75 @@ def test_a_plan_known_only_from_slow_probes_is_tried_and_judged_on_its_own_frame
     c.observe("audio", 150.0)  # the load rises: now nothing fits on prediction ...
     left = frames(2, 130.0)  # ... and the trial, over the budget, is still left at once, for the cheapest plan
     assert left[1].changed and "no plan fits" in left[1].reason and s.current != again.plan
+
+
+def test_plan_changes_are_paced_and_forced_changes_spend_the_same_credit() -> None:
+    """The rate is a credit, not a count per last minute: the old window let `max_changes_per_min` changes through
+    within a second and did not make room for the forced changes voluntary ones bring."""
+    from edge.runtime.scheduler import BURST
+
+    clock = Clock()
+    c = CostModel(clock=clock)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ALL, 0, dwell=1, max_changes_per_min=6)
+    s.step(ctx("day"))
+
+    def flip(seconds: float) -> list[float]:
+        """The lighting flips every frame: every voluntary change is worth making. Times of the changes."""
+        out = []
+        for _ in range(round(seconds / 0.1)):
+            clock.t += 0.1
+            if s.step(ctx("day" if round(clock.t * 10) % 2 else "night")).changed:
+                out.append(clock.t)
+        return out
+
+    times = flip(30.0)
+    assert len([t for t in times if t < 10.0]) <= BURST  # the window let all 6 through in the first second
+    assert len(times) <= BURST + 3  # at most the burst plus 6 a minute over the 30 s
+    assert all(b - a >= 10.0 - 1e-6 for a, b in zip(times[BURST:], times[BURST + 1:]))  # then one per 10 s
+    while not flip(0.1):  # up to the next paced change: it spent the credit that had come back
+        pass
+    t_paced = clock.t
+    silent = Context(0, {}, {m: StreamHealth(m != "ultrasonic", 0.0, 0.0) for m in ALL}, -40.0, 0.0, "night")
+    assert "ultrasonic" in s.current.modalities
+    assert s.step(silent).changed  # a lost sensor is acted on at once, without credit: it leaves a debt
+    waited = flip(30.0)
+    assert waited and waited[0] >= t_paced + 20.0 - 0.2  # the next voluntary change waited for the debt too
+
+
+def test_a_plan_over_budget_is_left_only_for_one_that_would_save_its_overshoot() -> None:
+    """Frames that measure far above their plan's prediction (the machine's load on every stage at once) are as far
+    above it on a cheaper plan: leaving for one that saves less than the overshoot only flaps."""
+
+    def run(frame_ms: float) -> list:
+        clock = Clock()
+        c = CostModel(clock=clock)
+        for name, ms in QUIET.items():
+            c.calibrate(name, [(ms, ms)] * 3)
+        s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ("audio", "camera"), 0, dwell=2)
+        s.current = Plan(("audio", "camera"), 0, 0.25, "eager", "", 1)  # predicted 22 ms
+        out = []
+        for _ in range(15):
+            clock.t += 0.1
+            c.observe("audio", 4.0)
+            c.observe("camera@0.25", 18.0)
+            c.observe_frame(s.current, frame_ms)
+            out.append(s.step(ctx()))
+        return out
+
+    assert not any(d.changed for d in run(160.0))  # 138 ms over its prediction: audio alone (4 ms) would be 142
+    left = [d for d in run(110.0) if d.changed]  # 88 over: audio alone (4 ms) would be 92, within the budget
+    assert left and left[0].reason.startswith("current plan over budget") and left[0].plan.modalities == ("audio",)
+
+
+def test_a_probe_is_recorded_as_it_would_take_inside_a_frame() -> None:
+    c = CostModel(clock=Clock())
+    assert c.observe_probe("fisheye", 90.0, 30.0) == 90.0  # no frame timed yet: its wall time as it is
+    for _ in range(10):  # frames on 1 thread: stages take 1.5x their CPU time (the load)
+        c.observe_inside("audio", 6.0, 4.0)
+    assert c.inside_ratio(1) == pytest.approx(1.5) and c.inside_ratio(2) is None
+    assert c.observe_probe("fisheye", 90.0, 30.0) == pytest.approx(45.0)  # preempted after the frame: 3x
+    assert c.p50("fisheye") == pytest.approx(45.0)
+    assert c.observe_probe("fisheye", 30.0, 30.0) == pytest.approx(45.0)  # also when it ran faster than frames do
+    assert c.observe_probe("fisheye", 90.0, 30.0, threads=2) == 90.0  # no frame at 2 threads: as measured

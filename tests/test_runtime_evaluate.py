@@ -207,3 +207,17 @@ def test_prediction_ratio_per_plan_segment() -> None:
            "exact_match": None, "changes_per_min": 0.0, "top_plan": "fisheye x1", "top_plan_share": 1.0,
            "recovery_s": None, "prediction_ratios": [2.0, 1.0, 0.5]}
     assert budget_markdown([row]).splitlines()[-1].endswith("| 1.00 (3) |")
+
+
+def test_changes_per_minute_are_counted_on_the_wall_clock_the_scheduler_paces_them_on() -> None:
+    from edge.runtime.evaluate import budget_scores
+
+    def f(t: float, mods: list[str]) -> dict:
+        return {"t": t, "timings_ms": {"total": 10.0}, "plan": {"modalities": mods, "camera_keep": 1.0, "threads": 1}}
+
+    # 30 s of drive, 3 changes after 2 s; the run fell behind: every frame took 0.2 s of wall time, not 0.1
+    frames = [f(i * 0.1, ["audio"] if (i // 75) % 2 else ["fisheye"]) for i in range(300)]
+    wall = [i * 0.2 for i in range(300)]
+    s = budget_scores(frames, 50.0, wall, None)
+    assert s["changes_per_min_steady"] == pytest.approx(3 / (2 * 27.9 / 60))  # per wall minute
+    assert s["changes_per_min_steady_drive_time"] == pytest.approx(3 / (27.9 / 60))

@@ -8,7 +8,15 @@ again). So here:
 - every measurement is timed on the wall clock and on the calling thread's CPU clock: wall time far above CPU time
   means the thread was off the CPU (preempted, or waiting for a preempted worker), which start-up calibration
   discards when it has clean repeats;
-- each key knows when it was last measured, so the runtime can re-measure what the plan does not run (`due`).
+- each key knows when it was last measured, so the runtime can re-measure what the plan does not run (`due`);
+- a probe (a stage re-measured after a frame, outside it) is recorded as what it would cost inside a frame
+  (`observe_probe`): its CPU time times the wall/CPU ratio the stages inside frames show now. Measured on the shared
+  2-core machine (benchmarks/bench_probe_timing.py, fisheye on 1 thread): probes and frames took the same CPU time
+  (medians within 10 %), while their wall times disagreed either way with the load (load average ~9: probes
+  108-137 ms against 101 in frames, and 1.5-2.3x in the evaluation's runs; ~6: probes 24-36 ms against 42), whatever
+  the warm-up or thread switch before them. A probe runs right after the frame has used its time slice, a frame
+  after the process waited for its sample, and the OS shares the core differently between the two: the wall time
+  of a probe is the machine's, its CPU time the stage's.
 """
 
 from __future__ import annotations
@@ -74,6 +82,8 @@ class CostModel:
         self.window, self.max_age_s, self.percentile, self.clock = window, max_age_s, percentile, clock
         self.backend, self.threads = backend, threads  # defaults for callers that do not say
         self._series: dict[Key, _Series] = {}
+        # thread count -> recent (at, wall ms, cpu ms) of stages timed inside frames: the contention frames see
+        self._inside: dict[int, deque] = {}
         self._memo: dict[tuple[Key, float], float | None] = {}  # quantiles until the next measurement
         self._plan_memo: dict[tuple, float | None] = {}
 
@@ -93,6 +103,35 @@ class CostModel:
         hit = preempted(ms, cpu_ms)
         s.preempted += hit
         return hit
+
+    def observe_inside(self, component: str, ms: float, cpu_ms: float | None = None, backend: str | None = None,
+                       threads: int | None = None) -> bool:
+        """`observe` for a stage timed inside a frame; its wall/CPU ratio is what `observe_probe` applies."""
+        if cpu_ms is not None and cpu_ms > 0:
+            t = self.threads if threads is None else threads
+            self._inside.setdefault(t, deque(maxlen=self.window)).append((self.clock(), float(ms), float(cpu_ms)))
+        return self.observe(component, ms, cpu_ms, backend, threads)
+
+    def inside_ratio(self, threads: int | None = None) -> float | None:
+        """Wall over CPU time of the stages timed inside recent frames at this thread count (summed, so weighted by
+        their milliseconds; None with fewer than `FEW` of them in the last `max_age_s`)."""
+        now = self.clock()
+        recent = [(w, c) for at, w, c in self._inside.get(self.threads if threads is None else threads, ())
+                  if now - at < self.max_age_s]
+        if len(recent) < FEW:
+            return None
+        return sum(w for w, _ in recent) / sum(c for _, c in recent)
+
+    def observe_probe(self, component: str, ms: float, cpu_ms: float | None, backend: str | None = None,
+                      threads: int | None = None) -> float:
+        """A stage measured outside a frame, recorded as it would take inside one: its CPU time times the frames'
+        wall/CPU ratio at that thread count (module docstring: a probe's wall time is shared out by the OS unlike a
+        frame's). Its wall time as it is where that ratio is unknown. Returns the milliseconds recorded."""
+        ratio = self.inside_ratio(threads)
+        if cpu_ms is not None and cpu_ms > 0 and ratio is not None:
+            ms = cpu_ms * max(1.0, ratio)
+        self.observe(component, ms, cpu_ms, backend, threads)
+        return ms
 
     def calibrate(self, component: str, runs: Iterable[tuple[float, float | None]], backend: str | None = None,
                   threads: int | None = None) -> list[float]:
@@ -235,8 +274,9 @@ class CostModel:
         """The plan's latency if every stage ran as fast as its fastest stored measurement (the last 64, any age),
         plus the overhead's median (None: a stage never measured). What a trial of a plan can hope for: a stage
         the plan does not run is known from probes alone, one at a time, each after a frame and often after
-        another thread count's probe, and those measured 2-4x what the same stage took inside frames (issue 16's
-        parking-day runs: fisheye probes 50-170 ms, fisheye in frames 30-45 ms)."""
+        another thread count's probe, and their wall time measured 2-4x what the same stage took inside frames
+        (issue 16's parking-day runs: fisheye probes 50-170 ms, fisheye in frames 30-45 ms; `observe_probe` now
+        records them at the frames' wall/CPU ratio)."""
         total = self.quantile(OVERHEAD, 50.0, plan.backend, 0) or 0.0
         threads = plan.threads or self.threads
         for part in self.components(plan.modalities, plan.camera_keep):

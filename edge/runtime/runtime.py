@@ -8,7 +8,9 @@ carries the answers that finished since the previous one, each with the stamp of
 Costs stay measured (edge.runtime.cost_model): every stage of every frame is timed; after a frame, within the
 frame period it left unused, one stage the plan does not run is re-measured once its estimate is half
 `max_estimate_age_s` old (whatever the slack once it is `max_estimate_age_s` old), and a sensor that arrives after
-start-up is measured on its first sample.
+start-up is measured on its first sample. A re-measured stage is recorded as it would take inside a frame
+(`CostModel.observe_probe`: its CPU time times the frames' wall/CPU ratio), as the OS gives a process that has just
+used its time slice less of the core than one that waited for its sample.
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ class Runtime:
         def record(name: str, fn: Callable[[], Any]) -> Any:
             result, wall, cpu = self._stopwatch(name, fn)
             if result is not None:
-                self.costs.observe(name, wall, cpu, self.backend, threads)
+                self.costs.observe_probe(name, wall, cpu, self.backend, threads)  # as it would take in a frame
                 probes[f"{name}/{threads}"] = wall
             return result
 
@@ -316,7 +318,7 @@ class Runtime:
             result, wall, cpu = self._stopwatch(name, fn)
             if result is not None:  # an encoder without input returns at once: not a cost measurement
                 timings[name] = wall
-                self.costs.observe(name, wall, cpu, self.backend, threads)
+                self.costs.observe_inside(name, wall, cpu, self.backend, threads)
             return result
 
         self._use_threads(threads)

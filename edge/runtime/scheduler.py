@@ -7,9 +7,9 @@ latency and memory budget: the whole frame's latency at the budget's percentile,
 distributions kept measured while running (edge.runtime.cost_model), keyed by backend and thread count (the
 encoders' thread count is part of the plan). The plan names the aligner set attached to the LLM, so a switch of
 the LLM's connections is a plan change, logged with its reason like any other. Hysteresis keeps the plan from
-flapping: a better plan must be there for `dwell` frames in a row, fit with headroom, and wait while the last minute
-already saw `max_changes_per_min` changes; a modality of the current plan losing its sensor, or the current plan
-staying over budget, is acted on at once.
+flapping: a better plan must be there for `dwell` frames in a row, fit with headroom, and wait for the change rate
+(`max_changes_per_min`, paced as a credit that every change spends, `ChangePacer`); a modality of the current plan
+losing its sensor, or the current plan staying over budget, is acted on at once (and spends credit it then lacks).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edge.errors import EdgeError
 from edge.modalities.registry import registry
@@ -28,7 +27,7 @@ from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.context import Context
 from edge.runtime.cost_model import CostModel
 
-__all__ = ["AlignerSet", "Budget", "CostModel", "Decision", "Plan", "QualityTable", "Scheduler"]
+__all__ = ["AlignerSet", "Budget", "ChangePacer", "CostModel", "Decision", "Plan", "QualityTable", "Scheduler"]
 
 MODALITIES: tuple[str, ...] = registry().names  # the installed modality plugins, in registry order
 BEV_MODALITIES: tuple[str, ...] = registry().bev_names  # those fused into the BEV map (perception eval subsets)
@@ -44,6 +43,44 @@ TABU_MAX_S = 60.0
 # Frames of its own over the budget that end a trial: the first frame of a newly started stage is often slow (as
 # probes are: a stage run once after seconds idle), and one preempted frame is the machine's, not the plan's.
 TRIAL_MISSES = 2
+# Changes the pacing lets through back to back: a trial needs this much credit, as it may end in a forced change back.
+BURST = 2
+
+
+class ChangePacer:
+    """The plan-change rate as a credit (a token bucket): `per_min` / 60 credits a second, at most `BURST` held,
+    one spent by every change, forced ones included (they may leave it negative). A voluntary change waits until
+    it can pay for itself, a trial until it can also pay for the forced change that may end it.
+
+    Why not "at most `per_min` changes in the last minute": that window let 6 changes through within seconds and
+    did not count the forced changes a voluntary one brings (a trial's end, a plan left over budget), so 10-40 s
+    drives measured 8-31 changes a minute in steady conditions (issue 16, docs/runtime.md). Here, over any span of T seconds the
+    changes are at most `BURST` + T x `per_min` / 60 plus the forced changes no voluntary one caused (a sensor
+    lost, a load that comes). The first plan is not a change and spends nothing."""
+
+    def __init__(self, per_min: int, clock: Callable[[], float]) -> None:
+        if per_min < 1:
+            raise EdgeError(f"configuration key 'max_plan_changes_per_min': {per_min!r}; give 1 or more")
+        self.rate_s = per_min / 60.0
+        self.clock = clock
+        self.credit = float(min(BURST, per_min))
+        self._at: float | None = None
+
+    def _refill(self) -> float:
+        now = self.clock()
+        if self._at is not None:
+            self.credit = min(float(BURST), self.credit + (now - self._at) * self.rate_s)
+        self._at = now
+        return self.credit
+
+    def allows(self, cost: float = 1.0) -> bool:
+        """Whether a voluntary change costing `cost` changes (2: a trial) can be paid now."""
+        return self._refill() >= cost - 1e-9
+
+    def spend(self) -> None:
+        """A change happened (any kind)."""
+        self._refill()
+        self.credit -= 1.0
 
 
 @dataclass(frozen=True)
@@ -154,8 +191,8 @@ class Scheduler:
 
     Changes the scheduler is forced to make (first plan, a sensor lost, the current plan over budget for `dwell`
     frames) happen at once; changes for a better plan wait `dwell` frames, need the better plan to fit with
-    `headroom` to spare (a band that keeps a plan near the budget from flapping in and out) and are refused while
-    `max_changes_per_min` changes already happened in the last minute of `clock`."""
+    `headroom` to spare (a band that keeps a plan near the budget from flapping in and out) and wait for the
+    change rate's credit (`ChangePacer`: `max_changes_per_min`, forced changes counted)."""
 
     def __init__(self, quality: QualityTable, costs: CostModel, budget: Budget, available: tuple[str, ...],
                  n_blocks: int, policy: Policy | str = Policy.ADAPTIVE, dwell: int = 5, margin: float = 0.01,
@@ -185,7 +222,7 @@ class Scheduler:
         self.audio_baseline_db: float | None = None
         self._eventful = False
         self._over = 0  # consecutive frames the current plan has been over budget
-        self._changes: deque[float] = deque()  # clock times of plan changes in the last minute
+        self._pacer = ChangePacer(max_changes_per_min, costs.clock)
         self._tabu: dict[Plan, float] = {}  # plan -> clock time until which it is not re-chosen voluntarily
         self._left: dict[Plan, int] = {}  # plan -> times it was left over budget (its next tabu doubles)
         self._trial: Plan | None = None  # the current plan while it is on trial (chosen on its best case)
@@ -340,10 +377,17 @@ class Scheduler:
                 over = f" ({how} {ms:.0f} ms at p{self.budget.percentile:g} > {self.budget.latency_ms:g} ms)" \
                     if ms is not None else ""
                 # to a cheaper plan (a dearer one would not do better on this machine now), with headroom where
-                # there is one: landing just under the budget invites the next overrun
+                # there is one: landing just under the budget invites the next overrun. And one that would meet the
+                # budget where this one's frames did not: its prediction plus what this plan's frames measured over
+                # their own prediction (the load on every stage at once, which adding tails in quadrature leaves
+                # out). Moving among cheap plans that save less than that only flaps: on the loaded 2-core machine,
+                # audio + camera measured 102 ms at p95 (budget 100) -> audio alone, then 129 ms (h22-before).
                 now = self.costs.plan_latency(self.current, 50.0) or math.inf
+                expected = self.predicted(self.current)
+                under = max(0.0, ran - expected) if ran is not None and expected is not None else 0.0
                 cheaper = [p for p in (roomy or fitting) if p != self.current and (
-                    self.current == self._trial or (self.costs.plan_latency(p, 50.0) or math.inf) < now)]
+                    self.current == self._trial or ((self.costs.plan_latency(p, 50.0) or math.inf) < now and (
+                        self.predicted(p) or math.inf) + under <= self.budget.latency_ms))]
                 if cheaper:
                     target = max(cheaper, key=lambda p: self._score(p, ctx))
                     if self.current == self._trial:  # a failed trial: no trial of any plan for a while either
@@ -377,9 +421,9 @@ class Scheduler:
         # and requiring one of them to lead `dwell` frames in a row kept a better plan out indefinitely
         count = self._pending[1] + 1 if self._pending else 1
         self._pending = (best, count)
-        if count < self.dwell or self._recent_changes() >= self.max_changes_per_min:
-            return self._stay(ctx)
         trial = best not in roomy_ids
+        if count < self.dwell or not self._pacer.allows(BURST if trial else 1.0):
+            return self._stay(ctx)
         d = self._switch(best, self._why(best, ctx, gain) + ("; on trial: predicted over the budget from probes, "
                                                              "judged on its own frames" if trial else ""), ctx)
         self._trial = best if trial else None
@@ -418,12 +462,6 @@ class Scheduler:
         self._left[plan] = n + 1
         self._tabu[plan] = self.costs.clock() + min(TABU_S * 2 ** n, TABU_MAX_S)
 
-    def _recent_changes(self) -> int:
-        now = self.costs.clock()
-        while self._changes and now - self._changes[0] > 60.0:
-            self._changes.popleft()
-        return len(self._changes)
-
     def _stay(self, ctx: Context) -> Decision:
         plan = self.current
         assert plan is not None
@@ -448,8 +486,8 @@ class Scheduler:
     def _switch(self, plan: Plan, reason: str, ctx: Context) -> Decision:
         if self.aligner_sets and plan.modalities and not plan.aligners:
             reason += "; the LLM answers from text alone: no plan an aligner set can read fits"
+        if self.current is not None:  # the first plan is not a change
+            self._pacer.spend()
         self.current = plan
         self._pending = None
-        self._recent_changes()
-        self._changes.append(self.costs.clock())
         return Decision(plan, True, reason, self._score(plan, ctx), self.predicted(plan))
