@@ -177,6 +177,13 @@ def test_every_sensor_going_back_in_time_restarts_the_clock(make_bag: Any) -> No
     kinds = {(d["kind"], d["source"]): d["count"] for d in asm.log.all()}
     assert kinds == {("restarted", "sensor stamps"): 1}  # nothing dropped: the first second is kept for the restart
     assert sum("the frame clock restarts" in d for d in asm.diagnostics) == 1
+    # one sensor group's batch logged late (2 s of the 12 ultrasonic sensors, nothing else between): dropped, no
+    # restart: the run of old messages must come from at least half the sensor topics
+    batch = [m for m in msgs if m.topic.startswith("/ultrasonic/") and m.stamp_ns < msgs[0].stamp_ns + 2_000_000_000]
+    asm = SampleAssembler(types, SyncConfig())
+    assert len([t for t, _ in asm.feed(iter(msgs + batch))]) == 40
+    kinds = {(d["kind"], d["source"]): d["count"] for d in asm.log.all()}
+    assert ("restarted", "sensor stamps") not in kinds and sum(kinds.values()) == len(batch)
 
 
 # ---------------------------------------------------------------- audio format

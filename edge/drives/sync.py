@@ -27,9 +27,11 @@ Policy:
 - Per topic, a message with the stamp of one already received is a duplicate: dropped and counted. Messages out of
   stamp order are reordered within `max_delay_s` (how late, in bag time, a message may be logged after its stamp);
   one stamped before frames already produced (stamps went backwards, or logged too late) is dropped and counted.
-  When *every* sensor message for `restart_after_s` of their own stamps is such a one, the source itself went back in
-  time (a replay started again from the start or looping, a simulator reset, a recorder restarted): the clock
-  restarts at the new time with those messages (kind `restarted`, counted), instead of waiting for the old time.
+  When *every* sensor message for `restart_after_s` of their own stamps is such a one, from at least half the sensor
+  topics that had data, the reference camera's among them (not one sensor group's late batch), the source itself
+  went back in time (a replay started again from the start or looping, a simulator reset, a recorder restarted):
+  the old time's last frames are finished and the clock restarts at the new time with those messages (kind
+  `restarted`, counted), instead of dropping everything until the old time comes back.
   Each kind of degradation is reported once per topic in `diagnostics` and recorded with its count and time span
   in `degradations` (for the run's report), as are spans where a sensor that had data went missing.
 
@@ -307,6 +309,7 @@ class SampleAssembler:
         # their lowest and highest stamps, and whether they span restart_after_s (the clock restarts with them)
         self._behind: list[tuple[_ITEM, str, str, str]] = []
         self._behind_span: tuple[int, int] | None = None
+        self._behind_topics: set[str] = set()
         self._restart_due = False
         self._ref_stamps: list[int] = []          # first reference stamps, for the clock rate
         self._period: int | None = None if self.cfg.rate_hz is None else int(round(1e9 / self.cfg.rate_hz))
@@ -504,12 +507,17 @@ class SampleAssembler:
                               f"backwards, or logged more than max_delay_s={self.cfg.max_delay_s} s late); dropped")
         self._behind.clear()
         self._behind_span = None
+        self._behind_topics.clear()
 
     def _check_restart(self, t: int) -> None:
         """Every sensor message for restart_after_s of stamps was behind the clock: the clock is to restart."""
         lo, hi = (t, t) if self._behind_span is None else self._behind_span
         lo, hi = self._behind_span = min(lo, t), max(hi, t)
-        if hi - lo >= self.cfg.restart_after_s * 1e9:
+        self._behind_topics.add(self._behind[-1][0][2])
+        ref = self.topic_of.get(self.reference_key)  # a whole source going back includes the clock's camera
+        whole = 2 * len(self._behind_topics) >= len(self._newest) and (
+            ref not in self._newest or ref in self._behind_topics)
+        if hi - lo >= self.cfg.restart_after_s * 1e9 and whole:
             self._restart_due = True
         elif len(self._behind) > 10_000:  # stamps crawling back within a sub-second span: not a restart
             self._drop_behind()
@@ -524,6 +532,7 @@ class SampleAssembler:
                       f"{back / 1e9:.1f} s before frames already produced (a publisher restarted from an earlier "
                       "time: a replay started again or looping, a simulator reset); the frame clock restarts there")
         self._behind, self._behind_span, self._restart_due = [], None, False
+        self._behind_topics = set()
         self._seen.clear()
         self._newest.clear()
         for s in self.streams.values():  # what the old time's last frames left
