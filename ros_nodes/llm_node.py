@@ -52,7 +52,7 @@ def make_llm_node(lifecycle_base: type) -> type:
             cfg = self.validated_parameters()
             from std_msgs.msg import String
 
-            from ros_nodes.qos import reliable_qos
+            from ros_nodes.qos import question_qos, reliable_qos
 
             if cfg.use_llm:
                 from edge.runtime.answer_worker import AnswerWorker
@@ -61,7 +61,7 @@ def make_llm_node(lifecycle_base: type) -> type:
                 self.answerer = make_answerer(cfg.aligner_dir, cfg.llm, cfg.max_new_tokens)
                 self.worker = AnswerWorker(self.answerer, cfg.answer_budget_ms)
             self.cfg = cfg
-            self._pubs = {"answer": self.create_lifecycle_publisher(String, io.ANSWER, reliable_qos())}
+            self._pubs = {"answer": self.create_lifecycle_publisher(String, io.ANSWER, question_qos())}
             self.state = "inactive"
             sets = ", ".join(s.name for s in self.answerer.aligner_sets()) if self.answerer else "none"
             self.get_logger().info(f"configured: LLM {'on' if self.answerer else 'off'}, aligner sets {sets}")
@@ -72,14 +72,14 @@ def make_llm_node(lifecycle_base: type) -> type:
             from sensor_msgs.msg import Image
             from std_msgs.msg import String
 
-            from ros_nodes.qos import reliable_qos
+            from ros_nodes.qos import question_qos, reliable_qos
 
             self.frames = split_io.TokenFrames()
             for m in MODALITIES:
                 self._subs.append(self.create_subscription(Image, split_io.token_topic(m), self._on_tokens(m),
                                                            reliable_qos()))
             self._subs.append(self.create_subscription(String, io.OUT_PLAN, self._on_plan, reliable_qos(latched=True)))
-            self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, reliable_qos()))
+            self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, question_qos()))
             self.gate = io.QuestionGate(self.answerer is not None, self.cfg.questions_every_s)
             self._timer = self.create_timer(0.05, self._publish_answers)
             result = self._activate_publishers(state)

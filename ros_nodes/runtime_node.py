@@ -82,7 +82,7 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
             from nav_msgs.msg import OccupancyGrid
             from std_msgs.msg import String
             from diagnostic_msgs.msg import DiagnosticArray
-            from ros_nodes.qos import reliable_qos
+            from ros_nodes.qos import question_qos, reliable_qos
 
             runtime, rig = build_runtime(cfg, with_llm=not perception_only)
             if runtime.answerer is not None and not runtime.answerer.aligners:
@@ -100,7 +100,7 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
                     self._pubs[f"tokens/{m}"] = self.create_lifecycle_publisher(Image, split_io.token_topic(m),
                                                                                 reliable_qos())
             else:
-                self._pubs["answer"] = self.create_lifecycle_publisher(String, io.ANSWER, reliable_qos())
+                self._pubs["answer"] = self.create_lifecycle_publisher(String, io.ANSWER, question_qos())
             self.state = "inactive"
             self.get_logger().info(f"configured: policy {cfg.policy}, backend {runtime.stack.backend}, "
                                    f"LLM {'on' if runtime.answerer else 'off'}")
@@ -108,7 +108,7 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
 
         def _activate(self, state: Any) -> Any:
             from std_msgs.msg import String
-            from ros_nodes.qos import reliable_qos, sensor_qos
+            from ros_nodes.qos import question_qos, reliable_qos, sensor_qos
 
             self._apply_pending()
             self.runtime.queue.clear()  # nothing from before a deactivate is processed now
@@ -124,7 +124,7 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
                 cls = getattr(importlib.import_module(module), name)
                 self._subs.append(self.create_subscription(cls, sub.name, self._on_sensor(sub), sensor_qos(), raw=True))
             if not perception_only:  # the split graph's LLM node takes the questions
-                self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, reliable_qos()))
+                self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, question_qos()))
             self.gate = io.QuestionGate(self.runtime.answerer is not None, self.cfg.questions_every_s)
             result = self._activate_publishers(state)  # activates the lifecycle publishers
             self.pipeline.start()

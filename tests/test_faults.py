@@ -19,7 +19,7 @@ from edge.drives import topics as T
 from edge.drives.bag import open_bag
 from edge.drives.faults import FaultError, inject
 from edge.drives.replay import replay
-from edge.drives.sync import SyncConfig, Synchronizer, cdr_header_stamp
+from edge.drives.sync import SampleAssembler, SyncConfig, Synchronizer, cdr_header_stamp
 from edge.frames import Frame
 
 S = bench_read.START_NS
@@ -161,6 +161,29 @@ def test_backwards_stamps_are_dropped_time_never_rewinds(small_bag: Path, tmp_pa
         assert all(_marker(s.data["fisheye"][c]) == i for c in ("rear", "left", "right"))
         if i >= 11:  # the faulted sensor is missing (the reading at 0.95 s still serves 1.0 s), never the others
             assert (s.data["fisheye"]["front"] is None) == (topic == FRONT) and (s.data["ultrasonic"][US_NAME] is None) == (topic == US)
+
+
+def test_every_sensor_going_back_in_time_restarts_the_clock(make_bag: Any) -> None:
+    """A 4 s drive's messages twice, with the same stamps (a replay started again from the start): the second pass
+    makes its frames again (it used to be dropped as late, all of it: a node fed by `edge replay --loop` froze)."""
+    bag = make_bag("four", duration_s=4.0, fisheye_size=(128, 96), front_size=(128, 80))
+    with open_bag(bag) as b:
+        types = {t: i.msgtype for t, i in b.topics.items()}
+        msgs = list(b.messages(raw=True))
+    asm = SampleAssembler(types, SyncConfig())
+    stamps = [t for t, _ in asm.feed(iter(msgs + msgs))]
+    assert len(stamps) == 80 and stamps[:40] == stamps[40:]  # the old time's frames all finished, then the new
+    assert stamps[:40] == sorted(set(stamps[:40]))
+    kinds = {(d["kind"], d["source"]): d["count"] for d in asm.log.all()}
+    assert kinds == {("restarted", "sensor stamps"): 1}  # nothing dropped: the first second is kept for the restart
+    assert sum("the frame clock restarts" in d for d in asm.diagnostics) == 1
+    # one sensor group's batch logged late (2 s of the 12 ultrasonic sensors, nothing else between): dropped, no
+    # restart: the run of old messages must come from at least half the sensor topics
+    batch = [m for m in msgs if m.topic.startswith("/ultrasonic/") and m.stamp_ns < msgs[0].stamp_ns + 2_000_000_000]
+    asm = SampleAssembler(types, SyncConfig())
+    assert len([t for t, _ in asm.feed(iter(msgs + batch))]) == 40
+    kinds = {(d["kind"], d["source"]): d["count"] for d in asm.log.all()}
+    assert ("restarted", "sensor stamps") not in kinds and sum(kinds.values()) == len(batch)
 
 
 # ---------------------------------------------------------------- audio format

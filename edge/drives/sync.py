@@ -27,6 +27,11 @@ Policy:
 - Per topic, a message with the stamp of one already received is a duplicate: dropped and counted. Messages out of
   stamp order are reordered within `max_delay_s` (how late, in bag time, a message may be logged after its stamp);
   one stamped before frames already produced (stamps went backwards, or logged too late) is dropped and counted.
+  When *every* sensor message for `restart_after_s` of their own stamps is such a one, from at least half the sensor
+  topics that had data, the reference camera's among them (not one sensor group's late batch), the source itself
+  went back in time (a replay started again from the start or looping, a simulator reset, a recorder restarted):
+  the old time's last frames are finished and the clock restarts at the new time with those messages (kind
+  `restarted`, counted), instead of dropping everything until the old time comes back.
   Each kind of degradation is reported once per topic in `diagnostics` and recorded with its count and time span
   in `degradations` (for the run's report), as are spans where a sensor that had data went missing.
 
@@ -91,6 +96,8 @@ class SyncConfig:
     image_reduce: int = 1                # 2, 4, 8: decode images that much smaller (see messages.decode_image)
     ground_truth: bool = True
     conditions_max_age_s: float = 2.0    # conditions are a state published on change / at ~1 Hz, not per frame
+    restart_after_s: float = 1.0         # every sensor message this long (their stamps) before frames produced: the
+                                         # source went back in time, the clock restarts there (module docstring)
 
 
 class SyncError(EdgeError):
@@ -298,6 +305,12 @@ class SampleAssembler:
         self._seq = 0
         self._seen: dict[str, set[int]] = {}      # topic -> stamps received (duplicates), pruned as frames pass
         self._newest: dict[str, int] = {}         # topic -> newest stamp received (reordering)
+        # consecutive sensor messages stamped before frames produced: (item, stream key, kind, note if dropped),
+        # their lowest and highest stamps, and whether they span restart_after_s (the clock restarts with them)
+        self._behind: list[tuple[_ITEM, str, str, str]] = []
+        self._behind_span: tuple[int, int] | None = None
+        self._behind_topics: set[str] = set()
+        self._restart_due = False
         self._ref_stamps: list[int] = []          # first reference stamps, for the clock rate
         self._period: int | None = None if self.cfg.rate_hz is None else int(round(1e9 / self.cfg.rate_hz))
         self._next: int | None = None             # nominal stamp of the next tick
@@ -410,7 +423,11 @@ class SampleAssembler:
                 item = None
             if item is not None:
                 self._admit(item, *route)
+            if self._restart_due:  # the source went back in time: the old time's frames first, then the new time
+                yield from self._ticks(watermark, final=True)
+                watermark = self._restart()
             yield from self._ticks(watermark - horizon)
+        self._drop_behind()
         if watermark is not None:  # the recording ends at its last bag time: the clock ticks up to there
             yield from self._ticks(watermark, final=True)
 
@@ -463,12 +480,13 @@ class SampleAssembler:
             self.streams[key].add(item)
             return
         seen = self._seen.setdefault(topic, set())
+        if self.last_stamp is not None and t < self._usable_from(kind):  # dropped, unless the source restarted
+            self._behind.append((item, key, kind, "duplicate" if t in seen else "late"))
+            self._check_restart(t)
+            return
+        self._drop_behind()
         if t in seen:
             self.log.note("duplicate", topic, t, "message with the stamp of one already received; dropped")
-            return
-        if self.last_stamp is not None and t < self._usable_from(kind):
-            self.log.note("late", topic, t, "message stamped before frames already produced (stamps went backwards, "
-                                            f"or logged more than max_delay_s={self.cfg.max_delay_s} s late); dropped")
             return
         newest = self._newest.get(topic)
         if newest is not None and t < newest:
@@ -478,6 +496,51 @@ class SampleAssembler:
         if key == self.reference_key and self.cfg.rate_hz is None and len(self._ref_stamps) < 16:
             bisect.insort(self._ref_stamps, t)
         self.streams[key].add(item)
+
+    def _drop_behind(self) -> None:
+        """Sensor data on the clock's time again (or the end): the messages stamped before it are dropped, counted."""
+        for item, _, _, why in self._behind:
+            if why == "duplicate":
+                self.log.note("duplicate", item[2], item[0], "message with the stamp of one already received; dropped")
+            else:
+                self.log.note("late", item[2], item[0], "message stamped before frames already produced (stamps went "
+                              f"backwards, or logged more than max_delay_s={self.cfg.max_delay_s} s late); dropped")
+        self._behind.clear()
+        self._behind_span = None
+        self._behind_topics.clear()
+
+    def _check_restart(self, t: int) -> None:
+        """Every sensor message for restart_after_s of stamps was behind the clock: the clock is to restart."""
+        lo, hi = (t, t) if self._behind_span is None else self._behind_span
+        lo, hi = self._behind_span = min(lo, t), max(hi, t)
+        self._behind_topics.add(self._behind[-1][0][2])
+        ref = self.topic_of.get(self.reference_key)  # a whole source going back includes the clock's camera
+        whole = 2 * len(self._behind_topics) >= len(self._newest) and (
+            ref not in self._newest or ref in self._behind_topics)
+        if hi - lo >= self.cfg.restart_after_s * 1e9 and whole:
+            self._restart_due = True
+        elif len(self._behind) > 10_000:  # stamps crawling back within a sub-second span: not a restart
+            self._drop_behind()
+
+    def _restart(self) -> int:
+        """Start the clock again at the time the sensors went back to, with their messages; the new watermark."""
+        assert self.last_stamp is not None and self._behind_span is not None
+        lo, hi = self._behind_span
+        behind, back = self._behind, self.last_stamp - lo
+        self.log.note("restarted", "sensor stamps", lo,
+                      f"every sensor message for {(hi - lo) / 1e9:.1f} s was stamped up to "
+                      f"{back / 1e9:.1f} s before frames already produced (a publisher restarted from an earlier "
+                      "time: a replay started again or looping, a simulator reset); the frame clock restarts there")
+        self._behind, self._behind_span, self._restart_due = [], None, False
+        self._behind_topics = set()
+        self._seen.clear()
+        self._newest.clear()
+        for s in self.streams.values():  # what the old time's last frames left
+            s.items.clear()
+        self._next = self.last_stamp = None
+        for item, key, kind, _ in behind:
+            self._admit(item, key, kind)
+        return hi
 
     def _usable_from(self, kind: str) -> int:
         assert self.last_stamp is not None
