@@ -282,4 +282,4 @@ def test_bad_parameters_fail_configure_naming_the_key(tmp_path, ros_env, client_
         assert client.state() == "unconfigured"
     finally:
         code = node.stop()
-    assert code == 0
+    assert code == 0, f"node did not stop cleanly on SIGINT (exit {code}): {''.join(node.lines)[-2000:]}"
