@@ -486,7 +486,7 @@ class SampleAssembler:
             return
         self._drop_behind()
         if t in seen:
-            self.log.note("duplicate", topic, t, "message with the stamp of one already received; dropped")
+            self._note_dropped("duplicate", topic, t)
             return
         newest = self._newest.get(topic)
         if newest is not None and t < newest:
@@ -500,14 +500,18 @@ class SampleAssembler:
     def _drop_behind(self) -> None:
         """Sensor data on the clock's time again (or the end): the messages stamped before it are dropped, counted."""
         for item, _, _, why in self._behind:
-            if why == "duplicate":
-                self.log.note("duplicate", item[2], item[0], "message with the stamp of one already received; dropped")
-            else:
-                self.log.note("late", item[2], item[0], "message stamped before frames already produced (stamps went "
-                              f"backwards, or logged more than max_delay_s={self.cfg.max_delay_s} s late); dropped")
+            self._note_dropped(why, item[2], item[0])
         self._behind.clear()
         self._behind_span = None
         self._behind_topics.clear()
+
+    def _note_dropped(self, why: str, topic: str, t: int) -> None:
+        """A sensor message dropped as a `duplicate` or as `late`, noted with the reason a user reads."""
+        if why == "duplicate":
+            self.log.note("duplicate", topic, t, "message with the stamp of one already received; dropped")
+        else:
+            self.log.note("late", topic, t, "message stamped before frames already produced (stamps went backwards, "
+                                            f"or logged more than max_delay_s={self.cfg.max_delay_s} s late); dropped")
 
     def _check_restart(self, t: int) -> None:
         """Every sensor message for restart_after_s of stamps was behind the clock: the clock is to restart."""

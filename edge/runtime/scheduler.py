@@ -40,6 +40,12 @@ STATIC = {Policy.CAMERA: ("fisheye", "camera"), Policy.ALL: MODALITIES}
 # off ever longer.
 TABU_S = 5.0
 TABU_MAX_S = 60.0
+
+
+def ban_s(times_before: int) -> float:
+    """How long a ban lasts after `times_before` earlier ones of the same kind: TABU_S, doubled each time, capped."""
+    return min(TABU_S * 2 ** times_before, TABU_MAX_S)
+
 # Frames of its own over the budget that end a trial: the first frame of a newly started stage is often slow (as
 # probes are: a stage run once after seconds idle), and one preempted frame is the machine's, not the plan's.
 TRIAL_MISSES = 2
@@ -392,8 +398,7 @@ class Scheduler:
                     target = max(cheaper, key=lambda p: self._score(p, ctx))
                     if self.current == self._trial:  # a failed trial: no trial of any plan for a while either
                         self._failed_trials += 1
-                        self._no_trial_until = self.costs.clock() + min(TABU_S * 2 ** (self._failed_trials - 1),
-                                                                         TABU_MAX_S)
+                        self._no_trial_until = self.costs.clock() + ban_s(self._failed_trials - 1)
                     self._ban(self.current)
                     return self._switch(target, "current plan over budget" + over, ctx)
             return self._stay(ctx)
@@ -460,7 +465,7 @@ class Scheduler:
         """Keep a plan left over budget out of voluntary changes: TABU_S, doubled for each earlier time it was left."""
         n = self._left.get(plan, 0)
         self._left[plan] = n + 1
-        self._tabu[plan] = self.costs.clock() + min(TABU_S * 2 ** n, TABU_MAX_S)
+        self._tabu[plan] = self.costs.clock() + ban_s(n)
 
     def _stay(self, ctx: Context) -> Decision:
         plan = self.current
