@@ -60,3 +60,14 @@ def test_a_reading_serving_two_frames_is_not_a_stuck_repeat() -> None:
     p = RangePlausibility([FRONT], stuck_frames=3)
     for k in range(10):  # the same message (same stamp) at every frame: the sensor is slow, not stuck
         assert p.update(k * 100 * MS, {"front": _reading(1.5, 0)}) == ()
+
+
+def test_beam_masks_can_be_made_before_the_first_frame() -> None:
+    # made lazily, the first frame with a fisheye view paid ~16 ms for 12 beams, and that frame set every plan's
+    # predicted tail (issue 16); the runtime prepares them on its BEV grid at start-up
+    rear = Beam("rear", -1.0, 0.0, math.pi, math.radians(60), 0.2, 4.0)
+    p = RangePlausibility([FRONT, rear])
+    assert not p._masks
+    p.prepare(GRID)
+    assert set(p._masks) == {(GRID, "front"), (GRID, "rear")}
+    assert np.array_equal(p._masks[GRID, "front"], FRONT.mask(GRID))

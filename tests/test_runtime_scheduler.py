@@ -236,3 +236,14 @@ def test_a_better_plan_is_taken_after_the_dwell_even_when_near_equal_ones_trade_
         changed.append(s.step(ctx("day", t=i)).changed)
     assert changed.index(True) == 2  # after `dwell` frames with a better plan, whichever leads
     assert "fisheye" in s.current.modalities
+
+
+def test_frames_without_audio_do_not_set_the_audio_background() -> None:
+    # the first frames of a drive carry no audio (its window is filling): their -120 dB taken as the background made
+    # every later frame an "event", for good, and audio was worth an event's weight all drive long
+    s = scheduler()
+    s.step(ctx("day", silent=("audio",), audio_db=-120.0))
+    s.step(ctx("day", audio_db=-40.0, t=1))
+    assert not s._eventful
+    s.step(ctx("day", audio_db=-20.0, t=2))
+    assert s._eventful

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edge.frames import Frame
+from edge.kernels.grid import BevGrid
 from edge.modalities.registry import registry
 from edge.runtime.plausibility import Beam, FrozenImages, ObstacleView, RangePlausibility
 
@@ -119,9 +120,12 @@ class ContextEstimator:
     """Feed samples in time order; each call returns the context at that sample. `ultrasonic` (the rig's
     UltrasonicSensor list) gives the beams against which "no echo" is checked."""
 
-    def __init__(self, window: int = 20, brightness_smoothing: float = 0.3, ultrasonic: Sequence[Any] = ()) -> None:
+    def __init__(self, window: int = 20, brightness_smoothing: float = 0.3, ultrasonic: Sequence[Any] = (),
+                 grid: BevGrid | None = None) -> None:
         self.trackers = {k: _StreamTracker(window) for k in registry().health_streams}
         self.plausibility = RangePlausibility([Beam.of(s) for s in ultrasonic])
+        if grid is not None:  # the BEV grid the fisheye views come on: the beams' masks made now, not on a frame
+            self.plausibility.prepare(grid)
         self.frozen = FrozenImages()
         self.alpha = brightness_smoothing
         self._brightness: float | None = None

@@ -85,7 +85,10 @@ class CostModel:
         # thread count -> recent (at, wall ms, cpu ms) of stages timed inside frames: the contention frames see
         self._inside: dict[int, deque] = {}
         self._memo: dict[tuple[Key, float], float | None] = {}  # quantiles until the next measurement
-        self._plan_memo: dict[tuple, float | None] = {}
+        self._plan_memo: dict[tuple, Any] = {}  # plan latencies, stages' (median, squared tail), contention
+        # each key's recent window, sorted, until that key's next measurement: the planner reads it for every
+        # candidate plan (64 of them) each frame, and rebuilding it per read cost ~2 ms a frame (issue 16)
+        self._window_memo: dict[Key, list[float]] = {}
 
     # ---------------------------------------------------------------- measurements
     def key(self, component: str, backend: str | None = None, threads: int | None = None) -> Key:
@@ -94,10 +97,12 @@ class CostModel:
     def observe(self, component: str, ms: float, cpu_ms: float | None = None, backend: str | None = None,
                 threads: int | None = None) -> bool:
         """Record one measurement; returns whether it looks preempted (it is kept: it is what the frame cost)."""
-        s = self._series.setdefault(self.key(component, backend, threads), _Series())
+        key = self.key(component, backend, threads)
+        s = self._series.setdefault(key, _Series())
         now = self.clock()
         self._memo.clear()
         self._plan_memo.clear()
+        self._window_memo.pop(key, None)
         s.samples.append((now, float(ms)))
         s.last_at = now
         hit = preempted(ms, cpu_ms)
@@ -148,19 +153,25 @@ class CostModel:
         return kept
 
     def forget(self, component: str, backend: str | None = None, threads: int | None = None) -> None:
-        self._series.pop(self.key(component, backend, threads), None)
+        key = self.key(component, backend, threads)
+        self._series.pop(key, None)
+        self._window_memo.pop(key, None)
         self._memo.clear()
         self._plan_memo.clear()
 
     # ---------------------------------------------------------------- estimates
     def _recent(self, key: Key) -> list[float]:
+        """The key's recent window, sorted (callers must not change it)."""
+        if key in self._window_memo:
+            return self._window_memo[key]
         s = self._series.get(key)
         if s is None or not s.samples:
             return []
         newest = s.samples[-1][0]
         # a fresh sample retires those already due for re-measurement (a stage measured every frame keeps `window`)
         recent = [ms for at, ms in s.samples if newest - at < self.max_age_s / 2]
-        return recent[-self.window:]
+        self._window_memo[key] = sorted(recent[-self.window:])
+        return self._window_memo[key]
 
     def quantile(self, component: str, q: float, backend: str | None = None, threads: int | None = None
                  ) -> float | None:
@@ -169,7 +180,7 @@ class CostModel:
         key = self.key(component, backend, threads)
         if (key, q) not in self._memo:
             recent = self._recent(key)
-            self._memo[key, q] = sorted(recent)[tail_rank(len(recent), q)] if recent else None
+            self._memo[key, q] = recent[tail_rank(len(recent), q)] if recent else None
         return self._memo[key, q]
 
     def p50(self, component: str, backend: str | None = None, threads: int | None = None) -> float | None:
@@ -239,18 +250,31 @@ class CostModel:
         keys = [(part, backend, threads) for part in self.components(modalities, camera_keep)]
         median = tail = 0.0
         for key in keys + [(OVERHEAD, backend, 0)]:
-            mid = self.quantile(key[0], 50.0, key[1], key[2])
-            if mid is None:
+            stage = self._stage(key, q)
+            if stage is None:
                 if key[0] == OVERHEAD:
                     continue
                 return None
-            median += mid
-            if q > 50.0:
-                spread = self.quantile(key[0], q, key[1], key[2]) - mid  # type: ignore[operator]
-                if len(self._recent(key)) < FEW:  # a probe or two say little about the tail: use the load's
-                    spread = max(spread, mid * self.contention(q))
-                tail += spread ** 2
+            median += stage[0]
+            tail += stage[1]
         return median + math.sqrt(tail)
+
+    def _stage(self, key: Key, q: float) -> tuple[float, float] | None:
+        """A stage's median and its squared tail (q-th percentile above the median) as plans add them; memoised
+        with the plans (64 candidate plans share a dozen stages)."""
+        memo = ("stage", key, q)
+        if memo not in self._plan_memo:
+            mid = self.quantile(key[0], 50.0, key[1], key[2])
+            if mid is None:
+                self._plan_memo[memo] = None
+            else:
+                spread = 0.0
+                if q > 50.0:
+                    spread = self.quantile(key[0], q, key[1], key[2]) - mid  # type: ignore[operator]
+                    if len(self._recent(key)) < FEW:  # a probe or two say little about the tail: use the load's
+                        spread = max(spread, mid * self.contention(q))
+                self._plan_memo[memo] = (mid, spread ** 2)
+        return self._plan_memo[memo]  # type: ignore[return-value]
 
     def contention(self, q: float) -> float:
         """How far the q-th percentile sits above the median, relative to it, over the stages measured every frame
@@ -258,12 +282,18 @@ class CostModel:
 
         Summed, not a median of per-stage ratios: a preempted time slice adds milliseconds whatever the stage, so
         a 4 ms stage (the front camera, the overhead) shows a ratio of 2-3 where a 35 ms encoder shows 0.5, and the
-        median ratio lent a probed fisheye twice its median as tail (issue 16's parking-day runs)."""
+        median ratio lent a probed fisheye twice its median as tail (issue 16's parking-day runs).
+
+        The encoders' stages only: the per-frame overhead (context, planning, hand-off: Python that a garbage
+        collection or the first frames stretch) is added to every plan with its own tail already, and, the only
+        key measured 10 times in a run's first frames, it alone set the ratio then: 1.1 on the quiet machine
+        (p50 5.5, p95 11.6 ms), which lent fisheye on 1 thread a 27 ms tail and kept the 40 ms budget's best plan
+        out (issue 16)."""
         memo = ("contention", q)
         if memo not in self._plan_memo:
             mids = tails = 0.0
             for key in self._series:
-                if not key[0].startswith(FRAME) and len(self._recent(key)) >= FEW:
+                if not key[0].startswith(FRAME) and key[0] != OVERHEAD and len(self._recent(key)) >= FEW:
                     mid = self.quantile(key[0], 50.0, key[1], key[2]) or 0.0
                     mids += mid
                     tails += (self.quantile(key[0], q, key[1], key[2]) or 0.0) - mid
@@ -296,6 +326,10 @@ class CostModel:
     def frames_over(self, plan: Any, ms: float) -> int:
         """How many of the recent frames this plan ran took more than `ms`."""
         return sum(x > ms for x in self._recent((FRAME + plan.describe(), plan.backend, 0)))
+
+    def frames_run(self, plan: Any) -> int:
+        """How many recent frames this plan ran."""
+        return len(self._recent((FRAME + plan.describe(), plan.backend, 0)))
 
     def observe_frame(self, plan: Any, ms: float) -> None:
         """A whole frame of `plan`, end to end."""

@@ -146,6 +146,13 @@ class RangePlausibility:
         """Closed spans and those still open (the drive ended inside them)."""
         return self.records + [self._record(n, s) for n, s in self._state.items() if s.reason is not None]
 
+    def prepare(self, grid: BevGrid) -> None:
+        """Compute every beam's mask on `grid` now: lazily, the first frame with a fisheye view paid for all 12
+        (~16 ms on this CPU), and that one frame's overhead set the tail every plan was predicted with until ten
+        more were measured (issue 16: the 40 ms budget's first plan left at 0.6 s, predicted 62 ms)."""
+        for beam in self.beams:
+            self._mask(beam, grid)
+
     def _mask(self, beam: Beam, grid: BevGrid) -> np.ndarray:
         key = (grid, beam.name)
         if key not in self._masks:

@@ -41,6 +41,7 @@ from edge.runtime.scheduler import KEEP_RATIOS, MODALITIES, Budget, Decision, Pl
 
 log = logging.getLogger(__name__)
 PROBE_DUTY = 0.1  # share of wall time re-measurement may take beyond the frames' slack
+WARMUP_PASSES = 2  # untimed start-up passes at every thread count before calibration counts any (Runtime.calibrate)
 Stopwatch = Callable[[str, Callable[[], Any]], tuple[Any, float, float]]  # (stage, fn) -> (fn(), wall ms, cpu ms)
 
 DEFAULT_PERCEPTION = Path(__file__).resolve().parents[2] / "models" / "perception"
@@ -102,7 +103,8 @@ class Runtime:
         self.stack.set_backend(backend, cache_dir=engine_cache, progress=progress)
         from edge.sensors.rig import load_rig  # as PerceptionStack.load: the default rig unless one is given
 
-        self.estimator = ContextEstimator(ultrasonic=(rig if rig is not None else load_rig()).ultrasonic)
+        self.estimator = ContextEstimator(ultrasonic=(rig if rig is not None else load_rig()).ultrasonic,
+                                          grid=self.stack.cfg.bev_grid)
         self.detacher = Detacher()  # modalities left out after an exception, retried with back-off
         self._obstacles: ObstacleView | None = None  # the previous frame's fisheye BEV: a witness for range sensors
         self._diag_sent: set[str] = set()  # runtime diagnostics already attached to a frame
@@ -178,25 +180,38 @@ class Runtime:
     # ---------------------------------------------------------------- costs
     def calibrate(self, sample: Frame, repeats: int = 3) -> None:
         """Measure every component with data, at every thread count a plan may use, so that the first plan is
-        chosen on measured costs. A first pass warms up (lazy tables, allocator, first-call dispatch) and is not
-        counted; repeats the other job preempted are dropped while a clean one remains (CostModel.calibrate)."""
+        chosen on measured costs. Warm-up passes at every thread count (lazy tables, allocator, first-call
+        dispatch) are not counted; the counted repeats go round the thread counts in turn, so that none is timed
+        while the process is still warming up; repeats the other job preempted are dropped while a clean one
+        remains (CostModel.calibrate).
+
+        Why in turn: timed one thread count after the other, the first one counted was the cold one. On the quiet
+        2-core machine, fisheye on 1 thread calibrated at 40 ms (p50 of 3, after one warm-up pass) and ran at 21-23
+        ms in frames, so the 40 ms budget's best plan (fisheye alone, 1 thread: p95 37 ms) was never chosen."""
         static = not self.scheduler.adaptive  # runs at its own thread count, reads no estimate
-        for threads in (self.scheduler.static_threads,) if static else self.thread_options:
-            self._measure(sample, MODALITIES, threads, 1 if static else repeats)
+        counts = (self.scheduler.static_threads,) if static else self.thread_options
+        runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for _ in range(WARMUP_PASSES):
+            for threads in counts:
+                self._time_stages(sample, MODALITIES, threads, {})
+        for _ in range(1 if static else repeats):
+            for threads in counts:
+                self._time_stages(sample, MODALITIES, threads, runs)
+        for (name, threads), r in runs.items():
+            self.costs.calibrate(name, r, self.backend, threads)
         probe = ContextEstimator()  # the context's own cost, on a throwaway estimator (it keeps state)
         runs = [self._stopwatch(OVERHEAD, lambda: probe.update(sample))[1:] for _ in range(repeats)]
         self.costs.calibrate(OVERHEAD, runs, self.backend, 0)
         self._calibrated = True
 
-    def _measure(self, sample: Frame, modalities: tuple[str, ...], threads: int, repeats: int) -> dict[str, float]:
-        """Warm-up, then `repeats` timed passes of the modalities' stages (every camera keep ratio); committed
-        per stage through CostModel.calibrate. Returns the median kept per stage."""
-        runs: dict[str, list[tuple[float, float]]] = {}
-
+    def _time_stages(self, sample: Frame, modalities: tuple[str, ...], threads: int,
+                     runs: dict[tuple[str, int], list[tuple[float, float]]]) -> None:
+        """One timed pass of the modalities' stages (every camera keep ratio) at `threads`, appended to `runs`
+        under (stage, threads)."""
         def record(name: str, fn: Callable[[], Any]) -> Any:
             result, wall, cpu = self._stopwatch(name, fn)
             if result is not None:
-                runs.setdefault(name, []).append((wall, cpu))
+                runs.setdefault((name, threads), []).append((wall, cpu))
             return result
 
         self._use_threads(threads)
@@ -204,13 +219,18 @@ class Runtime:
                    KEEP_RATIOS[0])]
         if "camera" in modalities:
             passes += [(("camera",), keep) for keep in KEEP_RATIOS[1:]]
-        for rep in range(repeats + 1):
-            if rep == 1:
-                runs.clear()
-            for use, keep in passes:
-                self.stack.run(sample, use, {"camera": keep}, timer=record, isolate=True)
+        for use, keep in passes:
+            self.stack.run(sample, use, {"camera": keep}, timer=record, isolate=True)
+
+    def _measure(self, sample: Frame, modalities: tuple[str, ...], threads: int, repeats: int) -> dict[str, float]:
+        """Warm-up, then `repeats` timed passes of the modalities' stages; committed per stage through
+        CostModel.calibrate. Returns the median kept per stage."""
+        runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        self._time_stages(sample, modalities, threads, {})
+        for _ in range(repeats):
+            self._time_stages(sample, modalities, threads, runs)
         return {name: statistics.median(self.costs.calibrate(name, r, self.backend, threads))
-                for name, r in runs.items()}
+                for (name, _), r in runs.items()}
 
     def _stages(self, usable: tuple[str, ...]) -> list[str]:
         out = [s for m in usable for s in (CostModel.components((m,), 1.0) if m != "camera"
