@@ -447,7 +447,13 @@ class Scheduler:
                 now = self.costs.plan_latency(self.current, 50.0) or math.inf
                 expected = self.predicted(self.current)
                 under = max(0.0, ran - expected) if ran is not None and expected is not None else 0.0
-                cheaper = [p for p in fitting if p != self.current and (
+                # An overshoot within the headroom (measured, or predicted while the plan has few frames) is left
+                # only for a plan with the headroom: plans that merely fit sit at the same edge, and moving among
+                # them only flapped (at 15 ms the camera's keep ratios and thread counts cost the same; docs/runtime.md
+                # has the evaluation before and after). A failed trial is left for any plan that fits.
+                small = ms is not None and ms - self.budget.latency_ms <= self.headroom * self.budget.latency_ms
+                pool = roomy if small and self.current != self._trial else fitting
+                cheaper = [p for p in pool if p != self.current and (
                     self.current == self._trial or ((self.costs.plan_latency(p, 50.0) or math.inf) < now and (
                         self.predicted(p) or math.inf) + under <= self.budget.latency_ms))]
                 if cheaper:
