@@ -493,7 +493,7 @@ def test_a_small_gain_does_not_buy_a_plan_at_the_budgets_edge() -> None:
 
 def test_a_small_overshoot_is_left_only_for_a_plan_with_headroom() -> None:
     """At 15 ms the camera's keep ratios and thread counts cost the same and all sit at the budget's edge: moving
-    among them on every small overshoot only flapped (30 forced moves in 6 runs of 20 s, issue 16)."""
+    among them on every small overshoot only flapped (issue 16; docs/runtime.md has the evaluation)."""
 
     def run(camera_ms: float, frame_ms: float) -> list:
         clock = Clock()

@@ -435,22 +435,24 @@ class Scheduler:
                     n, of = self.costs.frames_over(self.current, self.budget.latency_ms), \
                         self.costs.frames_run(self.current)
                     over = f" (on trial: {n} of its {of} frames over {self.budget.latency_ms:g} ms)"
-                # to the best plan that fits and is cheaper (a dearer one would not do better on this machine now).
-                # Not only among those with headroom: at 40 ms every plan with a map sits within 10 % of the
-                # budget, and leaving for the roomy ones alone put the runtime on the camera and audio, with no map,
-                # for the rest of the drive (issue 16); a plan that overruns again is banned longer each time. And
-                # one that would meet the budget where this one's frames did not: its prediction plus what this
-                # plan's frames measured over
-                # their own prediction (the load on every stage at once, which adding tails in quadrature leaves
-                # out). Moving among cheap plans that save less than that only flaps: on the loaded 2-core machine,
-                # audio + camera measured 102 ms at p95 (budget 100) -> audio alone, then 129 ms (h22-before).
+                # To the best plan that is cheaper (a dearer one would not do better on this machine now), not
+                # banned while another will do (a plan that overruns again is banned longer each time), and drawn
+                # from:
+                # - for an overshoot within the headroom (measured, or predicted while the plan has few frames), the
+                #   plans with the headroom: plans that merely fit sit at the same edge, and moving among them only
+                #   flapped (at 15 ms the camera's keep ratios and thread counts cost the same; docs/runtime.md has
+                #   the evaluation before and after);
+                # - for a larger one, or a failed trial, every plan that fits: at 40 ms every plan with a map sits
+                #   within 10 % of the budget, and leaving for the roomy ones alone put the runtime on the camera
+                #   and audio, with no map, for the rest of the drive (issue 16).
+                # And one that would meet the budget where this one's frames did not: its prediction plus what this
+                # plan's frames measured over their own prediction (the load on every stage at once, which adding
+                # tails in quadrature leaves out). Moving among cheap plans that save less than that only flaps: on
+                # the loaded 2-core machine, audio + camera measured 102 ms at p95 (budget 100) -> audio alone,
+                # then 129 ms (h22-before).
                 now = self.costs.plan_latency(self.current, 50.0) or math.inf
                 expected = self.predicted(self.current)
                 under = max(0.0, ran - expected) if ran is not None and expected is not None else 0.0
-                # An overshoot within the headroom (measured, or predicted while the plan has few frames) is left
-                # only for a plan with the headroom: plans that merely fit sit at the same edge, and moving among
-                # them only flapped (at 15 ms the camera's keep ratios and thread counts cost the same; docs/runtime.md
-                # has the evaluation before and after). A failed trial is left for any plan that fits.
                 small = ms is not None and ms - self.budget.latency_ms <= self.headroom * self.budget.latency_ms
                 pool = roomy if small and self.current != self._trial else fitting
                 cheaper = [p for p in pool if p != self.current and (
