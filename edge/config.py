@@ -109,6 +109,8 @@ class RuntimeConfig(StrictModel):
     budget_mb: float = Field(2048.0, ge=1.0, le=1_000_000.0, **_opt("memory budget of the encoders, MB", dynamic=True))
     answer_budget_ms: float = Field(1000.0, ge=1.0, le=600_000.0, **_opt(
         "answering budget, question asked to answer ready, ms"))
+    answer_nice: int = Field(10, ge=0, le=19, **_opt(
+        "how much lower the LLM thread's OS priority is than the frames' (Linux nice); 0 = the same"))
     max_estimate_age_s: float = Field(5.0, ge=0.1, le=60.0, **_opt(
         "no plan rests longer on a cost estimate nobody re-measured, s"))
     max_plan_changes_per_min: int = Field(6, ge=1, le=600, **_opt(

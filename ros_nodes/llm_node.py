@@ -11,7 +11,7 @@ own, never on the executor: the callbacks only check, queue and publish).
        or sooner than `questions_every_s` after the last one accepted.
 
 Parameters: the same declared set as the runtime node (one parameters file serves the graph); this node reads
-use_llm, llm, aligner_dir, max_new_tokens, answer_budget_ms and questions_every_s (the last at runtime too).
+use_llm, llm, aligner_dir, max_new_tokens, answer_budget_ms, answer_nice and questions_every_s (the last at runtime too).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def make_llm_node(lifecycle_base: type) -> type:
                 from edge.runtime.answerer import make_answerer
 
                 self.answerer = make_answerer(cfg.aligner_dir, cfg.llm, cfg.max_new_tokens)
-                self.worker = AnswerWorker(self.answerer, cfg.answer_budget_ms)
+                self.worker = AnswerWorker(self.answerer, cfg.answer_budget_ms, nice=cfg.answer_nice)
             self.cfg = cfg
             self._pubs = {"answer": self.create_lifecycle_publisher(String, io.ANSWER, question_qos())}
             self.state = "inactive"

@@ -158,9 +158,16 @@ class Pipeline:
         if self._thread.is_alive():
             self._thread.join(timeout=timeout_s)
 
-    def _incoming(self) -> Iterator[BagMessage]:
+    def _incoming(self) -> Iterator[BagMessage | None]:
+        """Messages in arrival order; None after `idle_after_s` without one, so that the last frames before the
+        sensors fall silent are made now rather than when (if ever) the next message comes."""
+        idle_s = self.assembler.idle_after_s()
         while not self._stop.is_set():
-            msg = self.inbox.get()
+            try:
+                msg = self.inbox.get(timeout=idle_s)
+            except queue.Empty:
+                yield None
+                continue
             if msg is not None and not self.lag.stale(msg.topic, msg.stamp_ns):
                 yield msg
 

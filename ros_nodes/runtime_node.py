@@ -256,7 +256,8 @@ def build_runtime(cfg: Any, with_llm: bool = True) -> tuple[Any, Any]:
     runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer, dwell=cfg.dwell_frames,
                       quality_per_ms=cfg.quality_per_ms, rig=rig, backend=cfg.backend,
                       engine_cache=cfg.engine_cache, max_estimate_age_s=cfg.max_estimate_age_s,
-                      max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads)
+                      max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads,
+                      answer_nice=cfg.answer_nice)
     runtime.scheduler.answer_weight = cfg.answer_weight
     return runtime, rig
 
@@ -302,16 +303,36 @@ def ros_params_file(path: str) -> str:
     return wrapped.name
 
 
+def make_executor() -> Any:
+    """rclpy's EventsExecutor (C++; rclpy.experimental since Jazzy's 7.1 releases) where it exists, else the
+    MultiThreadedExecutor.
+
+    Why: the Python executors rebuild their wait set from every subscription, QoS event, service and timer on each
+    wake-up, holding the GIL while they do. At the default rig's ~480 messages a second, the main thread spent a whole
+    core on it (`top -H`: 100 %, half of it in futex calls), and the frame worker, which needs the GIL between torch
+    ops, got what was left. On the 2-core machine, `python benchmarks/soak.py node --minutes 1` (7 Dec 2026, same code
+    otherwise): with the MultiThreadedExecutor 130 frames of 700, 75 grids, processing p50 / p95 90 / 962 ms, 4 of
+    13 questions answered, 26 s to the first frame; with the EventsExecutor 696 frames, 696 grids, 55 / 71 ms, 13 of
+    13, 2.3 s. Every callback of this node only queues or answers at once, so one executor thread is enough."""
+    try:
+        from rclpy.experimental import EventsExecutor
+    except ImportError:  # an rclpy without it (Humble, early Jazzy builds)
+        from rclpy.executors import MultiThreadedExecutor
+
+        return MultiThreadedExecutor(num_threads=2)
+    return EventsExecutor()
+
+
 def run_node(args: argparse.Namespace) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.impl.implementation_singleton import rclpy_implementation
     from rclpy.lifecycle import LifecycleNode
     from rclpy.lifecycle import TransitionCallbackReturn as R
 
     rclpy.init(args=["edge node", *ros_arguments(args)])
     node = make_node(LifecycleNode, args.role)()
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = make_executor()
     executor.add_node(node)
     try:
         if node.get_parameter("autostart").value:

@@ -186,6 +186,62 @@ def test_every_sensor_going_back_in_time_restarts_the_clock(make_bag: Any) -> No
     assert ("restarted", "sensor stamps") not in kinds and sum(kinds.values()) == len(batch)
 
 
+def test_a_live_source_that_falls_silent_gets_its_last_frames(make_bag) -> None:
+    """Ticks wait for a later message; when every sensor stops none comes, and the node soak lost the last frames of
+    its run (2 of 18,010). A silent source (None, after SampleAssembler.idle_after_s) releases them, and the node's
+    pipeline sends that None when its inbox stays empty."""
+    import threading
+    from types import SimpleNamespace
+
+    from ros_nodes.node_io import Pipeline
+
+    bag = make_bag("silent", duration_s=2.0, fisheye_size=(128, 96), front_size=(128, 80))
+    with open_bag(bag) as b:
+        types = {t: i.msgtype for t, i in b.topics.items()}
+        msgs = list(b.messages(raw=True))
+    everything = [t for t, _ in SampleAssembler(types, SyncConfig()).feed(iter(msgs))]  # the recording's end
+    got: list[int] = []
+    counts: list[int] = []
+
+    def live():  # the counts are read when feed asks for the next message: after what the last one released
+        yield from msgs
+        counts.append(len(got))
+        yield None
+        counts.append(len(got))
+
+    got.extend(t for t, _ in SampleAssembler(types, SyncConfig()).feed(live()))
+    assert counts[0] < len(everything) and counts[1] == len(everything) and got == everything
+
+    done: list[int] = []
+    drained = threading.Event()
+
+    class Runtime:  # the runtime's queue interface, one result per sample
+        stack = SimpleNamespace(cfg=SimpleNamespace(image_reduce=4))
+        queue: list = []
+
+        def submit(self, sample: Frame) -> None:
+            self.queue.append(sample.stamp_ns)
+
+        def drain(self) -> list[int]:
+            out, self.queue[:] = list(self.queue), []
+            return out
+
+    def publish(stamp: int) -> None:
+        done.append(stamp)
+        if len(done) == len(everything):
+            drained.set()
+
+    pipe = Pipeline(Runtime(), types, publish, lambda: None, max_delay_s=0.5)
+    for m in msgs:
+        pipe.put(m.topic, m.msgtype, m.msg)
+    pipe.start()
+    try:
+        assert drained.wait(60), f"{len(done)} of {len(everything)} frames after the sensors fell silent"
+    finally:
+        pipe.stop()
+    assert done == everything
+
+
 # ---------------------------------------------------------------- audio format
 
 @pytest.mark.parametrize("fault", ["audio_channels", "audio_format"])

@@ -132,6 +132,39 @@ def test_a_failing_answer_is_reported_and_the_worker_goes_on() -> None:
     w.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
+def test_answers_run_at_a_lower_os_priority_than_the_frames() -> None:
+    """An LLM always busy at the frames' priority made 2-thread frames 6x slower at p95 (docs/runtime.md): the
+    answer thread lowers its own nice value, and only its own."""
+    import threading
+
+    from edge.runtime.answer_worker import AnswerWorker
+
+    def nice_here() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    class Recorder:
+        attached: tuple[str, ...] = ()
+        prior: dict[str, str] = {}
+
+        def apply(self, plan: Plan, tokens: dict[str, torch.Tensor]) -> None:
+            pass
+
+        def answer(self, question: str) -> str:
+            return str(nice_here())
+
+    before = nice_here()
+    for nice, expected in ((10, min(19, before + 10)), (0, before)):
+        w = AnswerWorker(Recorder(), budget_ms=60_000.0, nice=nice)
+        w.submit([{"question": "nice?"}], Plan(("audio",), 8, 1.0), {}, stamp_ns=1)
+        (answer,) = w.finish(timeout_s=60)
+        w.close()
+        assert answer["response"] == str(expected) and w.nice_applied
+    assert nice_here() == before  # the frames' thread keeps its priority
+    with pytest.raises(ValueError, match="answer_nice"):
+        AnswerWorker(Recorder(), budget_ms=1.0, nice=20)
+
+
 def test_aligners_trained_on_other_encoder_weights_are_named(tmp_path: Path) -> None:
     """Retrained encoders keep token shapes and layouts, so only the recorded weight hashes show the aligners
     learnt other tokens: the set is named once, and only for the modalities whose weights changed."""

@@ -103,7 +103,7 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
                       dwell=cfg.dwell_frames, quality_per_ms=cfg.quality_per_ms, backend=cfg.backend,
                       engine_cache=cfg.engine_cache, progress=progress, max_estimate_age_s=cfg.max_estimate_age_s,
                       max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads,
-                      fixed_plan=fixed_plan)
+                      fixed_plan=fixed_plan, answer_nice=cfg.answer_nice)
     sync = Synchronizer(bag_handle, SyncConfig(image_reduce=runtime.stack.cfg.image_reduce))
     report = ReportBuilder(runtime.stack.cfg, runtime.stack.footprint,
                            {"bag": str(bag), "topic_names": topic_names(remap), "config": run_options(cfg),

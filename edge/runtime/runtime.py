@@ -95,7 +95,8 @@ class Runtime:
                  quality_per_ms: float = 1e-3, rig: Any = None, backend: BackendName | str = BackendName.EAGER,
                  engine_cache: str | Path | None = None, progress: bool = False, max_estimate_age_s: float = 5.0,
                  max_changes_per_min: int = 6, adapt_threads: bool = True, fixed_plan: Plan | None = None,
-                 clock: Callable[[], float] = time.monotonic, stopwatch: Stopwatch | None = None) -> None:
+                 answer_nice: int = 10, clock: Callable[[], float] = time.monotonic,
+                 stopwatch: Stopwatch | None = None) -> None:
         perception_dir = Path(perception_dir)
         budget = budget or Budget()
         self.stack = PerceptionStack.load(perception_dir, rig=rig)
@@ -130,7 +131,7 @@ class Runtime:
                                    aligner_sets=answerer.aligner_sets() if answerer is not None else (),
                                    backend=backend, threads=self.thread_options,
                                    max_changes_per_min=max_changes_per_min, fixed=fixed_plan)
-        self.answers = AnswerWorker(answerer, budget.answer_ms) if answerer is not None else None
+        self.answers = AnswerWorker(answerer, budget.answer_ms, nice=answer_nice) if answerer is not None else None
         self._stopwatch: Stopwatch = stopwatch or (lambda name, fn: timed_call(fn))
         self.queue: deque[Any] = deque(maxlen=queue_depth)
         self.dropped = 0
