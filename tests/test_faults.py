@@ -217,7 +217,9 @@ def test_a_live_source_that_falls_silent_gets_its_last_frames(make_bag) -> None:
 
     class Runtime:  # the runtime's queue interface, one result per sample
         stack = SimpleNamespace(cfg=SimpleNamespace(image_reduce=4))
-        queue: list = []
+
+        def __init__(self) -> None:
+            self.queue: list[int] = []
 
         def submit(self, sample: Frame) -> None:
             self.queue.append(sample.stamp_ns)

@@ -407,11 +407,15 @@ class SampleAssembler:
         self.reference_key = ref  # "" : a free-running clock (no camera in the drive)
 
     # ------------------------------------------------------------------ streaming
+    def horizon_s(self) -> float:
+        """How far behind the newest stamp a tick waits before no message can still change its selection."""
+        return self.cfg.slop_s + self.cfg.max_delay_s
+
     def idle_after_s(self) -> float:
         """Wall seconds of silence after which a live source tells `feed` nothing more is coming (None): twice the
         horizon, and at least 0.5 s, so that a loaded machine's pause in delivery does not cut frames short of a
         sensor whose message was merely late."""
-        return max(0.5, 2.0 * (self.cfg.slop_s + self.cfg.max_delay_s))
+        return max(0.5, 2.0 * self.horizon_s())
 
     def feed(self, messages: Iterable[BagMessage | None]
              ) -> Iterator[tuple[int, dict[str, _ITEM | list[_ITEM] | None]]]:
@@ -420,7 +424,7 @@ class SampleAssembler:
         A live source yields None when it has been silent for `idle_after_s`: the ticks up to the last stamp then
         come out at once. Why: they waited for a later message, and when every sensor stops (the end of a replay, a
         driver stack going down) none comes; the node soak lost the last frames of its run that way."""
-        horizon = int((self.cfg.slop_s + self.cfg.max_delay_s) * 1e9)
+        horizon = int(self.horizon_s() * 1e9)
         watermark: int | None = None
         for m in messages:
             if m is None:
