@@ -21,6 +21,11 @@ it was computed from): the time this process received the grid minus the time it
 in) the front fisheye image with that stamp. Grids carrying the frame clock's own tick (image lost) are counted
 and left out. The first `--warmup-s` s of each drive (the runtime's calibration on its first frame) are left out
 of all three. Answer latency: question published (in-process: asked) to the answer received.
+
+Occupancy rate (issue 14: >= 95 % while the LLM answers a question every second, `--ask-every 1`): grids received
+as a share of the drive's frames (one per front fisheye image), beside the frames the graph processed (its
+/diagnostics: one per frame) and the plans it published, since a plan without a BEV modality makes frames without
+a grid. `--logs DIR` keeps each node's stderr (its plan changes and losses).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class Record:
         self.asked: list[float] = []
         self.answered: list[float] = []
         self.refused: list[str] = []
+        self.plans: list[str] = []  # the plans published (modalities+...), in order: a frame without a BEV modality
+        # in its plan makes no grid, which is not a lost frame
         self.frame_ms: list[float] = []  # each frame's processing time (Runtime's timings_ms total; over DDS: the
         # node's /diagnostics, mpnp_edge/processing_time total_ms), to tell transport from compute
 
@@ -95,6 +102,8 @@ def run_in_process(bag: Path, policy: str, ask_every: float, rate: float) -> Rec
     def publish(result: Any) -> None:
         now = time.monotonic()
         rec.frame_ms.append(result.timings_ms.get("total", float("nan")))
+        if result.decision.changed:
+            rec.plans.append(f"{'+'.join(result.plan.modalities) or 'none'} ({result.decision.reason})")
         if result.occupancy_grid() is not None:
             rec.grids[result.stamp_ns] = now
         with lock:
@@ -131,8 +140,9 @@ def run_in_process(bag: Path, policy: str, ask_every: float, rate: float) -> Rec
 
 # ---------------------------------------------------------------- over DDS
 class Node:
-    def __init__(self, args: list[str], env: dict[str, str], name: str) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], name: str, log: Path | None = None) -> None:
         self.name, self.ready = name, threading.Event()
+        self.log = log.open("w") if log is not None else None  # the node's whole stderr, where asked (--logs)
         self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "node", *args], cwd=ROOT, env=env,
                                      stderr=subprocess.PIPE, text=True)
         self.tail: list[str] = []
@@ -141,6 +151,9 @@ class Node:
     def _read(self) -> None:
         for line in self.proc.stderr:
             self.tail = (self.tail + [line])[-30:]
+            if self.log is not None:
+                self.log.write(line)
+                self.log.flush()
             if "edge node: subscribed" in line:
                 self.ready.set()
             if "autostart stopped" in line:  # configure or activate failed; the node stays up
@@ -161,7 +174,8 @@ class Node:
             self.proc.wait()
 
 
-def run_over_dds(bag: Path, graph: str, policy: str, ask_every: float, params: Path, rate: float) -> Record:
+def run_over_dds(bag: Path, graph: str, policy: str, ask_every: float, params: Path, rate: float,
+                 logs: Path | None = None) -> Record:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import OccupancyGrid
@@ -175,7 +189,9 @@ def run_over_dds(bag: Path, graph: str, policy: str, ask_every: float, params: P
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "RMW_IMPLEMENTATION")})
     common = ["--params-file", str(params), "--policy", policy]
     roles = [["--role", "perception"], ["--role", "llm"]] if graph == "split" else [[]]
-    nodes = [Node(common + r, env, f"{graph} {' '.join(r)}".strip()) for r in roles]
+    names = [f"{graph} {' '.join(r)}".strip() for r in roles]
+    nodes = [Node(common + r, env, n, logs / (n.replace(" ", "_").replace("-", "") + ".log") if logs else None)
+             for r, n in zip(roles, names)]
     rec = Record()
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -195,6 +211,11 @@ def run_over_dds(bag: Path, graph: str, policy: str, ask_every: float, params: P
             rec.answered.append(time.monotonic())
 
     client.create_subscription(String, T.ANSWER, on_answer, reliable_qos())
+    def on_plan(m: Any) -> None:
+        plan = json.loads(m.data)
+        rec.plans.append(f"{'+'.join(plan['modalities']) or 'none'} ({plan.get('reason', '')})")
+
+    client.create_subscription(String, T.OUT_PLAN, on_plan, reliable_qos())  # matches latched publishers too
 
     def on_diagnostics(d: Any) -> None:
         for status in d.status:
@@ -237,41 +258,51 @@ def run_over_dds(bag: Path, graph: str, policy: str, ask_every: float, params: P
 # ---------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--drive", type=Path, help="a drive (bag directory) [a 10 s parking-day drive, seed 0]")
+    ap.add_argument("--drive", type=Path, help="a drive (bag directory) [a generated parking-day drive, seed 0]")
+    ap.add_argument("--drive-seconds", type=float, default=10.0, help="length of the generated drive [10]")
     ap.add_argument("--policy", default="all", choices=("all", "camera", "adaptive"))
     ap.add_argument("--rate", type=float, default=1.0, help="playback rate, x real time [1: 10 Hz frames]")
     ap.add_argument("--ask-every", type=float, default=2.0, help="seconds between questions [2]")
     ap.add_argument("--warmup-s", type=float, default=1.0, help="drive seconds left out at the start [1]")
     ap.add_argument("--graphs", nargs="+", default=["in-process", "composite", "split"])
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--logs", type=Path, help="write each node's stderr into this directory")
     args = ap.parse_args()
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench_dds_"))
     bag = args.drive
     if bag is None:
         from edge.drives.generate import generate_drive
 
-        bag = generate_drive(tmp / "drive", seed=0, duration=10.0, scenario="parking-day", progress=False).path
+        bag = generate_drive(tmp / "drive", seed=0, duration=args.drive_seconds, scenario="parking-day", progress=False).path
     params = tmp / "bench.param.yaml"  # questions may come every ask-every s: the gate must not refuse them
     params.write_text(f"/**:\n  ros__parameters:\n    questions_every_s: {args.ask_every / 2:g}\n")
-    out: dict[str, Any] = {"drive": str(bag), "policy": args.policy, "rate": args.rate, "ask_every_s": args.ask_every,
+    drive_frames = open_bag(bag).topics[FRONT].count  # the frame clock's ticks: one per front image
+    out: dict[str, Any] = {"drive": str(bag), "drive_frames": drive_frames, "policy": args.policy, "rate": args.rate, "ask_every_s": args.ask_every,
                            "graphs": {}}
     for graph in args.graphs:
         print(f"bench_dds: {graph} ...", file=sys.stderr, flush=True)
         rec = run_in_process(bag, args.policy, args.ask_every, args.rate) if graph == "in-process" else \
-            run_over_dds(bag, graph, args.policy, args.ask_every, params, args.rate)
+            run_over_dds(bag, graph, args.policy, args.ask_every, params, args.rate, args.logs)
         occ, unmatched = rec.occupancy_ms(args.warmup_s)
         ans = rec.answer_ms()
-        out["graphs"][graph] = {"grids": len(rec.grids), "matched": len(occ), "unmatched_stamps": unmatched,
+        out["graphs"][graph] = {"grids": len(rec.grids), "frames_processed": len(rec.frame_ms),
+                                "occupancy_rate": len(rec.grids) / drive_frames,  # the target: >= 0.95 while
+                                "plans": rec.plans,  # the LLM answers (issue 14)
+                                "matched": len(occ), "unmatched_stamps": unmatched,
                                 "occupancy_p50_ms": pct(occ, 50), "occupancy_p95_ms": pct(occ, 95),
                                 "answers": len(ans), "refused": rec.refused,
                                 "answer_p50_ms": pct(ans, 50), "answer_p95_ms": pct(ans, 95)}
+        print(f"bench_dds: {graph} plans: {' -> '.join(rec.plans)}", file=sys.stderr, flush=True)
         if rec.frame_ms:
             out["graphs"][graph]["frame_p50_ms"] = pct(rec.frame_ms[10:], 50)  # after calibration's first frames
             print(f"bench_dds: {graph} frame time p50 {pct(rec.frame_ms[10:], 50):.0f} ms, frame period "
                   f"{100 / args.rate:.0f} ms", file=sys.stderr, flush=True)
     base = out["graphs"].get("in-process")
-    print(f"| graph | grids (matched) | occupancy p50 / p95 ms | vs in-process p50 | answers | answer p50 / p95 ms |")
-    print("|---|---|---|---|---|---|")
+    print(f"| graph | frames processed / drive frames | grids (matched) = share of drive frames | occupancy p50 / p95 "
+          f"ms | vs in-process p50 | answers | answer p50 / p95 ms |")
+    print("|---|---|---|---|---|---|---|")
     for graph, g in out["graphs"].items():
         vs = ""
         if base and graph != "in-process":
@@ -283,7 +314,8 @@ def main() -> int:
             vs = (f"{g['p50_minus_in_process_ms']:+.1f} ms (x{g['p50_ratio_to_in_process']:.2f}); target "
                   f"+{target:g} ms {'met' if g['target_met'] else 'MISSED'}")
         refused = f" ({len(g['refused'])} refused)" if g["refused"] else ""
-        print(f"| {graph} | {g['grids']} ({g['matched']}) | {g['occupancy_p50_ms']:.1f} / {g['occupancy_p95_ms']:.1f} "
+        print(f"| {graph} | {g['frames_processed']} / {drive_frames} | {g['grids']} ({g['matched']}) = "
+              f"{g['occupancy_rate']:.0%} | {g['occupancy_p50_ms']:.1f} / {g['occupancy_p95_ms']:.1f} "
               f"| {vs} | {g['answers']}{refused} | {g['answer_p50_ms']:.0f} / {g['answer_p95_ms']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

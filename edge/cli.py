@@ -16,6 +16,7 @@ COMMAND_MODULES: dict[str, str] = {
     "drive": "edge.drives.cli",
     "demo": "edge.demo",
     "run": "edge.runtime.cli",
+    "report": "edge.runtime.report_cli",
     "bench": "edge.runtime.bench",
     "replay": "ros_nodes.replay",
     "node": "ros_nodes.runtime_node",

@@ -19,6 +19,10 @@ class BagError(EdgeError):
     """A bag cannot be read or written as asked; the message names the bag and, where known, the topic."""
 
 
+class ReportError(EdgeError):
+    """A run's report directory cannot be read or recovered; the message names the file."""
+
+
 class PluginError(EdgeError):
     """A modality plugin cannot be used: it fails to import, declares a malformed interface, or claims a name or a
     topic another plugin has. `plugin` names it (the entry point `name = module:attr`, or the declaration)."""

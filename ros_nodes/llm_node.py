@@ -9,6 +9,9 @@ own, never on the executor: the callbacks only check, queue and publish).
        of the newest complete frame (its stamp is the answer's `stamp_ns`), or `refused` with the reason: no LLM,
        no tokens received yet, no aligner set for the modalities received, MAX_QUEUED questions already waiting,
        or sooner than `questions_every_s` after the last one accepted.
+       diagnostics                   diagnostic_msgs/DiagnosticArray, with each answer and every second:
+       `mpnp_edge/llm/tokens` (age of each modality's latest tokens, counts) and, with an answer,
+       `mpnp_edge/llm/processing_time` (total_ms, generate_ms, wait_ms) (split_io.llm_diagnostics_msg).
 
 Parameters: the same declared set as the runtime node (one parameters file serves the graph); this node reads
 use_llm, llm, aligner_dir, max_new_tokens, answer_budget_ms, answer_nice and questions_every_s (the last at runtime too).
@@ -45,6 +48,7 @@ def make_llm_node(lifecycle_base: type) -> type:
             self.camera_keep = 1.0
             self.counts = {"answered": 0, "refused": 0}
             self._timer: Any = None
+            self._health_timer: Any = None
             self._lock = threading.Lock()  # the answer publisher: timer and question callbacks
 
         # ------------------------------------------------------------ transitions (ros_nodes/lifecycle.py)
@@ -61,7 +65,10 @@ def make_llm_node(lifecycle_base: type) -> type:
                 self.answerer = make_answerer(cfg.aligner_dir, cfg.llm, cfg.max_new_tokens)
                 self.worker = AnswerWorker(self.answerer, cfg.answer_budget_ms, nice=cfg.answer_nice)
             self.cfg = cfg
-            self._pubs = {"answer": self.create_lifecycle_publisher(String, io.ANSWER, question_qos())}
+            from diagnostic_msgs.msg import DiagnosticArray
+
+            self._pubs = {"answer": self.create_lifecycle_publisher(String, io.ANSWER, question_qos()),
+                          "diag": self.create_lifecycle_publisher(DiagnosticArray, io.DIAGNOSTICS, reliable_qos())}
             self.state = "inactive"
             sets = ", ".join(s.name for s in self.answerer.aligner_sets()) if self.answerer else "none"
             self.get_logger().info(f"configured: LLM {'on' if self.answerer else 'off'}, aligner sets {sets}")
@@ -82,6 +89,7 @@ def make_llm_node(lifecycle_base: type) -> type:
             self._subs.append(self.create_subscription(String, io.QUESTION, self._on_question, question_qos()))
             self.gate = io.QuestionGate(self.answerer is not None, self.cfg.questions_every_s)
             self._timer = self.create_timer(0.05, self._publish_answers)
+            self._health_timer = self.create_timer(1.0, self._publish_health)
             result = self._activate_publishers(state)
             self.state = "active"
             print(f"{READY} to {len(MODALITIES)} token topics "
@@ -92,9 +100,10 @@ def make_llm_node(lifecycle_base: type) -> type:
 
         def _stop_io(self) -> None:
             self._destroy_subscriptions()
-            if self._timer is not None:
-                self.destroy_timer(self._timer)
-                self._timer = None
+            for timer in (self._timer, self._health_timer):
+                if timer is not None:
+                    self.destroy_timer(timer)
+            self._timer = self._health_timer = None
 
         def release(self) -> Any:
             self._stop_io()
@@ -172,6 +181,16 @@ def make_llm_node(lifecycle_base: type) -> type:
                 self.counts["answered"] += 1
                 self._reply(io.answer_json(a["data_stamp_ns"], a["question"], a["response"], a["modalities"],
                                            error=a.get("error")))
+                self._publish_health(a)
+
+        def _publish_health(self, answer: dict[str, Any] | None = None) -> None:
+            from edge.runtime.scheduler import MODALITIES
+
+            pub = self._pubs.get("diag")
+            if pub is not None:
+                pub.publish(split_io.llm_diagnostics_msg(
+                    self.get_clock().now().to_msg(), split_io.token_ages(self.frames, MODALITIES), dict(self.counts),
+                    self.worker.pending if self.worker is not None else 0, answer))
 
         def _reply(self, text: str) -> None:
             from std_msgs.msg import String

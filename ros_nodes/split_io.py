@@ -65,6 +65,7 @@ class TokenFrames:
         self.settle_s, self.keep, self.clock = settle_s, keep, clock
         self._frames: OrderedDict[int, tuple[float, dict[str, torch.Tensor]]] = OrderedDict()
         self.received = 0
+        self.last_arrival: dict[str, float] = {}  # per modality, clock time of its latest message (diagnostics)
         self._lock = threading.Lock()
 
     def add(self, modality: str, stamp_ns: int, tokens: torch.Tensor) -> None:
@@ -73,6 +74,7 @@ class TokenFrames:
 
     def _add(self, modality: str, stamp_ns: int, tokens: torch.Tensor) -> None:
         self.received += 1
+        self.last_arrival[modality] = self.clock()
         if stamp_ns not in self._frames:
             if self._frames and stamp_ns < next(reversed(self._frames)):
                 return  # older than the newest frame: never the one answered from
@@ -92,6 +94,45 @@ class TokenFrames:
             return stamp, tokens
         stamp, (_, tokens) = items[-2]
         return stamp, tokens
+
+
+def token_ages(frames: TokenFrames, modalities: Iterable[str]) -> dict[str, float]:
+    """Seconds since each modality's latest token message (inf: none yet)."""
+    now = frames.clock()
+    return {m: now - frames.last_arrival[m] if m in frames.last_arrival else float("inf") for m in modalities}
+
+
+def llm_diagnostics_msg(stamp: Any, ages: dict[str, float], counts: dict[str, int], pending: int,
+                        answer: dict[str, Any] | None = None, stale_s: float = 1.0) -> Any:
+    """The LLM node's /diagnostics (the composite's shape, ros_nodes/node_io.diagnostics_msg): per modality the age
+    of its latest tokens (WARN past `stale_s`: the perception node stopped running it, or stopped), and with an
+    answer its processing time (Autoware's processing_time_ms, as values): question to answer, generation alone,
+    and the wait before it (queue and frame choice)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    diag = DiagnosticArray()
+    diag.header.stamp = stamp
+    fresh = {m for m, age in ages.items() if age <= stale_s}
+    tokens = DiagnosticStatus(name="mpnp_edge/llm/tokens", hardware_id="llm",
+                              level=DiagnosticStatus.OK if fresh else DiagnosticStatus.WARN,
+                              message=f"tokens of {', '.join(sorted(fresh))}" if fresh else
+                              f"no tokens within {stale_s:g} s: is the perception node running?")
+    tokens.values = [KeyValue(key=f"{m}_age_s", value=f"{age:.3f}") for m, age in sorted(ages.items())]
+    tokens.values += [KeyValue(key=k, value=str(v)) for k, v in sorted(counts.items())]
+    tokens.values.append(KeyValue(key="pending", value=str(pending)))
+    diag.status.append(tokens)
+    if answer is not None:
+        late = not answer.get("within_budget", True)
+        timing = DiagnosticStatus(name="mpnp_edge/llm/processing_time", hardware_id="llm",
+                                  level=DiagnosticStatus.WARN if answer.get("error") or late else DiagnosticStatus.OK,
+                                  message=answer.get("error") or ("over answer_budget_ms" if late else "ok"))
+        total, generate = float(answer["latency_ms"]), float(answer["generate_ms"])
+        timing.values = [KeyValue(key="total_ms", value=f"{total:.2f}"),
+                         KeyValue(key="generate_ms", value=f"{generate:.2f}"),
+                         KeyValue(key="wait_ms", value=f"{max(0.0, total - generate):.2f}"),
+                         KeyValue(key="stamp_ns", value=str(answer["data_stamp_ns"]))]
+        diag.status.append(timing)
+    return diag
 
 
 def choose_aligner_set(sets: Iterable[Any], modalities: Iterable[str], camera_keep: float) -> Any | None:

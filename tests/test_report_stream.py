@@ -152,3 +152,49 @@ def test_sigint_mid_run_leaves_a_partial_report(drive: Path, tmp_path: Path) -> 
     assert s["partial_reason"] == f"interrupted by SIGINT after {n} frames"
     assert _lines(out / FRAMES_FILE) == doc["frames"]
     assert f"partial report in {out}" in err
+
+
+def test_sigkill_mid_run_then_edge_report_rebuilds_summary_and_html(drive: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`edge run` killed outright (SIGKILL: no handler, no summary) after >= 3 frames; `edge report DIR` writes
+    report.json's summary and report.html from frames.jsonl, leaves frames.jsonl as recorded, and refuses to run
+    twice or on a directory without a report."""
+    from edge.cli import main
+
+    out = tmp_path / "rep"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("use_llm: false\npolicy: adaptive\nbudget_ms: 10000.0\n")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, "run", str(drive), "--config", str(cfg),
+                             "--report", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / FRAMES_FILE).exists() and len((out / FRAMES_FILE).read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    recorded = (out / FRAMES_FILE).read_text()
+    assert "edge report DIR" in (out / "report.html").read_text()  # the stub page says how to recover
+    assert main(["report", str(out)]) == 0
+    lines = [json.loads(x) for x in recorded.splitlines() if x.endswith("}")]
+    doc = json.loads((out / "report.json").read_text())
+    s = doc["summary"]
+    assert s["frames"] == len(doc["frames"]) == len(lines) >= 3 and doc["frames"] == lines[:len(doc["frames"])]
+    assert s["partial"] is True and s["partial_reason"].startswith("recovered by `edge report`")
+    assert s["latency_ms"]["p50"] == pytest.approx(
+        float(__import__("numpy").percentile([f["timings_ms"]["total"] for f in lines], 50)))
+    assert doc["switches"] and doc["switches"][0] == lines[0]["plan_change"]  # the first plan, rebuilt
+    page = (out / "report.html").read_text()
+    assert "recovered by" in page and "edge report DIR" not in page
+    assert (out / FRAMES_FILE).read_text() == recorded
+    assert f"{len(lines)} frames recovered" in capsys.readouterr().err
+    assert main(["report", str(out)]) == 2  # summary written already: nothing to recover
+    assert "nothing to recover" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no such report" in capsys.readouterr().err

@@ -51,6 +51,25 @@ def test_stream_health_tracks_silence_and_recovery(drives: dict[str, Path]) -> N
     assert ctx[-1].streams["fisheye"].healthy  # the other streams are unaffected
 
 
+def test_a_frame_or_two_without_data_is_not_a_lost_sensor(drives: dict[str, Path]) -> None:
+    """A node catching up on its backlog after its start-up calibration makes a few frames short of one stream's
+    data: the stream stays healthy (fresh data within 0.5 s, dropout counted over at least 5 frames), where it read
+    as 50 % dropout over the first two frames and the scheduler dropped every sensor (benchmarks/bench_dds.py)."""
+    samples = list(Synchronizer(drives["parking-day"], SyncConfig(image_reduce=2)))
+    est = ContextEstimator(window=10)
+
+    def without_fisheye(s):  # noqa: ANN001, ANN202
+        return dataclasses.replace(s.with_data(fisheye={}), source_stamps={
+            k: v for k, v in s.source_stamps.items() if not k.startswith("fisheye/")})
+
+    ctx = [est.update(s) for s in samples[:2]] + [est.update(without_fisheye(s)) for s in samples[2:4]]
+    assert not ctx[-1].streams["fisheye"].present and ctx[-1].streams["fisheye"].dropout_rate == pytest.approx(0.4)
+    assert all(c.streams["fisheye"].healthy for c in ctx)
+    ctx = [est.update(without_fisheye(s)) for s in samples[4:8]]  # now silent for 0.6 s: lost
+    assert ctx[-1].streams["fisheye"].staleness_s >= 0.5 and not ctx[-1].streams["fisheye"].healthy
+    assert est.update(samples[8]).streams["fisheye"].present  # back; healthy again once dropout falls below half
+
+
 def test_missing_image_is_reported_absent_not_dark() -> None:
     assert not image_health(None).present
     black_lens = np.zeros((240, 320, 3), np.uint8)

@@ -140,7 +140,8 @@ def test_plan_changes_are_bounded_per_minute_but_forced_changes_are_not() -> Non
         clock.t = i * 0.1
         changes += s.step(ctx("day" if i % 2 else "night")).changed
     assert changes == 2  # the burst the credit holds (the first plan is not a change), then 2 a minute
-    silent = Context(0, {}, {m: StreamHealth(m != "ultrasonic", 0.0, 0.0) for m in ALL}, -40.0, 0.0, "night")
+    silent = Context(0, {}, {m: StreamHealth(m != "ultrasonic", 0.0 if m != "ultrasonic" else 0.6, 0.0) for m in ALL},
+                     -40.0, 0.0, "night")  # the ultrasonic ring silent for 0.6 s
     assert "ultrasonic" in s.current.modalities
     assert s.step(silent).changed  # losing a sensor is acted on at once, whatever the rate
     clock.t += 60.0
@@ -376,7 +377,8 @@ def test_plan_changes_are_paced_and_forced_changes_spend_the_same_credit() -> No
     while not flip(0.1):  # up to the next paced change: it spent the credit that had come back
         pass
     t_paced = clock.t
-    silent = Context(0, {}, {m: StreamHealth(m != "ultrasonic", 0.0, 0.0) for m in ALL}, -40.0, 0.0, "night")
+    silent = Context(0, {}, {m: StreamHealth(m != "ultrasonic", 0.0 if m != "ultrasonic" else 0.6, 0.0) for m in ALL},
+                     -40.0, 0.0, "night")  # the ultrasonic ring silent for 0.6 s
     assert "ultrasonic" in s.current.modalities
     assert s.step(silent).changed  # a lost sensor is acted on at once, without credit: it leaves a debt
     waited = flip(30.0)
@@ -515,3 +517,25 @@ def test_a_small_overshoot_is_left_only_for_a_plan_with_headroom() -> None:
     assert not any(d.changed for d in run(7.0, 16.0))
     left = [d for d in run(11.0, 20.0) if d.changed]  # 5 ms over: any plan that fits will do
     assert left and left[0].plan.camera_keep != 1.0 and left[0].reason.startswith("current plan over budget")
+
+
+def test_a_mapless_plan_returns_to_a_roomy_map_without_waiting_for_the_change_credit() -> None:
+    """Forced moves (plans left over budget) spent the credit and put the runtime on a plan without a BEV modality:
+    paced, the obstacle map stayed off for the last 12 s of a 20 s drive at 40 ms. A roomy plan with a map is taken
+    back after the dwell alone; a change between two plans that both map is still paced."""
+    clock = Clock()
+    c = CostModel(clock=clock)
+    for name, ms in QUIET.items():
+        c.calibrate(name, [(ms, ms)] * 3)
+    s = Scheduler(QualityTable.from_perception_eval(EVAL), c, Budget(100.0), ALL, 0, dwell=2, max_changes_per_min=1)
+    s.current = Plan(("audio",), 0, 1.0, "eager", "", 1)
+    for _ in range(3):  # three forced changes just happened: a debt of two changes, two minutes at 1 a minute
+        s._pacer.spend()
+    decisions = []
+    for _ in range(4):
+        clock.t += 0.1
+        decisions.append(s.step(ctx("day")))
+    back = [d for d in decisions if d.changed]
+    assert back and decisions.index(back[0]) == 1  # after the dwell (2 frames), not after two minutes
+    assert {"fisheye", "ultrasonic"} & set(back[0].plan.modalities)
+    assert not s._pacer.allows(1.0)  # it spent credit too: the next voluntary change among mapped plans waits

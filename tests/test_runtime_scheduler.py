@@ -56,6 +56,18 @@ def test_night_drops_the_camera_after_the_dwell_and_says_why() -> None:
     assert "lighting night" in changed[0].reason
 
 
+def test_from_the_empty_plan_the_scheduler_returns_at_once_whatever_the_change_rate() -> None:
+    """Every sensor lost (forced changes that spend the change credit), then back: the runtime runs something again
+    on the next frame, not when the credit has refilled (with 6 a minute, up to 10 s without a map)."""
+    s = scheduler(dwell=5, max_changes_per_min=1)
+    assert s.step(ctx("day")).plan.modalities
+    gone = s.step(ctx("day", silent=ALL, t=1))
+    assert gone.changed and gone.plan.modalities == () and "no healthy sensor" in gone.reason
+    back = s.step(ctx("day", t=2))
+    assert back.changed and {"fisheye", "ultrasonic"} <= set(back.plan.modalities)
+    assert back.reason == "sensors healthy again"
+
+
 def test_hysteresis_prevents_flapping() -> None:
     s = scheduler(dwell=4)
     s.step(ctx("day"))

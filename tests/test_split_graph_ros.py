@@ -42,6 +42,10 @@ class GraphClient:
             self.node.create_subscription(OccupancyGrid, topic, self._grid(topic), 100)
         self.node.create_subscription(String, T.ANSWER, lambda m: self.answers.append(
             (time.monotonic(), json.loads(m.data))), 100)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.llm_diag: list[dict[str, dict[str, str]]] = []  # the LLM node's statuses, by name -> values
+        self.node.create_subscription(DiagnosticArray, T.DIAGNOSTICS, self._diag, 100)
         self.question = self.node.create_publisher(String, T.QUESTION, 10)
         self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -53,6 +57,11 @@ class GraphClient:
             if topic == SPLIT_BEV:
                 self.arrivals.append(time.monotonic())
         return callback
+
+    def _diag(self, m: Any) -> None:
+        llm = {st.name: {v.key: v.value for v in st.values} for st in m.status if st.name.startswith("mpnp_edge/llm/")}
+        if llm:
+            self.llm_diag.append(llm)
 
     def spin(self, seconds: float, until: Any = None) -> None:
         end = time.monotonic() + seconds
@@ -82,8 +91,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_split_graph_gives_the_composite_occupancy_and_answers_while_it_flows(drive, ros_env) -> None:
     """One replay feeds the composite node (outputs remapped under /composite) and the split graph at once: a
     question before any tokens is refused with that reason; the LLM node (the real embedded LLM) answers a question
-    from the perception node's tokens while grids keep arriving; on every stamp both graphs published, the grids
-    agree (IoU of obstacle cells >= 0.99)."""
+    from the perception node's tokens while grids keep arriving, and publishes the answer's processing time and the
+    tokens' ages on /diagnostics; on every stamp both graphs published, the grids agree (IoU of obstacle cells
+    >= 0.99)."""
     bag, front_stamps = drive
     nodes = {
         "perception": NodeProcess(["--role", "perception", "--policy", "all", "--ros-args", "-p", NO_SKIP,
@@ -115,6 +125,12 @@ def test_split_graph_gives_the_composite_occupancy_and_answers_while_it_flows(dr
         answered, reply = client.answers[1]
         assert "refused" not in reply and "error" not in reply, reply
         assert reply["modalities"] and reply["stamp_ns"] in front_stamps, reply  # tokens of a camera-stamped frame
+        client.spin(3, until=lambda: any("mpnp_edge/llm/processing_time" in d for d in client.llm_diag))
+        timing = [d for d in client.llm_diag if "mpnp_edge/llm/processing_time" in d][0]
+        assert float(timing["mpnp_edge/llm/processing_time"]["total_ms"]) >= \
+            float(timing["mpnp_edge/llm/processing_time"]["generate_ms"]) > 0
+        assert timing["mpnp_edge/llm/processing_time"]["stamp_ns"] == str(reply["stamp_ns"])
+        assert all(float(timing["mpnp_edge/llm/tokens"][f"{m}_age_s"]) < 5 for m in reply["modalities"])
         assert player.wait(timeout=300) == 0, player.stderr.read()
         client.spin(3)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from edge.runtime.scheduler import AlignerSet
-from ros_nodes.split_io import TokenFrames, choose_aligner_set, token_msg, tokens_from_msg, token_topic
+from ros_nodes.split_io import (TokenFrames, choose_aligner_set, llm_diagnostics_msg, token_ages, token_msg,
+                                tokens_from_msg, token_topic)
 
 
 @pytest.mark.ros
@@ -48,6 +49,37 @@ def test_frames_grouped_by_stamp_newest_complete_one_answered() -> None:
     frames.add("camera", 150, a)  # late message of an older frame: ignored
     stamp, tokens = frames.latest()
     assert stamp == 200 and sorted(tokens) == ["audio", "fisheye"]
+
+
+@pytest.mark.ros
+def test_llm_node_diagnostics_give_token_ages_and_each_answers_processing_time() -> None:
+    """The LLM node's /diagnostics: WARN once no modality's tokens came within 1 s (the perception node stopped);
+    with an answer, its total, generation and wait times, WARN when it missed answer_budget_ms or failed."""
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    OK, WARN = DiagnosticStatus.OK, DiagnosticStatus.WARN  # noqa: N806 - bytes in rclpy, as the message defines them
+    now = [100.0]
+    frames = TokenFrames(clock=lambda: now[0])
+    frames.add("fisheye", 1, torch.zeros(1, 2, 4))
+    now[0] = 100.4
+    frames.add("audio", 1, torch.zeros(1, 2, 4))
+    now[0] = 101.2
+    ages = token_ages(frames, ("fisheye", "audio", "camera"))
+    assert ages["fisheye"] == pytest.approx(1.2) and ages["audio"] == pytest.approx(0.8) and ages["camera"] > 1e9
+    msg = llm_diagnostics_msg(Time(sec=5), ages, {"answered": 3, "refused": 1}, 2)
+    (tokens,) = msg.status
+    values = {v.key: v.value for v in tokens.values}
+    assert tokens.name == "mpnp_edge/llm/tokens" and tokens.level == OK and tokens.message == "tokens of audio"
+    assert values["fisheye_age_s"] == "1.200" and values["answered"] == "3" and values["pending"] == "2"
+    answer = {"latency_ms": 900.0, "generate_ms": 650.0, "within_budget": True, "data_stamp_ns": 7}
+    late = llm_diagnostics_msg(Time(sec=5), {"audio": 3.0}, {}, 0, {**answer, "within_budget": False})
+    assert late.status[0].level == WARN and "perception node" in late.status[0].message
+    timing = late.status[1]
+    assert timing.name == "mpnp_edge/llm/processing_time" and timing.level == WARN
+    assert {v.key: v.value for v in timing.values} == {"total_ms": "900.00", "generate_ms": "650.00",
+                                                       "wait_ms": "250.00", "stamp_ns": "7"}
+    assert llm_diagnostics_msg(Time(), ages, {}, 0, answer).status[1].level == OK
 
 
 def test_aligner_set_choice_most_modalities_then_accuracy_none_when_nothing_fits() -> None:

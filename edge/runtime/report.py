@@ -3,8 +3,9 @@
 Streamed so that nothing is lost: `start(DIR)` writes a report.json marked partial (reason "running") and opens
 DIR/frames.jsonl, to which `add` appends each frame's record (one JSON object per line, flushed) as it is made;
 `write` ends it with the summary, `partial` false, or `partial` true and the reason when the run was interrupted
-or failed. A process killed outright (no `write`) leaves the stub report.json and every finished frame's line;
-`read_report` merges the two.
+or failed. A process killed outright (no `write`) leaves the stub report.json (and a report.html that says so) and
+every finished frame's line; `read_report` merges the two, and `recover` (`edge report DIR`) writes the summary and
+report.html from them.
 
 The HTML is self-contained (inline SVG plots, BEV images as data URIs): a modality timeline against the lighting
 the cameras saw, latency per stage, memory, and BEV occupancy beside ground truth at a few instants.
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
+from edge.errors import ReportError
 from edge.perception.labels import IGNORE, bev_targets
 from edge.perception.metrics import near_mask, obstacle_binary
 from edge.runtime.runtime import FrameResult
@@ -35,6 +37,9 @@ CLASS_COLOURS = np.array([[200, 200, 200], [40, 40, 220], [220, 80, 30], [40, 18
 STAGES = ("context+plan", *BEV_MODALITIES, "fusion", *(m for m in MODALITIES if m not in BEV_MODALITIES), "attach")
 FRAMES_FILE = "frames.jsonl"  # beside report.json: one frame record per line, written as the run goes
 RUNNING = "running: the process ended before writing its summary; frames.jsonl holds the frames it finished"
+RECOVERED = ("recovered by `edge report` from frames.jsonl: the process ended without its summary (killed outright, "
+             "out of memory, power lost); {n} frames; BEV snapshots, input degradation spans and answers that "
+             "finished after the last frame were not recorded")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -86,9 +91,12 @@ def _budget_summary(frames: list[dict[str, Any]], config: dict[str, Any], answer
 class ReportBuilder:
     """Accumulates frames (with the sample's ground truth where the drive has it) and writes the report."""
 
-    def __init__(self, cfg: PerceptionConfig, footprint: tuple[float, float, float, float], meta: dict[str, Any]) -> None:
+    def __init__(self, cfg: PerceptionConfig | None, footprint: tuple[float, float, float, float] | None,
+                 meta: dict[str, Any]) -> None:
+        """`cfg` and `footprint` place the near-field mask that frames are scored in; `recover` passes None (it
+        adds no frame, only rewrites those recorded)."""
         self.cfg, self.meta = cfg, meta
-        self.near = near_mask(cfg, footprint)
+        self.near = near_mask(cfg, footprint) if cfg is not None and footprint is not None else None
         self.frames: list[dict[str, Any]] = []
         self.switches: list[dict[str, Any]] = []
         self.snapshots: list[tuple[float, np.ndarray, np.ndarray | None]] = []
@@ -106,10 +114,14 @@ class ReportBuilder:
         out.mkdir(parents=True, exist_ok=True)
         self._dir = out
         self._stream = (out / FRAMES_FILE).open("w", encoding="utf-8")
-        _write_atomic(out / "report.json", json.dumps(self._doc(RUNNING), indent=1, default=_jsonable))
+        doc = self._doc(RUNNING)
+        _write_atomic(out / "report.json", json.dumps(doc, indent=1, default=_jsonable))
+        _write_atomic(out / "report.html", self._html(doc))  # replaced at the end; says how to recover if not
         return out
 
     def add(self, r: FrameResult, ground_truth: Any = None) -> dict[str, Any]:
+        if self.near is None:
+            raise ValueError("ReportBuilder.add: built without a perception config (a recovered report)")
         self._t0 = r.stamp_ns if self._t0 is None else self._t0
         t = (r.stamp_ns - self._t0) / 1e9
         gt_classes = bev_targets(ground_truth.bev, self.cfg) if ground_truth is not None and ground_truth.bev else None
@@ -144,6 +156,7 @@ class ReportBuilder:
         if r.decision.changed:
             self.switches.append({"t": round(t, 3), "stamp_ns": r.stamp_ns, "plan": r.plan.describe(),
                                   "reason": r.decision.reason})
+            frame["plan_change"] = self.switches[-1]  # in the frame's line too, so that `recover` finds it
         if r.bev_classes is not None and (not self.snapshots or t - self.snapshots[-1][0] >= 10.0):
             self.snapshots.append((t, r.bev_classes, gt_classes))
         self.frames.append(frame)
@@ -214,8 +227,8 @@ class ReportBuilder:
 
     def _doc(self, partial_reason: str | None) -> dict[str, Any]:
         self.partial_reason = partial_reason
-        meta = {**self.meta, "python": platform.python_version(), "machine": platform.machine(),
-                "processor": platform.processor()}
+        meta = {"python": platform.python_version(), "machine": platform.machine(),  # the recorded ones win: a
+                "processor": platform.processor(), **self.meta}  # recovered report keeps its run's machine
         return {"meta": meta, "summary": self.summary(), "switches": self.switches, "degradations": self._spans(),
                 "diagnostics": self.diagnostics, "frames_file": FRAMES_FILE, "frames": self.frames}
 
@@ -231,6 +244,9 @@ class ReportBuilder:
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
         partial = (f"<p style='color:#b00'><b>Partial report</b>: {html.escape(s['partial_reason'])}</p>"
                    if s["partial"] else "")
+        if s["partial_reason"] == RUNNING:
+            partial += ("<p>If the run is no longer going, <code>edge report DIR</code> rebuilds report.json's "
+                        "summary and this page from frames.jsonl.</p>")
         degraded = "".join(
             f"<tr><td>{html.escape(d['kind'])}</td><td>{html.escape(str(d['source']))}</td><td>{d['count']}</td>"
             f"<td>{fmt(d.get('first_s'))}</td><td>{fmt(d.get('last_s'))}</td><td>{html.escape(d['detail'])}</td></tr>"
@@ -356,6 +372,30 @@ def read_report(directory: str | Path) -> dict[str, Any]:
             doc["frames"] = frames
             doc["summary"]["frames"] = len(frames)
     return doc
+
+
+def recover(directory: str | Path) -> tuple[Path, int]:
+    """report.json's summary and report.html rebuilt from frames.jsonl, for a run that died without writing them
+    (`edge report DIR`). Returns the directory and the number of frames recovered; frames.jsonl is left as it is.
+    A complete report, or a directory without one, is a ReportError naming the file."""
+    out = Path(directory)
+    stub = out / "report.json"
+    if not stub.is_file():
+        raise ReportError(f"{stub}: no such report (is {out} the directory `edge run` wrote to?)")
+    try:
+        doc = read_report(out)
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ReportError(f"{stub}: not a report of `edge run`: {exc}") from exc
+    reason = doc["summary"].get("partial_reason")
+    if reason != RUNNING:
+        state = f"partial ({reason})" if reason else "complete"
+        raise ReportError(f"{stub}: the run wrote its summary already ({state}); nothing to recover")
+    builder = ReportBuilder(None, None, doc["meta"])
+    builder.frames = doc["frames"]
+    builder.switches = [f["plan_change"] for f in builder.frames if "plan_change" in f]
+    builder._dir = out  # frames.jsonl stays as recorded (a torn last line included)
+    builder.write(out, partial_reason=RECOVERED.format(n=len(builder.frames)))
+    return out, len(builder.frames)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -419,6 +419,12 @@ class Scheduler:
         lost = [m for m in self.current.modalities if m not in usable]
         if lost:
             return self._switch(best, f"{', '.join(lost)} unhealthy (silent or dropping)", ctx)
+        if not self.current.modalities:
+            # Nothing ran (no sensor was healthy) and something can now: restored at once, as a forced change. Paced
+            # like a voluntary one, the empty plan outlived the sensors' return by up to 10 s: a node behind by its
+            # start-up calibration saw every stream as dropping for two frames, spent its credit on moving to the
+            # ultrasonic and then to nothing, and published no map for 35 % of a 30 s drive (benchmarks/bench_dds.py).
+            return self._switch(best, "sensors healthy again", ctx)
         roomy = [p for p in fitting if self.fits(p, 1.0 - self.headroom)]
         if self._trial is not None and (self._trial != self.current or (self.costs.frame_latency(
                 self._trial, self.budget.percentile) is not None)):
@@ -494,7 +500,13 @@ class Scheduler:
         count = self._pending[1] + 1 if self._pending else 1
         self._pending = (best, count)
         trial = best not in roomy_ids
-        if count < self.dwell or not self._pacer.allows(BURST if trial else 1.0):
+        # Getting the map back (the current plan runs no BEV modality, a roomy one does) waits for the dwell and the
+        # bans but not for the change credit: paced, a plan left over budget for a mapless one at 40 ms kept the
+        # obstacle map off for the last 12 of a 20 s drive (2 of 3 runs without the hog at 0.37-0.40 of the
+        # oracle's IoU, docs/runtime.md, 7 Dec 2026 evening). A roomy plan fits with headroom, and the plan left over
+        # budget is banned (longer each time), so this cannot flap faster than the bans allow.
+        restores_map = not trial and self._maps(best) and not self._maps(self.current)
+        if count < self.dwell or not (restores_map or self._pacer.allows(BURST if trial else 1.0)):
             return self._stay(ctx)
         d = self._switch(best, self._why(best, ctx, gain) + ("; on trial: predicted over the budget from probes, "
                                                              "judged on its own frames" if trial else ""), ctx)
@@ -527,6 +539,11 @@ class Scheduler:
                   f"{self.costs.plan_memory(cheapest):.0f} MB; running it")
         d = self._switch(plan, reason, ctx)
         return Decision(d.plan, True, reason, d.score, d.predicted_ms, miss)
+
+    @staticmethod
+    def _maps(plan: Plan) -> bool:
+        """Whether the plan makes an obstacle map (runs a BEV modality)."""
+        return any(m in BEV_MODALITIES for m in plan.modalities)
 
     def _ban(self, plan: Plan) -> None:
         """Keep a plan left over budget out of voluntary changes: TABU_S, doubled for each earlier time it was left."""
