@@ -124,21 +124,28 @@ SLOW_RUN = textwrap.dedent("""
 """)
 
 
+def _slow_run_past_three_frames(drive: Path, tmp_path: Path, config: str, out: Path) -> subprocess.Popen:
+    """`edge run` (SLOW_RUN, no LLM, `config` added) in its own process, returned once frames.jsonl has 3 frames."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("use_llm: false\n" + config)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, "run", str(drive), "--config", str(cfg),
+                             "--report", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / FRAMES_FILE).exists() and len((out / FRAMES_FILE).read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail(f"edge run ended before 3 frames:\n{proc.communicate()[1][-2000:]}")
+    return proc
+
+
 def test_sigint_mid_run_leaves_a_partial_report(drive: Path, tmp_path: Path) -> None:
     """`edge run` in its own process, interrupted with SIGINT after >= 3 frames: exit 130, no traceback."""
     out = tmp_path / "rep"
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text("use_llm: false\npolicy: all\nbudget_ms: 10000.0\nquality_per_ms: 0.0\n")
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, "run", str(drive), "--config", str(cfg),
-                             "--report", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = _slow_run_past_three_frames(drive, tmp_path, "policy: all\nbudget_ms: 10000.0\nquality_per_ms: 0.0\n", out)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / FRAMES_FILE).exists() and len((out / FRAMES_FILE).read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -162,18 +169,8 @@ def test_sigkill_mid_run_then_edge_report_rebuilds_summary_and_html(drive: Path,
     from edge.cli import main
 
     out = tmp_path / "rep"
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text("use_llm: false\npolicy: adaptive\nbudget_ms: 10000.0\n")
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, "run", str(drive), "--config", str(cfg),
-                             "--report", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = _slow_run_past_three_frames(drive, tmp_path, "policy: adaptive\nbudget_ms: 10000.0\n", out)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / FRAMES_FILE).exists() and len((out / FRAMES_FILE).read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
         proc.kill()
         proc.wait(timeout=30)
     finally:
