@@ -5,8 +5,8 @@ exactly as an external package's would. `BUILTINS` gives their order (the order 
 the registry puts them first in it. Token counts are those of the encoders (edge/encoders/scene_tokens.py: one
 token per side plus the surround for the BEV modalities, one for audio; the front camera's pruned ViT keeps
 PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that they agree. Each names its encoder
-factory and its message decoder (edge/drives/decoders.py) as strings (`encoder`, `decoder`): importing this module
-never imports the encoders or the decoders.
+factory, its message decoder (edge/drives/decoders.py) and its health model (edge/runtime/health_models.py) as
+strings (`encoder`, `decoder`, `health`): importing this module never imports the encoders, decoders or runtime.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from edge.sensors.rig import Rig
 
 D_ENC = 128  # token width of every built-in encoder (edge.encoders.base.D_ENC)
+HEALTH = "edge.runtime.health_models"  # the built-ins' health models (edge.runtime.health)
 
 
 def _image_topics(image: str, info: str) -> tuple[T.TopicSpec, ...]:
@@ -74,21 +75,22 @@ FISHEYE = ModalityPlugin(
     name="fisheye", sensors=_fisheye_sensors, default_sensors=T.FISHEYE_CAMERAS, topics=_fisheye_topics,
     sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["fisheye"]),
     weights="fisheye.safetensors", health_streams=("fisheye",), encoder="edge.encoders.fisheye:build",
-    decoder="edge.drives.decoders:IMAGE")
+    decoder="edge.drives.decoders:IMAGE", health=f"{HEALTH}:fisheye")
 ULTRASONIC = ModalityPlugin(
     name="ultrasonic", sensors=_ultrasonic_sensors, default_sensors=(), topics=_ultrasonic_topics,
     sync=SyncKind.LATEST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["ultrasonic"]),
     weights="ultrasonic.safetensors", health_streams=("ultrasonic",), encoder="edge.encoders.ultrasonic:build",
-    decoder="edge.drives.decoders:RANGE", recorded_sensors=_recorded_ultrasonic)
+    decoder="edge.drives.decoders:RANGE", recorded_sensors=_recorded_ultrasonic,
+    health=f"{HEALTH}:ultrasonic")
 AUDIO = ModalityPlugin(
     name="audio", sensors=_no_sensors, default_sensors=(), topics=_audio_topics,
     sync=SyncKind.WINDOW, bev=False, tokens=TokenSpec(1, D_ENC, TOKEN_LAYOUTS["audio"]),
     weights="audio.safetensors", health_streams=("audio",), encoder="edge.encoders.audio:build",
-    decoder="edge.drives.decoders:AUDIO")
+    decoder="edge.drives.decoders:AUDIO", health=f"{HEALTH}:audio")
 CAMERA = ModalityPlugin(
     name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
     sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),
     weights="camera.safetensors", health_streams=("camera",), encoder="edge.encoders.camera:build",
-    decoder="edge.drives.decoders:IMAGE", stream_key=_camera_key)
+    decoder="edge.drives.decoders:IMAGE", stream_key=_camera_key, health=f"{HEALTH}:camera")
 
 BUILTINS: tuple[ModalityPlugin, ...] = (FISHEYE, ULTRASONIC, AUDIO, CAMERA)

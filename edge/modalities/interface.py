@@ -3,13 +3,14 @@
 A plugin is one `ModalityPlugin` object that a package exposes as an entry point of the group `edge.modalities`
 (see edge.modalities.registry and docs/plugins.md). It holds what the core's declarative lists need (topics,
 synchronisation kind, BEV fusion, LLM tokens, weights file, health streams), where its encoder comes from and how
-its messages become its frame entry (its decoder). Health models, simulator and ground-truth hooks come later
-(issue 11).
+its messages become its frame entry (its decoder) and how the context estimator judges its health (its health
+model). Simulator and ground-truth hooks come later (issue 11).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
 the factory only when it builds the encoders (edge.encoders.stack.build_encoder). The decoder is a string for the
-same reason: the synchroniser (edge.drives.sync) imports it when it plans a drive's topics.
+same reason: the synchroniser (edge.drives.sync) imports it when it plans a drive's topics, and so is the health
+model: the context estimator (edge.runtime.health) imports it when it is built.
 
 Why callables for topics: topic names depend on the rig (one topic per ultrasonic sensor, one per fisheye camera),
 while a bag read without a rig still needs the contract; `sensors(rig)` names a plugin's sensors on a rig and
@@ -108,6 +109,9 @@ class ModalityPlugin:
     # the stream key of one sensor (Frame.source_stamps, missing, degradation spans, SyncConfig.reference); None:
     # "<name>/<sensor>"; a modality without sensors has the key "<name>"
     stream_key: Callable[[str], str] | None = None
+    # "module:callable" of its health model factory, (edge.runtime.health.HealthSetup) -> HealthModel; imported by
+    # the context estimator, never at declaration. None: present while its entry holds data
+    health: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -134,6 +138,8 @@ class ModalityPlugin:
             problems.append(f"encoder {self.encoder!r} must be 'module:callable' (its encoder factory)")
         if not isinstance(self.decoder, str) or not FACTORY.match(self.decoder):
             problems.append(f"decoder {self.decoder!r} must be 'module:attribute' (its MessageDecoder)")
+        if self.health is not None and (not isinstance(self.health, str) or not FACTORY.match(self.health)):
+            problems.append(f"health {self.health!r} must be 'module:callable' (its health model factory) or None")
         if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
                 self.stream_key is not None and not callable(self.stream_key):
             problems.append("recorded_sensors and stream_key must be callables or None")

@@ -1,26 +1,36 @@
 """What the scheduler knows about the world right now, estimated from the sensor data itself.
 
-Per camera: brightness, noise and glare from the image; per sensor stream: staleness and dropout rate over a
-sliding window, and plausibility of the range readings (edge.runtime.plausibility: stuck values, "no echo" against
-the previous frame's fisheye BEV); audio level; ego speed from odometry. Nothing here reads ground truth: the same
-estimates come from a live vehicle.
+Each modality plugin's health model (edge.runtime.health, the built-ins' in edge.runtime.health_models) says what
+its data looked like this frame: whether it delivered, per camera brightness, noise and glare, which sensors are
+implausible (stuck or contradicted range readings, frozen images), a sound level. Here, per health stream:
+staleness and dropout rate over a sliding window, the same for every stream; the lighting from the cameras; ego
+speed from odometry. Nothing here reads ground truth: the same estimates come from a live vehicle.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from edge.errors import PluginError
 from edge.frames import Frame
 from edge.kernels.grid import BevGrid
+from edge.modalities.interface import ModalityPlugin
 from edge.modalities.registry import registry
-from edge.runtime.plausibility import Beam, FrozenImages, ObstacleView, RangePlausibility
+from edge.runtime.health import HealthModel, HealthSetup, HealthUpdate, Observation, build_health_model
+from edge.runtime.plausibility import ObstacleView
+
+if TYPE_CHECKING:
+    from edge.sensors.rig import Rig
+
+log = logging.getLogger(__name__)
 
 # Immerkaer's fast noise estimator: a Laplacian-difference kernel insensitive to image structure.
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -71,10 +81,11 @@ class Context:
     stamp_ns: int
     cameras: dict[str, CameraHealth]
     streams: dict[str, StreamHealth]  # the modality plugins' health_streams: "fisheye", "camera", ...
-    audio_level_db: float
+    audio_level_db: float  # the loudest sound level a health model gave (-120: none)
     ego_speed: float
     lighting: str  # day / dusk / night, from camera brightness
-    implausible: tuple[str, ...] = ()  # "ultrasonic/<name>", "fisheye/<name>", "camera/front": ignored now
+    implausible: tuple[str, ...] = ()  # "<modality>/<sensor>" the health models named ("ultrasonic/<name>",
+    # "fisheye/<name>", "camera/front"): ignored now
 
     @property
     def glare_cameras(self) -> list[str]:
@@ -128,65 +139,73 @@ class _StreamTracker:
 
 
 class ContextEstimator:
-    """Feed samples in time order; each call returns the context at that sample. `ultrasonic` (the rig's
-    UltrasonicSensor list) gives the beams against which "no echo" is checked."""
+    """Feed samples in time order; each call returns the context at that sample. One health model per plugin
+    (`plugins`, default the installed ones), built with `rig` (what the models check against, e.g. the range
+    sensors' beams) and `grid` (the BEV grid the witnesses come on).
 
-    def __init__(self, window: int = 20, brightness_smoothing: float = 0.3, ultrasonic: Sequence[Any] = (),
-                 grid: BevGrid | None = None) -> None:
-        self.trackers = {k: _StreamTracker(window) for k in registry().health_streams}
-        self.plausibility = RangePlausibility([Beam.of(s) for s in ultrasonic])
-        if grid is not None:  # the BEV grid the fisheye views come on: the beams' masks made now, not on a frame
-            self.plausibility.prepare(grid)
-        self.frozen = FrozenImages()
+    A model that cannot be built, or raises on a frame, makes only its modality's streams unhealthy (for that
+    frame, or for good when it cannot be built); the reason is logged and named once in `diagnostics`."""
+
+    def __init__(self, window: int = 20, brightness_smoothing: float = 0.3, rig: Rig | None = None,
+                 grid: BevGrid | None = None, plugins: Iterable[ModalityPlugin] | None = None) -> None:
+        self.plugins = tuple(registry() if plugins is None else plugins)
+        self.trackers = {k: _StreamTracker(window) for p in self.plugins for k in p.health_streams}
+        self.models: dict[str, HealthModel] = {}
+        self._failed: dict[str, str] = {}  # modality -> why its health failed first (named once)
+        for p in self.plugins:
+            try:
+                self.models[p.name] = build_health_model(HealthSetup(p, rig, grid))
+            except PluginError as exc:
+                self._fail(p.name, f"{exc}; its streams are unhealthy")
         self.alpha = brightness_smoothing
         self._brightness: float | None = None
 
     @property
     def degradations(self) -> list[dict[str, Any]]:
         """Implausible and frozen spans so far, as the report's degradation records."""
-        return self.plausibility.open_records() + self.frozen.open_records()
+        return [d for m in self.models.values() for d in m.degradations()]
 
     @property
     def diagnostics(self) -> list[str]:
-        return self.plausibility.diagnostics + self.frozen.diagnostics
+        return list(self._failed.values()) + [d for m in self.models.values() for d in m.diagnostics]
 
-    def update(self, sample: Frame, obstacles: ObstacleView | None = None) -> Context:
-        """`obstacles`: what the fisheyes saw on the previous frame, to check "no echo" readings against."""
-        fisheye, front = sample.get("fisheye") or {}, sample.sensor("camera", "front")
-        ultrasonic, audio = sample.get("ultrasonic") or {}, sample.get("audio")
-        cams = {f"fisheye/{name}": image_health(img) for name, img in fisheye.items()}
-        cams["camera/front"] = image_health(front)
+    def update(self, sample: Frame, witness: ObstacleView | None = None) -> Context:
+        """`witness`: what the BEV saw on the previous frame, to check e.g. "no echo" readings against."""
         t = sample.stamp_ns
-        src = sample.source_stamps
-        images = {**{f"fisheye/{n}": img for n, img in fisheye.items()}, "camera/front": front}
-        frozen = self.frozen.update(t, images, {k: src.get("front" if k == "camera/front" else k) for k in images})
-        fisheye_stamps = [src[k] for k in src if k.startswith("fisheye/")]
-        moving = [k for k in src if k.startswith("fisheye/") and k not in frozen]
-        implausible = self.plausibility.update(t, ultrasonic, obstacles)
-        # (implausible readings arrive on time: they do not count as dropout, which would delay recovery by the
-        # window; a ring mostly implausible is unhealthy through StreamHealth.implausible)
-        us_valid = [r for r in ultrasonic.values() if r is not None and r.get("status") in ("ok", "no_echo")]
-        us_stamps = [src[k] for k in src if k.startswith("ultrasonic/")]
-        streams = {
-            "fisheye": replace(self.trackers["fisheye"].update(t, len(fisheye_stamps) >= 2,
-                                                               max(fisheye_stamps, default=None)),
-                               implausible=len(moving) < 2 <= len(fisheye_stamps)),
-            "camera": replace(self.trackers["camera"].update(t, front is not None, src.get("front")),
-                              implausible="camera/front" in frozen),
-            "ultrasonic": replace(self.trackers["ultrasonic"].update(
-                t, len(us_valid) >= max(1, len(ultrasonic) // 2), max(us_stamps, default=None)),
-                implausible=2 * len(implausible) > max(1, len(ultrasonic))),
-            "audio": self.trackers["audio"].update(t, audio is not None, (t if audio is not None else None)),
-        }
-        level = -120.0
-        if audio is not None:
-            rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) / 32768.0
-            level = 20 * math.log10(max(rms, 1e-6))
-        seen = [c.brightness for c in cams.values() if c.present]
-        if seen:
-            b = float(np.median(seen))
+        cams: dict[str, CameraHealth] = {}
+        streams: dict[str, StreamHealth] = {}
+        implausible: list[str] = []
+        levels: list[float] = []
+        for p in self.plugins:
+            result = self._health(p, sample, witness)
+            cams.update(result.images)
+            implausible += result.implausible
+            if result.level_db is not None:
+                levels.append(result.level_db)
+            for key in p.health_streams:
+                seen = result.streams.get(key, Observation(False))
+                streams[key] = replace(self.trackers[key].update(t, seen.valid, seen.stamp_ns),
+                                       implausible=seen.implausible)
+        bright = [c.brightness for c in cams.values() if c.present]
+        if bright:
+            b = float(np.median(bright))
             self._brightness = b if self._brightness is None else (1 - self.alpha) * self._brightness + self.alpha * b
         lighting = lighting_from_brightness(self._brightness) if self._brightness is not None else "unknown"
         speed = abs(float(sample.odometry["vx"])) if sample.odometry else 0.0
-        return Context(t, cams, streams, level, speed, lighting,
-                       tuple(f"ultrasonic/{n}" for n in implausible) + frozen)
+        return Context(t, cams, streams, max(levels, default=-120.0), speed, lighting, tuple(implausible))
+
+    def _health(self, plugin: ModalityPlugin, sample: Frame, witness: ObstacleView | None) -> HealthUpdate:
+        """Its model's update; a model that is missing or raises gives unhealthy streams, never a lost frame."""
+        model = self.models.get(plugin.name)
+        if model is not None:
+            try:
+                return model.update(sample.stamp_ns, sample.get(plugin.name), sample.source_stamps, witness)
+            except Exception as exc:  # a plugin's code: its modality is unhealthy, the frame goes on
+                self._fail(plugin.name, f"modality '{plugin.name}': health model raised {type(exc).__name__}: {exc} "
+                                        f"at {sample.stamp_ns} ns; unhealthy while it raises")
+        return HealthUpdate({k: Observation(False, None, implausible=True) for k in plugin.health_streams})
+
+    def _fail(self, name: str, why: str) -> None:
+        if name not in self._failed:
+            self._failed[name] = why
+            log.warning("%s", why)

@@ -104,8 +104,7 @@ class Runtime:
         self.stack.set_backend(backend, cache_dir=engine_cache, progress=progress)
         from edge.sensors.rig import load_rig  # as PerceptionStack.load: the default rig unless one is given
 
-        self.estimator = ContextEstimator(ultrasonic=(rig if rig is not None else load_rig()).ultrasonic,
-                                          grid=self.stack.cfg.bev_grid)
+        self.estimator = ContextEstimator(rig=rig if rig is not None else load_rig(), grid=self.stack.cfg.bev_grid)
         self.detacher = Detacher()  # modalities left out after an exception, retried with back-off
         self._obstacles: ObstacleView | None = None  # the previous frame's fisheye BEV: a witness for range sensors
         self._diag_sent: set[str] = set()  # runtime diagnostics already attached to a frame
