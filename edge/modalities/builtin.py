@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from edge.sensors.rig import Rig
 
 D_ENC = 128  # token width of every built-in encoder (edge.encoders.base.D_ENC)
+KEEP_RATIOS = (1.0, 0.5, 0.25)  # the front camera's token keep ratios (edge.runtime.scheduler.KEEP_RATIOS)
 HEALTH = "edge.runtime.health_models"  # the built-ins' health models (edge.runtime.health)
 
 
@@ -91,6 +92,7 @@ CAMERA = ModalityPlugin(
     name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
     sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),
     weights="camera.safetensors", health_streams=("camera",), encoder="edge.encoders.camera:build",
-    decoder="edge.drives.decoders:IMAGE", stream_key=_camera_key, health=f"{HEALTH}:camera")
+    decoder="edge.drives.decoders:IMAGE", stream_key=_camera_key, health=f"{HEALTH}:camera",
+    keep_ratios=KEEP_RATIOS)
 
 BUILTINS: tuple[ModalityPlugin, ...] = (FISHEYE, ULTRASONIC, AUDIO, CAMERA)

@@ -2,9 +2,9 @@
 
 A plugin is one `ModalityPlugin` object that a package exposes as an entry point of the group `edge.modalities`
 (see edge.modalities.registry and docs/plugins.md). It holds what the core's declarative lists need (topics,
-synchronisation kind, BEV fusion, LLM tokens, weights file, health streams), where its encoder comes from and how
-its messages become its frame entry (its decoder) and how the context estimator judges its health (its health
-model). Simulator and ground-truth hooks come later (issue 11).
+synchronisation kind, BEV fusion, LLM tokens, weights file, health streams, keep ratios), where its encoder comes
+from and how its messages become its frame entry (its decoder) and how the context estimator judges its health (its
+health model). Simulator and ground-truth hooks come later (issue 11).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
@@ -112,6 +112,9 @@ class ModalityPlugin:
     # "module:callable" of its health model factory, (edge.runtime.health.HealthSetup) -> HealthModel; imported by
     # the context estimator, never at declaration. None: present while its entry holds data
     health: str | None = None
+    # the keep ratios its encoder runs at (its run-time setting, the camera's token pruning), the first its default;
+    # with several, each is a stage of its own ("camera@0.5"), measured and planned (edge.runtime.stages)
+    keep_ratios: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         problems = []
@@ -140,6 +143,9 @@ class ModalityPlugin:
             problems.append(f"decoder {self.decoder!r} must be 'module:attribute' (its MessageDecoder)")
         if self.health is not None and (not isinstance(self.health, str) or not FACTORY.match(self.health)):
             problems.append(f"health {self.health!r} must be 'module:callable' (its health model factory) or None")
+        if not isinstance(self.keep_ratios, tuple) or not self.keep_ratios or len(set(self.keep_ratios)) != len(
+                self.keep_ratios) or not all(isinstance(k, float) and 0.0 < k <= 1.0 for k in self.keep_ratios):
+            problems.append(f"keep_ratios {self.keep_ratios!r} must be a non-empty tuple of distinct floats in (0, 1]")
         if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
                 self.stream_key is not None and not callable(self.stream_key):
             problems.append("recorded_sensors and stream_key must be callables or None")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from edge.names import BackendName
+from edge.runtime import stages
 
 
 Key = tuple[str, str, int]  # (component, backend, threads)
@@ -226,12 +227,8 @@ class CostModel:
     # ---------------------------------------------------------------- plans
     @staticmethod
     def components(modalities: Iterable[str], camera_keep: float) -> list[str]:
-        """The timed stages a plan runs (names as PerceptionStack.run times them)."""
-        mods = tuple(modalities)
-        parts = [m if m != "camera" else f"camera@{camera_keep:g}" for m in mods]
-        if "fisheye" in mods and "ultrasonic" in mods:
-            parts.append("fusion")  # one BEV modality alone is decoded inside its own stage
-        return parts
+        """The timed stages a plan runs (names as PerceptionStack.run times them; edge.runtime.stages)."""
+        return stages.components(modalities, camera_keep)
 
     def plan_latency(self, plan: Any, q: float | None = None) -> float | None:
         """Predicted frame latency at the q-th percentile (default: the budget's): its stages and the per-frame

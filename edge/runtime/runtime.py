@@ -37,7 +37,8 @@ from edge.runtime.context import Context, ContextEstimator
 from edge.runtime.cost_model import OVERHEAD, CostModel, Key, timed_call
 from edge.runtime.isolation import Detacher
 from edge.runtime.plausibility import ObstacleView
-from edge.runtime.scheduler import KEEP_RATIOS, MODALITIES, Budget, Decision, Plan, QualityTable, Scheduler
+from edge.runtime.scheduler import MODALITIES, Budget, Decision, Plan, QualityTable, Scheduler
+from edge.runtime.stages import FUSION, every_stage, fuses, passes, run_of, settings
 
 log = logging.getLogger(__name__)
 PROBE_DUTY = 0.1  # share of wall time re-measurement may take beyond the frames' slack
@@ -114,7 +115,7 @@ class Runtime:
         self.costs = CostModel(memory_mb={m: param_mb(getattr(self.stack, m)) for m in MODALITIES},
                                max_age_s=max_estimate_age_s, percentile=budget.percentile, clock=clock,
                                backend=backend, threads=n)
-        self.costs.memory_mb["fusion"] = param_mb(self.stack.fusion)
+        self.costs.memory_mb[FUSION] = param_mb(self.stack.fusion)
         eval_path = perception_dir / "eval.json"
         if not eval_path.exists():
             raise EdgeError(f"{eval_path}: missing; the scheduler needs the measured per-condition accuracy table")
@@ -206,8 +207,8 @@ class Runtime:
 
     def _time_stages(self, sample: Frame, modalities: tuple[str, ...], threads: int,
                      runs: dict[tuple[str, int], list[tuple[float, float]]]) -> None:
-        """One timed pass of the modalities' stages (every camera keep ratio) at `threads`, appended to `runs`
-        under (stage, threads)."""
+        """One timed pass of the modalities' stages (every keep ratio of each, edge.runtime.stages.passes) at
+        `threads`, appended to `runs` under (stage, threads)."""
         def record(name: str, fn: Callable[[], Any]) -> Any:
             result, wall, cpu = self._stopwatch(name, fn)
             if result is not None:
@@ -215,12 +216,8 @@ class Runtime:
             return result
 
         self._use_threads(threads)
-        passes = [(tuple(m for m in modalities if m != "camera") + (("camera",) if "camera" in modalities else ()),
-                   KEEP_RATIOS[0])]
-        if "camera" in modalities:
-            passes += [(("camera",), keep) for keep in KEEP_RATIOS[1:]]
-        for use, keep in passes:
-            self.stack.run(sample, use, {"camera": keep}, timer=record, isolate=True)
+        for use, knobs in passes(modalities):
+            self.stack.run(sample, use, knobs, timer=record, isolate=True)
 
     def _measure(self, sample: Frame, modalities: tuple[str, ...], threads: int, repeats: int) -> dict[str, float]:
         """Warm-up, then `repeats` timed passes of the modalities' stages; committed per stage through
@@ -232,11 +229,6 @@ class Runtime:
         return {name: statistics.median(self.costs.calibrate(name, r, self.backend, threads))
                 for (name, _), r in runs.items()}
 
-    def _stages(self, usable: tuple[str, ...]) -> list[str]:
-        out = [s for m in usable for s in (CostModel.components((m,), 1.0) if m != "camera"
-                                           else [f"camera@{k:g}" for k in KEEP_RATIOS])]
-        return out + (["fusion"] if "fisheye" in usable and "ultrasonic" in usable else [])
-
     def _probe(self, sample: Frame, ctx: Context, total_ms: float) -> dict[str, float]:
         """After the frame: measure what arrived unmeasured, else re-measure the stage whose estimate is due
         (adaptive policy only: a static plan reads no estimate)."""
@@ -245,10 +237,9 @@ class Runtime:
         usable = self.scheduler.healthy(ctx)
         now = self.costs.clock()
         new = [m for m in usable for t in self.thread_options
-               if any(not self.costs.measured(s, self.backend, t) for s in self._stages((m,)))]
-        if "fisheye" in usable and "ultrasonic" in usable and not all(
-                self.costs.measured("fusion", self.backend, t) for t in self.thread_options):
-            new += ["fisheye", "ultrasonic"]
+               if any(not self.costs.measured(s, self.backend, t) for s in every_stage((m,)))]
+        if fuses(usable) and not all(self.costs.measured(FUSION, self.backend, t) for t in self.thread_options):
+            new += list(run_of(FUSION, usable)[0])  # the fusion head is measured with the BEV modalities it fuses
         # (an encoder that returns nothing on data its stream calls healthy is not retried every frame)
         new = [m for m in new if now - self._arrivals.get(m, -float("inf")) >= self.costs.max_age_s / 2]
         probes: dict[str, float] = {}
@@ -258,7 +249,7 @@ class Runtime:
             for t in self.thread_options:
                 probes.update({f"{k}/{t}": v for k, v in self._measure(sample, mods, t, repeats=2).items()})
             return probes
-        keys: list[Key] = [(s, self.backend, t) for t in self.thread_options for s in self._stages(usable)]
+        keys: list[Key] = [(s, self.backend, t) for t in self.thread_options for s in every_stage(usable)]
         period_ms = 100.0
         if len(self._stamps) >= 3:
             period_ms = statistics.median(np.diff(list(self._stamps))) / 1e6
@@ -271,12 +262,7 @@ class Runtime:
         if key is None:
             return probes
         stage, _, threads = key
-        if stage == "fusion":
-            use, keep = ("fisheye", "ultrasonic"), 1.0
-        elif stage.startswith("camera@"):
-            use, keep = ("camera",), float(stage.split("@")[1])
-        else:
-            use, keep = (stage,), 1.0
+        use, knobs = run_of(stage, usable)
 
         def record(name: str, fn: Callable[[], Any]) -> Any:
             result, wall, cpu = self._stopwatch(name, fn)
@@ -287,7 +273,7 @@ class Runtime:
 
         self._use_threads(threads)
         t = time.perf_counter()
-        self.stack.run(sample, use, {"camera": keep}, timer=record, isolate=True)
+        self.stack.run(sample, use, knobs, timer=record, isolate=True)
         spent = (time.perf_counter() - t) * 1e3
         if spent > slack:
             self._forced.append((now, spent - max(slack, 0.0)))
@@ -343,7 +329,7 @@ class Runtime:
 
         self._use_threads(threads)
         use = self.detacher.allowed(plan.modalities, sample.stamp_ns)
-        out = self.stack.run(sample, use, {"camera": plan.camera_keep}, timer=timed, isolate=True)
+        out = self.stack.run(sample, use, settings(use, plan.camera_keep), timer=timed, isolate=True)
         self.detacher.observe(sample.stamp_ns, use, out.failures)
         witness = out.alone.get("fisheye")
         self._obstacles = None if witness is None else \
