@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
+from edge.modalities import Registry
+from edge.modalities.registry import registry
+from edge.runtime import stages
 from edge.runtime.isolation import Detacher
 
 ALL = ("fisheye", "ultrasonic", "audio")
@@ -28,4 +35,19 @@ def test_fusion_failure_closes_when_fusion_runs_again() -> None:
     d.observe(1, ("fisheye", "audio"), {})
     assert d.records == []  # no fusion without ultrasonic: still open
     d.observe(2, ALL, {})
+    assert [(r["source"], r["first_ns"], r["last_ns"]) for r in d.records] == [("fusion", 0, 0)]
+
+
+def test_fusion_of_a_plugin_bev_modality_closes_the_fusion_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the fusion head ran comes from the declarations (edge.runtime.stages): fisheye with a fake BEV
+    plugin fuses, without ultrasonic."""
+    base = registry()
+    lidar = dataclasses.replace(base["ultrasonic"], name="lidar", health_streams=("lidar",))
+    reg = Registry((*base.plugins, lidar), (*base.sources, "lidar = fake"))
+    monkeypatch.setattr(stages, "registry", lambda: reg)
+    d = Detacher()
+    d.observe(0, ("fisheye", "lidar"), {"fusion": "RuntimeError: x"})
+    d.observe(1, ("lidar", "audio"), {})
+    assert d.records == []  # one BEV modality: no fusion
+    d.observe(2, ("fisheye", "lidar"), {})
     assert [(r["source"], r["first_ns"], r["last_ns"]) for r in d.records] == [("fusion", 0, 0)]

@@ -88,7 +88,8 @@ def test_keep_ratios_are_checked() -> None:
             dataclasses.replace(registry()["audio"], keep_ratios=bad)
 
 
-@pytest.mark.parametrize("rel", ["edge/runtime/context.py", "edge/runtime/stages.py", "edge/runtime/cost_model.py"])
+@pytest.mark.parametrize("rel", ["edge/runtime/context.py", "edge/runtime/stages.py", "edge/runtime/cost_model.py",
+                                 "edge/runtime/isolation.py"])
 def test_the_core_modules_moved_to_declarations_name_no_modality(rel: str) -> None:
     """No built-in's name as a string, attribute or variable in their code (docstrings and comments may give
     examples)."""

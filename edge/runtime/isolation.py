@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.drives.sync import Degradation  # the report's degradation record, one shape for every kind
+from edge.runtime.stages import FUSION, fuses
 
 
 @dataclass
@@ -61,8 +62,8 @@ class Detacher:
                 self.diagnostics.append(f"{m}: detached at {stamp_ns} ns after an exception ({error}); the others "
                                         f"continue and {m} is retried (every span is in the report)")
         ran = set(tried) - set(failed)
-        if {"fisheye", "ultrasonic"} <= ran:  # the fusion head ran too (it is no plan modality: never held out)
-            ran.add("fusion")
+        if fuses(ran):  # the fusion head ran too (it is no plan modality: never held out)
+            ran.add(FUSION)
         for m in sorted(ran):
             if m not in failed and m in self._open:
                 self.records.append(self._record(m, self._open.pop(m)))
