@@ -21,7 +21,7 @@ from edge.modalities.registry import registry
 from edge.runtime import stages
 from edge.runtime.cost_model import CostModel
 from edge.runtime.runtime import Runtime
-from edge.runtime.scheduler import KEEP_RATIOS
+from edge.runtime import scheduler as scheduler_module
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_NAMES = ("fisheye", "ultrasonic", "audio", "camera")
@@ -41,7 +41,6 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Registry:
 def test_builtin_plans_keep_their_component_names() -> None:
     assert CostModel.components(BUILTIN_NAMES, 0.25) == ["fisheye", "ultrasonic", "audio", "camera@0.25", "fusion"]
     assert CostModel.components(("fisheye", "camera"), 0.5) == ["fisheye", "camera@0.5"]
-    assert registry()["camera"].keep_ratios == KEEP_RATIOS  # the scheduler plans the ratios the camera declares
     assert all(p.keep_ratios == (1.0,) for p in registry() if p.name != "camera")
 
 
@@ -53,6 +52,24 @@ def test_a_bev_plugin_makes_fusion_a_component_of_its_plans(fakes: Registry) -> 
                                                                       "lidar", "fusion"]
     assert stages.run_of("fusion", ("fisheye", "audio", "lidar")) == (("fisheye", "lidar"), {})
     assert stages.run_of("thermal@0.6", ("thermal",)) == (("thermal",), {"thermal": 0.6})
+
+
+def test_the_scheduler_plans_each_keep_ratio_a_plugin_declares(fakes: Registry,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Candidates carry the keep ratios of the modality that declares several (thermal's 1 and 0.6; the camera's
+    three); with two of them, the ratios both declare; none: 1."""
+    assert stages.plan_keeps(("fisheye", "camera")) == (1.0, 0.5, 0.25)
+    assert stages.plan_keeps(("fisheye", "audio")) == (1.0,)
+    assert stages.plan_keeps(("thermal", "camera")) == (1.0,)
+    monkeypatch.setattr(scheduler_module, "MODALITIES", fakes.names)
+    s = scheduler_module.Scheduler(scheduler_module.QualityTable({}, 0.5, 0.5, 0.5), CostModel(), scheduler_module.Budget(100.0),
+                                   available=("fisheye", "thermal", "camera"), n_blocks=8)
+    keeps = {(p.modalities, p.camera_keep) for p in s.candidates(("fisheye", "thermal", "camera"))}
+    assert keeps == {((), 1.0), (("fisheye",), 1.0), (("thermal",), 1.0), (("thermal",), 0.6),
+                     (("camera",), 1.0), (("camera",), 0.5), (("camera",), 0.25), (("fisheye", "thermal"), 1.0),
+                     (("fisheye", "thermal"), 0.6), (("fisheye", "camera"), 1.0), (("fisheye", "camera"), 0.5),
+                     (("fisheye", "camera"), 0.25), (("thermal", "camera"), 1.0),
+                     (("fisheye", "thermal", "camera"), 1.0)}
 
 
 class _Stack:

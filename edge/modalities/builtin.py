@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from edge.sensors.rig import Rig
 
 D_ENC = 128  # token width of every built-in encoder (edge.encoders.base.D_ENC)
-KEEP_RATIOS = (1.0, 0.5, 0.25)  # the front camera's token keep ratios (edge.runtime.scheduler.KEEP_RATIOS)
+KEEP_RATIOS = (1.0, 0.5, 0.25)  # the front camera's token keep ratios (the scheduler plans each: Plan.camera_keep)
 HEALTH = "edge.runtime.health_models"  # the built-ins' health models (edge.runtime.health)
 
 

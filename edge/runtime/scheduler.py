@@ -26,12 +26,12 @@ from edge.modalities.registry import registry
 from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.context import Context
 from edge.runtime.cost_model import CostModel
+from edge.runtime.stages import plan_keeps
 
 __all__ = ["AlignerSet", "Budget", "ChangePacer", "CostModel", "Decision", "Plan", "QualityTable", "Scheduler"]
 
 MODALITIES: tuple[str, ...] = registry().names  # the installed modality plugins, in registry order
 BEV_MODALITIES: tuple[str, ...] = registry().bev_names  # those fused into the BEV map (perception eval subsets)
-KEEP_RATIOS = (1.0, 0.5, 0.25)
 # Static baselines: "camera" is the camera setup (every camera: the surround fisheyes and the front camera).
 STATIC = {Policy.CAMERA: ("fisheye", "camera"), Policy.ALL: MODALITIES}
 # A plan left for running over budget is not chosen again voluntarily for TABU_S, doubled each time the same plan
@@ -363,16 +363,16 @@ class Scheduler:
         return tuple(m for m in self.available if ctx.streams.get(m) is not None and ctx.streams[m].healthy)
 
     def candidates(self, usable: tuple[str, ...], lighting: str = "day") -> list[Plan]:
-        """Every subset of the usable modalities, camera keep ratio and thread count, each with the aligner set
-        measured best in this lighting among those it allows (the others cost the same and answer worse)."""
+        """Every subset of the usable modalities, keep ratio (as their plugins declare: edge.runtime.stages.plan_keeps)
+        and thread count, each with the aligner set measured best in this lighting among those it allows (the others
+        cost the same and answer worse)."""
         light = lighting if lighting in ("day", "dusk", "night") else "night"
         if (usable, light) in self._candidates:
             return self._candidates[usable, light]
         plans = []
         for r in range(len(usable) + 1):
             for mods in itertools.combinations(usable, r):
-                keeps = KEEP_RATIOS if "camera" in mods else (1.0,)
-                for keep in keeps:
+                for keep in plan_keeps(mods):
                     sets = self.sets_for(mods, keep)
                     name = max(sets, key=lambda n: self.aligner_sets[n].expected(light) if n else 0.0)
                     plans += [Plan(tuple(mods), self.n_blocks, keep, self.backend, name, t) for t in self.threads]

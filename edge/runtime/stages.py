@@ -47,6 +47,16 @@ def every_stage(modalities: Iterable[str]) -> list[str]:
     return parts + ([FUSION] if fuses(mods) else [])
 
 
+def plan_keeps(modalities: Iterable[str]) -> tuple[float, ...]:
+    """The keep ratios a plan of these modalities is planned at (a plan has one, given to each of them that has
+    several: `settings`): the ratios they all declare, in the first one's order; (1.0,) when none has several."""
+    plugins = _plugins()
+    declared = [_ratios(m, plugins) for m in modalities if _ratios(m, plugins)]
+    if not declared:
+        return (1.0,)
+    return tuple(k for k in declared[0] if all(k in r for r in declared[1:]))
+
+
 def settings(modalities: Iterable[str], keep: float) -> Settings:
     """The plan's keep ratio for those of its modalities that have several."""
     plugins = _plugins()
