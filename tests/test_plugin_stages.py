@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from edge.encoders.stack import PerceptionOutput
 from edge.errors import PluginError
 from edge.frames import Frame
 from edge.modalities import Registry
@@ -97,6 +99,39 @@ def test_a_plugin_with_keep_ratios_is_calibrated_per_ratio(fakes: Registry) -> N
                              (("camera",), {"camera": 0.25})]
     assert sorted(name for name, _ in runs) == sorted(["fisheye", "lidar", "fusion", "thermal@1", "thermal@0.6",
                                                        "camera@1", "camera@0.5", "camera@0.25"])
+
+
+def test_the_witness_of_the_health_models_is_the_declared_one(fakes: Registry) -> None:
+    """The BEV handed to the health models as the previous frame's witness is that of a plugin declaring `witness`:
+    lidar's when it declares it and fisheye does not, none when no plugin that ran declares it."""
+    from edge.encoders.config import BEV_CLASSES, OBSTACLE_CLASSES, PerceptionConfig
+    from edge.runtime.isolation import Detacher
+    from edge.runtime.scheduler import Plan
+
+    assert [p.name for p in registry() if p.witness] == ["fisheye"]
+    cfg = PerceptionConfig()
+    probs = np.zeros((len(BEV_CLASSES), cfg.bev_grid.nx, cfg.bev_grid.ny), np.float32)
+    probs[OBSTACLE_CLASSES[0], 3, 4] = 1.0
+    plugins = {p.name: p for p in fakes}
+    plugins["fisheye"] = dataclasses.replace(plugins["fisheye"], witness=False)
+    plugins["lidar"] = dataclasses.replace(plugins["lidar"], witness=True)
+
+    class Stack:
+        def __init__(self) -> None:
+            self.cfg, self.plugins = cfg, plugins
+
+        def run(self, sample: Frame, use: tuple[str, ...], settings: dict[str, float], timer: Any,
+                isolate: bool) -> PerceptionOutput:
+            return PerceptionOutput(sample.stamp_ns, None, None, list(use), alone={m: probs for m in use if plugins[m].bev})
+
+    rt = Runtime.__new__(Runtime)  # the perception step only: no weights loaded
+    rt.stack, rt.detacher, rt._use_threads = Stack(), Detacher(), lambda threads: None
+    rt._perceive(Frame(7, {}, None, None, {}, []), Plan(("lidar", "audio"), 0, 1.0, "eager", "", 1), {})
+    assert rt._obstacles is not None and rt._obstacles.stamp_ns == 7 and rt._obstacles.obstacle.sum() == 1
+    rt._perceive(Frame(8, {}, None, None, {}, []), Plan(("fisheye", "audio"), 0, 1.0, "eager", "", 1), {})
+    assert rt._obstacles is None
+    with pytest.raises(PluginError, match="witness .* True only for a BEV modality"):
+        dataclasses.replace(registry()["audio"], witness=True)
 
 
 def test_keep_ratios_are_checked() -> None:

@@ -76,7 +76,7 @@ FISHEYE = ModalityPlugin(
     name="fisheye", sensors=_fisheye_sensors, default_sensors=T.FISHEYE_CAMERAS, topics=_fisheye_topics,
     sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["fisheye"]),
     weights="fisheye.safetensors", health_streams=("fisheye",), encoder="edge.encoders.fisheye:build",
-    decoder="edge.drives.decoders:IMAGE", health=f"{HEALTH}:fisheye")
+    decoder="edge.drives.decoders:IMAGE", health=f"{HEALTH}:fisheye", witness=True)
 ULTRASONIC = ModalityPlugin(
     name="ultrasonic", sensors=_ultrasonic_sensors, default_sensors=(), topics=_ultrasonic_topics,
     sync=SyncKind.LATEST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["ultrasonic"]),

@@ -2,9 +2,9 @@
 
 A plugin is one `ModalityPlugin` object that a package exposes as an entry point of the group `edge.modalities`
 (see edge.modalities.registry and docs/plugins.md). It holds what the core's declarative lists need (topics,
-synchronisation kind, BEV fusion, LLM tokens, weights file, health streams, keep ratios), where its encoder comes
-from and how its messages become its frame entry (its decoder) and how the context estimator judges its health (its
-health model). Simulator and ground-truth hooks come later (issue 11).
+synchronisation kind, BEV fusion, LLM tokens, weights file, health streams, keep ratios, the health models'
+witness), where its encoder comes from and how its messages become its frame entry (its decoder) and how the
+context estimator judges its health (its health model). Simulator and ground-truth hooks come later (issue 11).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
@@ -115,6 +115,9 @@ class ModalityPlugin:
     # the keep ratios its encoder runs at (its run-time setting, the camera's token pruning), the first its default;
     # with several, each is a stage of its own ("camera@0.5"), measured and planned (edge.runtime.stages)
     keep_ratios: tuple[float, ...] = (1.0,)
+    # a BEV modality whose own BEV (what it alone sees) is the previous frame's witness handed to the health models
+    # (edge.runtime.health: what range readings are checked against); the first that ran, in registry order
+    witness: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -146,6 +149,8 @@ class ModalityPlugin:
         if not isinstance(self.keep_ratios, tuple) or not self.keep_ratios or len(set(self.keep_ratios)) != len(
                 self.keep_ratios) or not all(isinstance(k, float) and 0.0 < k <= 1.0 for k in self.keep_ratios):
             problems.append(f"keep_ratios {self.keep_ratios!r} must be a non-empty tuple of distinct floats in (0, 1]")
+        if not isinstance(self.witness, bool) or self.witness and self.bev is not True:
+            problems.append(f"witness {self.witness!r} must be a bool, True only for a BEV modality")
         if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
                 self.stream_key is not None and not callable(self.stream_key):
             problems.append("recorded_sensors and stream_key must be callables or None")

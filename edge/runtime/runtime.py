@@ -107,12 +107,13 @@ class Runtime:
 
         self.estimator = ContextEstimator(rig=rig if rig is not None else load_rig(), grid=self.stack.cfg.bev_grid)
         self.detacher = Detacher()  # modalities left out after an exception, retried with back-off
-        self._obstacles: ObstacleView | None = None  # the previous frame's fisheye BEV: a witness for range sensors
+        # the previous frame's BEV of a witness modality (ModalityPlugin.witness): what range readings are checked on
+        self._obstacles: ObstacleView | None = None
         self._diag_sent: set[str] = set()  # runtime diagnostics already attached to a frame
         n = self._threads_at_start = torch.get_num_threads()
         # ONNX Runtime / TensorRT sessions fix their threads when built; eager can change per frame
         self.thread_options = tuple(sorted({1, n})) if backend == BackendName.EAGER and adapt_threads else (n,)
-        self.costs = CostModel(memory_mb={m: param_mb(getattr(self.stack, m)) for m in MODALITIES},
+        self.costs = CostModel(memory_mb={m: param_mb(enc) for m, enc in self.stack.encoders.items()},
                                max_age_s=max_estimate_age_s, percentile=budget.percentile, clock=clock,
                                backend=backend, threads=n)
         self.costs.memory_mb[FUSION] = param_mb(self.stack.fusion)
@@ -331,7 +332,7 @@ class Runtime:
         use = self.detacher.allowed(plan.modalities, sample.stamp_ns)
         out = self.stack.run(sample, use, settings(use, plan.camera_keep), timer=timed, isolate=True)
         self.detacher.observe(sample.stamp_ns, use, out.failures)
-        witness = out.alone.get("fisheye")
+        witness = next((out.alone[m] for m, p in self.stack.plugins.items() if p.witness and m in out.alone), None)
         self._obstacles = None if witness is None else \
             ObstacleView.from_probs(witness, self.stack.cfg.bev_grid, sample.stamp_ns)
         camera = out.outputs.get("camera")
