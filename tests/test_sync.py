@@ -133,6 +133,27 @@ def test_raw_and_compressed_forms_and_slowest_reference(tmp_path: Path):
         Synchronizer(bag, SyncConfig(reference="fisheye/left"))
 
 
+def test_edge_run_counts_the_reference_stream_raw_or_compressed(tmp_path: Path):
+    """`edge run`'s frame total is the message count of the topic the clock's reference is read from: the front
+    fisheye recorded raw (sensor_msgs/Image) counts, as does another reference or the compressed form."""
+    from edge.runtime.cli import reference_count
+
+    items = []
+    for i in range(6):  # front fisheye raw at 10 Hz, rear compressed at 5 Hz
+        t = S + i * 100 * MS
+        items.append((T.fisheye_image_topic("front"), T.IMAGE, t, M.raw_image(t, "f", img(i))))
+        if i % 2 == 0:
+            items.append(_cam("rear", i, t + 10 * MS))
+    bag = _write(tmp_path / "b", items)
+    assert reference_count(Synchronizer(bag)) == 6
+    assert reference_count(Synchronizer(bag, SyncConfig(reference="slowest"))) == 3
+    assert reference_count(Synchronizer(bag, SyncConfig(reference="fisheye/rear"))) == 3
+    compressed = _write(tmp_path / "c", [_cam("front", i, S + i * 100 * MS) for i in range(4)])
+    assert reference_count(Synchronizer(compressed)) == 4
+    odometry_only = _write(tmp_path / "o", [(T.ODOM, T.ODOMETRY, S, M.odometry(S, "odom", "base_link", 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))])
+    assert reference_count(Synchronizer(odometry_only)) is None  # no camera: a free-running clock
+
+
 def test_wrong_type_topic_is_named_and_skipped_rest_read(tmp_path: Path):
     items = [_cam("front", i, S + i * 100 * MS) for i in range(3)]
     for i in range(3):  # a tool recorded Range on the left camera's topic, and String on the audio topic

@@ -111,8 +111,7 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
                             "backend": runtime.stack.backend,
                             "aligners": sorted(answerer.aligners) if answerer else []})
     out = report.start(report_dir or REPO / "reports" / Path(bag).name)  # frames stream to disk from here on
-    count = bag_handle.topics.get("/fisheye/front/image_raw/compressed")
-    total = cfg.max_frames or (count.count if count is not None else None)
+    total = cfg.max_frames or reference_count(sync)
     bar = _bar(total, progress)
     next_question = None
     asked = 0
@@ -205,6 +204,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def run_options(cfg: RuntimeConfig) -> dict[str, Any]:
     """The options edge run reads, as report.json records them (plain JSON values; node-only keys left out)."""
     return cfg.model_dump(mode="json", include=set(options("run")))
+
+
+def reference_count(sync: Any) -> int | None:
+    """Messages on the topic the frame clock's reference stream is read from (edge.drives.sync.Synchronizer: the
+    SyncConfig.reference resolved through the plugins' topics, raw or /compressed as the bag has it): about the
+    number of frames, for the progress bar; None without a reference."""
+    asm = sync.assembler
+    info = sync.bag.topics.get(asm.topic_of.get(asm.reference_key, ""))
+    return info.count if info is not None else None
 
 
 def _bar(total: int | None, enabled: bool) -> Any:
