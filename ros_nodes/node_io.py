@@ -9,13 +9,15 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from edge.drives import topics as T
 from edge.drives.bag import BagMessage
-from edge.drives.sync import SampleAssembler, SyncConfig, build_samples, cdr_header_stamp
+from edge.drives.sync import SampleAssembler, SyncConfig, build_samples, cdr_header_stamp, load_decoder
+from edge.modalities import ModalityPlugin
+from edge.modalities.registry import registry
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +39,72 @@ class Input:
     transport: str | None = None  # "raw" / "compressed" for cameras
 
 
-def camera_bases(rig: Any) -> list[str]:
-    return [T.fisheye_image_topic(c) for c in rig.fisheye] + ([T.FRONT_CAMERA_IMAGE] if "front" in rig.cameras else [])
-
-
-def inputs(rig: Any, transports: dict[str, tuple[str, ...]]) -> list[Input]:
-    """Subscriptions for the rig; `transports` gives each camera base the forms to subscribe to."""
+def _sensor_streams(rig: Any, plugins: Iterable[ModalityPlugin] | None) -> list[tuple[tuple[str, str], ...]]:
+    """Per sensor of every plugin on the rig, its data topics in order of preference with the type each carries (a
+    camera's raw form before /compressed; camera_info is not data), as the synchroniser plans a drive's topics: the
+    topics of its `topics((sensor,))` (of `topics(())` for a modality without sensors) that its decoder takes. A
+    plugin whose decoder cannot be imported or whose topics raise is left out (the assembler names it)."""
     out = []
-    for base in camera_bases(rig):
-        for form in transports[base]:
-            name = base if form == "raw" else base + T.COMPRESSED_SUFFIX
-            out.append(Input(name.lstrip("/"), T.IMAGE if form == "raw" else T.COMPRESSED_IMAGE, base, form))
-    out += [Input(T.ultrasonic_topic(s.name).lstrip("/"), T.RANGE, T.ultrasonic_topic(s.name)) for s in rig.ultrasonic]
-    out += [Input(T.AUDIO.lstrip("/"), T.IMAGE, T.AUDIO), Input(T.ODOM.lstrip("/"), T.ODOMETRY, T.ODOM)]
+    for p in registry() if plugins is None else plugins:
+        try:
+            dec = load_decoder(p)
+            per_sensor = p.recorded_sensors is not None or bool(p.default_sensors)
+            groups = [p.topics((s,)) for s in p.sensors(rig)] if per_sensor else [p.topics(())]
+        except Exception as exc:  # a plugin's own code: its data is missing, the others are read
+            log.warning("modality '%s': not subscribed (%s: %s)", p.name, type(exc).__name__, exc)
+            continue
+        for specs in groups:
+            data = tuple((t.name, next(ty for ty in t.types if ty in dec.types)) for t in specs
+                         if set(t.types) & set(dec.types))
+            if data:
+                out.append(data)
     return out
 
 
-def stream_types(rig: Any) -> dict[str, str]:
+def _form(base: str, topic: str) -> str:
+    """A topic's image transport among its stream's forms: "raw" (the stream's own name), "compressed"."""
+    return "raw" if topic == base else "compressed" if topic == base + T.COMPRESSED_SUFFIX else topic
+
+
+def camera_bases(rig: Any, plugins: Iterable[ModalityPlugin] | None = None) -> list[str]:
+    """The streams with a transport choice (several data topics: the cameras' raw and /compressed forms), by the
+    name of their preferred form."""
+    return [stream[0][0] for stream in _sensor_streams(rig, plugins) if len(stream) > 1]
+
+
+def inputs(rig: Any, transports: dict[str, tuple[str, ...]],
+           plugins: Iterable[ModalityPlugin] | None = None) -> list[Input]:
+    """Subscriptions for the rig, from the plugins' topics (then odometry, the core's); `transports` gives each
+    camera base the forms to subscribe to."""
+    out = []
+    for stream in _sensor_streams(rig, plugins):
+        base = stream[0][0]
+        if len(stream) == 1:
+            out.append(Input(base.lstrip("/"), stream[0][1], base))
+            continue
+        forms = {_form(base, name): (name, msgtype) for name, msgtype in stream}
+        for form in transports[base]:
+            if form in forms:
+                name, msgtype = forms[form]
+                out.append(Input(name.lstrip("/"), msgtype, base, form))
+    out.append(Input(T.ODOM.lstrip("/"), T.ODOMETRY, T.ODOM))
+    return out
+
+
+def stream_types(rig: Any, plugins: Iterable[ModalityPlugin] | None = None) -> dict[str, str]:
     """Topic -> type as the assembler plans its streams (cameras under their raw name whichever form arrives: the
     decoder follows each message's own type)."""
-    out = {base: T.IMAGE for base in camera_bases(rig)}
-    out.update({T.ultrasonic_topic(s.name): T.RANGE for s in rig.ultrasonic})
-    out.update({T.AUDIO: T.IMAGE, T.ODOM: T.ODOMETRY})
+    out = {stream[0][0]: stream[0][1] for stream in _sensor_streams(rig, plugins)}
+    out[T.ODOM] = T.ODOMETRY
     return out
+
+
+def message_class(msgtype: str) -> tuple[str, str]:
+    """The rclpy message class of a type, as (module, class name): "pkg/msg/Name" -> ("pkg.msg", "Name")."""
+    if msgtype in MESSAGE_CLASSES:
+        return MESSAGE_CLASSES[msgtype]
+    package, _, name = msgtype.rpartition("/")
+    return package.replace("/", "."), name
 
 
 class TransportChoice:

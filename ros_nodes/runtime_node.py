@@ -12,7 +12,8 @@ parameter `autostart` (default true) the node configures and activates itself at
 
 Topics (relative, so `--ros-args -r FROM:=TO` and `__ns` apply; shown in the root namespace):
   in   fisheye/<cam>/image_raw[/compressed], camera/front/image_raw[/compressed] (raw Image or CompressedImage, per
-       `camera_transport`), ultrasonic/<sensor>, audio/raw, odom: best effort, keep last 5 (sensor QoS)
+       `camera_transport`), ultrasonic/<sensor>, audio/raw (the built-ins'; any installed modality plugin's topics
+       too: ros_nodes.node_io.inputs), odom: best effort, keep last 5 (sensor QoS)
        mpnp/question  std_msgs/String, plain text (reliable)
   out  perception/bev_occupancy  nav_msgs/OccupancyGrid (base_link, stamp = the header stamp of the reference
        camera frame it was computed from); mpnp/plan, mpnp/answer  std_msgs/String JSON (reliable);
@@ -120,7 +121,7 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
                                         self.cfg.max_input_delay_s, self.cfg.max_input_lag_s)
             self.tally = io.Tally(losses=self.pipeline.losses)
             for sub in subscriptions:
-                module, name = io.MESSAGE_CLASSES[sub.msgtype]
+                module, name = io.message_class(sub.msgtype)
                 cls = getattr(importlib.import_module(module), name)
                 self._subs.append(self.create_subscription(cls, sub.name, self._on_sensor(sub), sensor_qos(), raw=True))
             if not perception_only:  # the split graph's LLM node takes the questions
