@@ -7,11 +7,13 @@ token per side plus the surround for the BEV modalities, one for audio; the fron
 PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that they agree. Each names its encoder
 factory, its message decoder (edge/drives/decoders.py) and its health model (edge/runtime/health_models.py) as
 strings (`encoder`, `decoder`, `health`): importing this module never imports the encoders, decoders or runtime.
+Audio declares the extras of its frame record, and its ground truth; the
+camera drops its front map (made for training) before the runtime hands its output on.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge.drives import topics as T
 from edge.modalities.interface import ModalityPlugin, SyncKind, TokenSpec
@@ -60,6 +62,11 @@ def _recorded_ultrasonic(topics: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t[len(prefix):] for t in topics if t.startswith(prefix))
 
 
+def _audio_truth(gt: Any) -> dict[str, Any]:
+    """The classes of the audio events sounding at the frame (a frame record's gt.audio_events)."""
+    return {"audio_events": [e["class"] for e in gt.audio_events or []]}
+
+
 def _camera_key(sensor: str) -> str:
     return sensor  # the front camera's stream key is "front" (SyncConfig.reference, reports), not "camera/front"
 
@@ -87,12 +94,13 @@ AUDIO = ModalityPlugin(
     name="audio", sensors=_no_sensors, default_sensors=(), topics=_audio_topics,
     sync=SyncKind.WINDOW, bev=False, tokens=TokenSpec(1, D_ENC, TOKEN_LAYOUTS["audio"]),
     weights="audio.safetensors", health_streams=("audio",), encoder="edge.encoders.audio:build",
-    decoder="edge.drives.decoders:AUDIO", health=f"{HEALTH}:audio")
+    decoder="edge.drives.decoders:AUDIO", health=f"{HEALTH}:audio",
+    record=("event", "event_prob", "direction", "direction_prob"), truth=_audio_truth)
 CAMERA = ModalityPlugin(
     name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
     sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),
     weights="camera.safetensors", health_streams=("camera",), encoder="edge.encoders.camera:build",
     decoder="edge.drives.decoders:IMAGE", stream_key=_camera_key, health=f"{HEALTH}:camera",
-    keep_ratios=KEEP_RATIOS)
+    keep_ratios=KEEP_RATIOS, transient=("front_map",))
 
 BUILTINS: tuple[ModalityPlugin, ...] = (FISHEYE, ULTRASONIC, AUDIO, CAMERA)

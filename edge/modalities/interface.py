@@ -4,7 +4,8 @@ A plugin is one `ModalityPlugin` object that a package exposes as an entry point
 (see edge.modalities.registry and docs/plugins.md). It holds what the core's declarative lists need (topics,
 synchronisation kind, BEV fusion, LLM tokens, weights file, health streams, keep ratios, the health models'
 witness), where its encoder comes from and how its messages become its frame entry (its decoder) and how the
-context estimator judges its health (its health model). Simulator and ground-truth hooks come later (issue 11).
+context estimator judges its health (its health model), what of its output and ground truth frame records hold
+(record, truth). Simulator hooks come later (issue 11).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
@@ -118,6 +119,15 @@ class ModalityPlugin:
     # a BEV modality whose own BEV (what it alone sees) is the previous frame's witness handed to the health models
     # (edge.runtime.health: what range readings are checked against); the first that ran, in registry order
     witness: bool = False
+    # the extras of its encoder's output (ModalityEncoder.run's, e.g. the audio event) written to each frame record
+    # (frames.jsonl) under `record_key` (None: its name) when it ran, in this order; () writes none
+    record: tuple[str, ...] = ()
+    record_key: str | None = None
+    # extras the runtime drops before handing its output on (FrameResult.extras): large maps made for training
+    transient: tuple[str, ...] = ()
+    # its fields of a frame record's ground truth ("gt"), from the frame's edge.frames.GroundTruth (recorded drives
+    # only); None: none
+    truth: Callable[[Any], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -151,6 +161,17 @@ class ModalityPlugin:
             problems.append(f"keep_ratios {self.keep_ratios!r} must be a non-empty tuple of distinct floats in (0, 1]")
         if not isinstance(self.witness, bool) or self.witness and self.bev is not True:
             problems.append(f"witness {self.witness!r} must be a bool, True only for a BEV modality")
+        for field_name in ("record", "transient"):
+            value = getattr(self, field_name)
+            if not isinstance(value, tuple) or not all(isinstance(k, str) and k for k in value) or \
+                    len(set(value)) != len(value):
+                problems.append(f"{field_name} {value!r} must be a tuple of distinct extra names")
+        if set(self.record) & set(self.transient):
+            problems.append("an extra in record cannot be transient")
+        if self.record_key is not None and (not isinstance(self.record_key, str) or not NAME.match(self.record_key)):
+            problems.append(f"record_key {self.record_key!r} must be a lower-case identifier or None")
+        if self.truth is not None and not callable(self.truth):
+            problems.append("truth must be a callable or None")
         if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
                 self.stream_key is not None and not callable(self.stream_key):
             problems.append("recorded_sensors and stream_key must be callables or None")
@@ -160,6 +181,11 @@ class ModalityPlugin:
     def topics_for(self, rig: Rig | None = None) -> tuple[TopicSpec, ...]:
         """The topics it reads on this rig (None: the rig is not known, its default sensors)."""
         return self.topics(self.default_sensors if rig is None else self.sensors(rig))
+
+    @property
+    def record_name(self) -> str:
+        """The frame record's key its `record` fields go under."""
+        return self.record_key or self.name
 
     def key(self, sensor: str | None) -> str:
         """The stream key of one of its sensors (None: a modality without sensors)."""

@@ -109,7 +109,8 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
                            {"bag": str(bag), "topic_names": topic_names(remap), "config": run_options(cfg),
                             "policy": cfg.policy,
                             "backend": runtime.stack.backend,
-                            "aligners": sorted(answerer.aligners) if answerer else []})
+                            "aligners": sorted(answerer.aligners) if answerer else []},
+                           runtime.stack.plugins.values())
     out = report.start(report_dir or REPO / "reports" / Path(bag).name)  # frames stream to disk from here on
     total = cfg.max_frames or reference_count(sync)
     bar = _bar(total, progress)

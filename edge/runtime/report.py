@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import platform
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +28,8 @@ import numpy as np
 
 from edge.encoders.config import BEV_CLASSES, PerceptionConfig
 from edge.errors import ReportError
+from edge.modalities.interface import ModalityPlugin
+from edge.modalities.registry import registry
 from edge.perception.labels import IGNORE, bev_targets
 from edge.perception.metrics import near_mask, obstacle_binary
 from edge.runtime.runtime import FrameResult
@@ -92,10 +95,12 @@ class ReportBuilder:
     """Accumulates frames (with the sample's ground truth where the drive has it) and writes the report."""
 
     def __init__(self, cfg: PerceptionConfig | None, footprint: tuple[float, float, float, float] | None,
-                 meta: dict[str, Any]) -> None:
+                 meta: dict[str, Any], plugins: Iterable[ModalityPlugin] | None = None) -> None:
         """`cfg` and `footprint` place the near-field mask that frames are scored in; `recover` passes None (it
-        adds no frame, only rewrites those recorded)."""
+        adds no frame, only rewrites those recorded). `plugins`: the modalities whose declared extras (`record`)
+        and ground truth (`truth`) frame records hold, in this order (None: the registry's)."""
         self.cfg, self.meta = cfg, meta
+        self.plugins = tuple(registry() if plugins is None else plugins)
         self.near = near_mask(cfg, footprint) if cfg is not None and footprint is not None else None
         self.frames: list[dict[str, Any]] = []
         self.switches: list[dict[str, Any]] = []
@@ -148,11 +153,15 @@ class ReportBuilder:
             frame["occupancy_near5m"] = {name: int((near == i).sum()) for i, name in enumerate(BEV_CLASSES)}
             if gt_classes is not None:
                 frame["obstacle_iou_near5m"] = near_obstacle_iou(r.bev_classes, gt_classes, self.near)
-        if r.audio is not None:
-            frame["audio"] = {k: r.audio[k] for k in ("event", "event_prob", "direction", "direction_prob")}
+        for p in self.plugins:  # each modality's declared extras, when it ran (the audio event)
+            extras = r.extras.get(p.name)
+            if p.record and extras is not None:
+                frame[p.record_name] = {k: extras[k] for k in p.record}
         if ground_truth is not None:
-            frame["gt"] = {"lighting": (ground_truth.conditions or {}).get("lighting"),
-                           "audio_events": [e["class"] for e in ground_truth.audio_events or []]}
+            frame["gt"] = {"lighting": (ground_truth.conditions or {}).get("lighting")}
+            for p in self.plugins:  # each modality's declared ground truth (the audio events sounding)
+                if p.truth is not None:
+                    frame["gt"].update(p.truth(ground_truth))
         if r.decision.changed:
             self.switches.append({"t": round(t, 3), "stamp_ns": r.stamp_ns, "plan": r.plan.describe(),
                                   "reason": r.decision.reason})

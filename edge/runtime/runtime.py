@@ -60,12 +60,20 @@ class FrameResult:
     bev_classes: np.ndarray | None  # (nx, ny) uint8 class ids (BEV_CLASSES) on the perception grid
     resolution: float
     modalities_used: list[str]
-    audio: dict[str, Any] | None
-    camera: dict[str, Any] | None
+    # modality -> its encoder's extras this frame (ModalityEncoder.run's, less those its plugin declares transient),
+    # None when it did not run; one entry per modality of the stack. Also read as an attribute (`r.audio`)
+    extras: dict[str, dict[str, Any] | None]
     answers: list[dict[str, Any]] = field(default_factory=list)  # finished since the previous frame
     diagnostics: list[str] = field(default_factory=list)
     probes_ms: dict[str, float] = field(default_factory=dict)  # stages re-measured after this frame ("fisheye/1")
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # LLM tokens of the modalities run (split graph)
+
+    def __getattr__(self, name: str) -> Any:
+        """A modality's extras by its name (`r.audio`: FrameResult.extras["audio"]); only for the stack's."""
+        extras = self.__dict__.get("extras")
+        if extras is not None and name in extras:
+            return extras[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def occupancy_grid(self) -> np.ndarray | None:
         """(rows y, columns x) int8 in the nav_msgs/OccupancyGrid values of docs/drives.md."""
@@ -314,8 +322,8 @@ class Runtime:
         probes = self._probe(sample, ctx, total)
         answers = self.answers.collect() if self.answers is not None else []
         return FrameResult(sample.stamp_ns, dict(sample.source_stamps), decision.plan, decision, ctx, timings,
-                           rss_mb(), out["bev_classes"], self.stack.cfg.bev_grid.resolution, out["bev_modalities"], out["audio"],
-                           out["camera"], answers, out["diagnostics"], probes, out["tokens"])
+                           rss_mb(), out["bev_classes"], self.stack.cfg.bev_grid.resolution, out["bev_modalities"],
+                           out["extras"], answers, out["diagnostics"], probes, out["tokens"])
 
     def _perceive(self, sample: Frame, plan: Plan, timings: dict[str, float]) -> dict[str, Any]:
         """Run the plan's encoders and the fusion head (PerceptionStack.run), each stage timed, costs observed."""
@@ -335,11 +343,12 @@ class Runtime:
         witness = next((out.alone[m] for m, p in self.stack.plugins.items() if p.witness and m in out.alone), None)
         self._obstacles = None if witness is None else \
             ObstacleView.from_probs(witness, self.stack.cfg.bev_grid, sample.stamp_ns)
-        camera = out.outputs.get("camera")
-        if camera is not None:
-            camera.pop("front_map", None)
-        return {"bev_classes": out.bev_classes, "bev_modalities": out.modalities, "audio": out.outputs.get("audio"),
-                "camera": camera, "tokens": out.tokens, "diagnostics": out.diagnostics}
+        extras = {}
+        for m, p in self.stack.plugins.items():
+            extra = out.outputs.get(m)
+            extras[m] = None if extra is None else {k: v for k, v in extra.items() if k not in p.transient}
+        return {"bev_classes": out.bev_classes, "bev_modalities": out.modalities, "extras": extras,
+                "tokens": out.tokens, "diagnostics": out.diagnostics}
 
 
 def _without(sample: Frame, streams: tuple[str, ...]) -> Frame:
