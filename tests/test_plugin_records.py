@@ -1,6 +1,6 @@
 """Frame records from declarations (issue 11): a plugin's declared extras (`record`, under `record_key`) and ground
-truth (`truth`) reach the frame record and its `transient` extras never leave the runtime; the built-ins'
-declarations give today's record."""
+truth (`truth`) reach the frame record, its `transient` extras never leave the runtime, and its scorer (`scores`)
+scores the records in `edge eval scheduler`; the built-ins' declarations give today's record and scores."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from edge.runtime.scheduler import Decision, Plan
 def _thermal() -> Any:
     return dataclasses.replace(registry()["audio"], name="thermal", health_streams=("thermal",),
                                record=("hot", "hot_prob"), record_key="heat", transient=("heat_map",),
-                               truth=lambda gt: {"hot_spots": len(gt.objects or [])})
+                               truth=lambda gt: {"hot_spots": len(gt.objects or [])}, scores=None)
 
 
 def test_a_plugins_declared_extras_and_truth_reach_the_frame_record() -> None:
@@ -64,14 +64,41 @@ def test_the_builtins_declare_todays_record() -> None:
     reg = registry()
     assert reg["audio"].record == ("event", "event_prob", "direction", "direction_prob")
     assert reg["audio"].record_name == "audio" and reg["camera"].transient == ("front_map",)
-    assert [p.name for p in reg if p.record or p.truth] == ["audio"]
+    assert [p.name for p in reg if p.record or p.truth or p.scores] == ["audio"]
     assert reg["audio"].truth(GroundTruth(audio_events=[{"class": "siren"}])) == {"audio_events": ["siren"]}
 
 
 def test_record_declarations_are_checked() -> None:
     audio = registry()["audio"]
     for bad in ({"record": ["event"]}, {"record": ("event", "event")}, {"transient": ("",)},
-                {"record": ("event",), "transient": ("event",)}, {"record_key": "Audio"}, {"truth": "x"}):
+                {"record": ("event",), "transient": ("event",)}, {"record_key": "Audio"}, {"truth": "x"},
+                {"scores": "not a factory"}):
         with pytest.raises(PluginError):
             dataclasses.replace(audio, **bad)
 
+
+def test_the_evaluation_scores_what_the_plugins_declare() -> None:
+    from edge.modalities import Scorer
+    from edge.runtime.evaluate import markdown, scorers
+
+    (audio,) = scorers()
+    frames = [{"t": 0.0, "gt": {"lighting": "day", "audio_events": ["siren"]}, "audio": {"event": "siren"}},
+              {"t": 0.1, "gt": {"lighting": "day", "audio_events": ["siren"]}}]
+    assert audio.score(frames) == {"audio_event_accuracy": 1.0, "audio_event_frames_missed": 0.5}
+    import sys
+    import types
+
+    module = types.ModuleType("fake_thermal_scores")
+    module.SCORER = Scorer(lambda fr: {"hot_acc": 0.25}, (("hot_acc", "hot acc.", 2),))  # type: ignore[attr-defined]
+    sys.modules["fake_thermal_scores"] = module
+    try:
+        plugins = [*registry(), dataclasses.replace(_thermal(), scores="fake_thermal_scores:SCORER")]
+        assert [s.score([]) for s in scorers(plugins)][1] == {"hot_acc": 0.25}
+        row = {"drive": "d", "policy": "adaptive", "obstacle_iou_near5m": 0.7, "audio_event_accuracy": None,
+               "audio_event_frames_missed": 0.0, "hot_acc": 0.25, "exact_match": None, "mean_compute_ms": 12.0,
+               "switches": 3, "reaction_s_mean": None}
+        header, _, line = markdown([row], plugins).splitlines()[:3]
+        assert "| audio event acc. | event frames without audio | hot acc. |" in header
+        assert "| n/a | 0.00 | 0.25 |" in line
+    finally:
+        del sys.modules["fake_thermal_scores"]

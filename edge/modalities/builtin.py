@@ -7,7 +7,7 @@ token per side plus the surround for the BEV modalities, one for audio; the fron
 PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that they agree. Each names its encoder
 factory, its message decoder (edge/drives/decoders.py) and its health model (edge/runtime/health_models.py) as
 strings (`encoder`, `decoder`, `health`): importing this module never imports the encoders, decoders or runtime.
-Audio declares the extras of its frame record, and its ground truth; the
+Audio declares the extras of its frame record, its ground truth and its scores (edge/modalities/scoring.py); the
 camera drops its front map (made for training) before the runtime hands its output on.
 """
 
@@ -95,7 +95,8 @@ AUDIO = ModalityPlugin(
     sync=SyncKind.WINDOW, bev=False, tokens=TokenSpec(1, D_ENC, TOKEN_LAYOUTS["audio"]),
     weights="audio.safetensors", health_streams=("audio",), encoder="edge.encoders.audio:build",
     decoder="edge.drives.decoders:AUDIO", health=f"{HEALTH}:audio",
-    record=("event", "event_prob", "direction", "direction_prob"), truth=_audio_truth)
+    record=("event", "event_prob", "direction", "direction_prob"), truth=_audio_truth,
+    scores="edge.modalities.scoring:AUDIO")
 CAMERA = ModalityPlugin(
     name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
     sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),

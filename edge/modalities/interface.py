@@ -4,8 +4,8 @@ A plugin is one `ModalityPlugin` object that a package exposes as an entry point
 (see edge.modalities.registry and docs/plugins.md). It holds what the core's declarative lists need (topics,
 synchronisation kind, BEV fusion, LLM tokens, weights file, health streams, keep ratios, the health models'
 witness), where its encoder comes from and how its messages become its frame entry (its decoder) and how the
-context estimator judges its health (its health model), what of its output and ground truth frame records hold
-(record, truth). Simulator hooks come later (issue 11).
+context estimator judges its health (its health model), what of its output and ground truth frame records hold and
+how the evaluation scores it (record, truth, scores). Simulator hooks come later (issue 11).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
@@ -87,6 +87,16 @@ class TokenSpec:
 
 
 @dataclass(frozen=True)
+class Scorer:
+    """What one modality scores in `edge eval scheduler`; what `ModalityPlugin.scores` names. `score(frames)` takes
+    a drive's frame records (frames.jsonl's, its `record` fields under its record key, its `truth` fields in "gt")
+    and returns the result row's fields; `columns` are those the markdown table shows, (field, header, digits)."""
+
+    score: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    columns: tuple[tuple[str, str, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class ModalityPlugin:
     """One modality, as the core sees it. Validated on construction: a malformed declaration raises PluginError."""
 
@@ -128,6 +138,9 @@ class ModalityPlugin:
     # its fields of a frame record's ground truth ("gt"), from the frame's edge.frames.GroundTruth (recorded drives
     # only); None: none
     truth: Callable[[Any], dict[str, Any]] | None = None
+    # "module:attribute" of its Scorer (above): what `edge eval scheduler` scores of its record fields against the
+    # ground truth; imported by the evaluation, never at declaration. None: nothing scored
+    scores: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -172,6 +185,8 @@ class ModalityPlugin:
             problems.append(f"record_key {self.record_key!r} must be a lower-case identifier or None")
         if self.truth is not None and not callable(self.truth):
             problems.append("truth must be a callable or None")
+        if self.scores is not None and (not isinstance(self.scores, str) or not FACTORY.match(self.scores)):
+            problems.append(f"scores {self.scores!r} must be 'module:attribute' (its Scorer) or None")
         if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
                 self.stream_key is not None and not callable(self.stream_key):
             problems.append("recorded_sensors and stream_key must be callables or None")

@@ -23,9 +23,11 @@ of frames within it after the first 2 s); each policy run's quality is printed a
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
+import operator
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -35,6 +37,9 @@ from typing import Any
 import numpy as np
 
 from edge.config import RuntimeConfig, parse_model
+from edge.modalities.interface import ModalityPlugin, Scorer
+from edge.modalities.registry import registry
+from edge.modalities.scoring import audio_scores  # noqa: F401  (moved there; imported from here by tests, scripts)
 from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.cli import run_drive
 from edge.runtime.hog import CpuHog
@@ -50,7 +55,8 @@ def reaction_delays(frames: list[dict[str, Any]], switches: list[dict[str, Any]]
     changes = []
     for a, b in zip(frames, frames[1:]):
         ga, gb = a.get("gt") or {}, b.get("gt") or {}
-        if ga.get("lighting") != gb.get("lighting") or (not ga.get("audio_events") and gb.get("audio_events")):
+        # lighting changed, or a modality's ground truth (its `truth` fields: audio events sounding) started
+        if ga.get("lighting") != gb.get("lighting") or any(not ga.get(k) and gb[k] for k in gb if k != "lighting"):
             changes.append(b["t"])
     delays = []
     for t in changes:
@@ -60,13 +66,14 @@ def reaction_delays(frames: list[dict[str, Any]], switches: list[dict[str, Any]]
     return delays
 
 
-def audio_scores(frames: list[dict[str, Any]]) -> tuple[float | None, float]:
-    """(event accuracy over frames where audio ran, share of event frames where audio did not run)."""
-    ran = [f for f in frames if "audio" in f and f.get("gt") is not None]
-    correct = [f["audio"]["event"] == (f["gt"]["audio_events"][0] if f["gt"]["audio_events"] else "none") for f in ran]
-    events = [f for f in frames if (f.get("gt") or {}).get("audio_events")]
-    missed = [f for f in events if "audio" not in f]
-    return (float(np.mean(correct)) if correct else None), (len(missed) / len(events) if events else 0.0)
+def scorers(plugins: Iterable[ModalityPlugin] | None = None) -> list[Scorer]:
+    """The Scorers the modalities declare (ModalityPlugin.scores), in registry order (None: the registry's)."""
+    out = []
+    for p in registry() if plugins is None else plugins:
+        if p.scores is not None:
+            module, _, attr = p.scores.partition(":")
+            out.append(operator.attrgetter(attr)(importlib.import_module(module)))
+    return out
 
 
 def budget_scores(frames: list[dict[str, Any]], budget_ms: float, frame_wall: list[float],
@@ -208,13 +215,13 @@ def _run(bag: Path, base: RuntimeConfig, policy: str, budget_ms: float, load: in
     doc = json.loads((Path(summary["report"]) / "report.json").read_text())
     frames = doc["frames"]
     stopped = allowed is not None and misses["n"] > allowed
-    acc, missed = audio_scores(frames)
     row = {"drive": Path(bag).name, "policy": policy, "run": rep + 1, "budget_ms": budget_ms, "load": load,
            "fixed_plan": _plan_key(_plan_dict(plan)) if plan is not None else None,
            "frames": summary["frames"], "stopped_at_s": frames[-1]["t"] if stopped else None,
            "obstacle_iou_near5m": summary["obstacle_iou_near5m_mean"],
            "mapped_share": float(np.mean(["occupancy_near5m" in f for f in frames])) if frames else None,
-           "audio_event_accuracy": acc, "audio_event_frames_missed": missed, "exact_match": summary["exact_match"],
+           **{k: v for scorer in scorers() for k, v in scorer.score(frames).items()},
+           "exact_match": summary["exact_match"],
            "blind_prior_exact_match": summary.get("blind_prior_exact_match"), "questions": summary["questions"],
            "mean_compute_ms": summary["mean_compute_ms"], "correct": _correct(frames), "switches": summary["switches"],
            "latency_p99_ms": summary["latency_ms"]["p99"],
@@ -467,11 +474,13 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    return _table(["drive", "policy", "obstacle IoU 5 m", "audio event acc.", "event frames without audio",
+def markdown(rows: list[dict[str, Any]], plugins: Iterable[ModalityPlugin] | None = None) -> str:
+    """The per-drive table; each modality's scores (its Scorer's columns) after the obstacle IoU."""
+    columns = [c for scorer in scorers(plugins) for c in scorer.columns]
+    return _table(["drive", "policy", "obstacle IoU 5 m", *(header for _, header, _ in columns),
                    "exact match (blind prior)", "compute ms/frame", "plan changes", "reaction s"],
-                  ([r["drive"], r["policy"], _f(r["obstacle_iou_near5m"]), _f(r["audio_event_accuracy"]),
-                    _f(r["audio_event_frames_missed"], 2),
+                  ([r["drive"], r["policy"], _f(r["obstacle_iou_near5m"]),
+                    *(_f(r.get(key), digits) for key, _, digits in columns),
                     f"{_f(r['exact_match'], 2)} ({_f(r.get('blind_prior_exact_match'), 2)})", _f(r["mean_compute_ms"], 1),
                     str(r["switches"]), _f(r["reaction_s_mean"], 2)] for r in rows))
 
