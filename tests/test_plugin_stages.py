@@ -141,7 +141,7 @@ def test_keep_ratios_are_checked() -> None:
 
 
 @pytest.mark.parametrize("rel", ["edge/runtime/context.py", "edge/runtime/stages.py", "edge/runtime/cost_model.py",
-                                 "edge/runtime/isolation.py"])
+                                 "edge/runtime/isolation.py", "edge/encoders/stack.py", "edge/encoders/fusion.py"])
 def test_the_core_modules_moved_to_declarations_name_no_modality(rel: str) -> None:
     """No built-in's name as a string, attribute or variable in their code (docstrings and comments may give
     examples)."""

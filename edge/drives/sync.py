@@ -52,7 +52,6 @@ and the exception) and the frame goes on with the other sensors.
 from __future__ import annotations
 
 import bisect
-import importlib
 import json
 import logging
 import struct
@@ -72,7 +71,7 @@ from edge.drives.bag import Bag, BagMessage, open_bag
 from edge.errors import EdgeError
 from edge.frames import Frame, GroundTruth
 from edge.modalities import ModalityPlugin, SyncKind
-from edge.modalities.interface import MessageDecoder
+from edge.modalities.interface import MessageDecoder, lookup
 from edge.modalities.registry import registry
 
 log = logging.getLogger(__name__)
@@ -262,11 +261,8 @@ class _Modality:
 
 def load_decoder(plugin: ModalityPlugin) -> MessageDecoder:
     """The plugin's MessageDecoder, imported from its dotted path; EdgeError naming the plugin if unusable."""
-    module, _, attr = plugin.decoder.partition(":")
     try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        obj = lookup(plugin.decoder)
     except Exception as exc:  # a third-party import: any error is that plugin's, the others go on
         raise EdgeError(f"modality '{plugin.name}': decoder {plugin.decoder} failed to import "
                         f"({_why(exc)})") from None

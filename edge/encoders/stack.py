@@ -16,7 +16,6 @@ feed the fusion head, every encoder answers through one `EncoderOutput`.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -38,6 +37,7 @@ from edge.encoders.scene_tokens import ECHO_OFFSET, SIDES, SectorPooling
 from edge.errors import EdgeError, PluginError
 from edge.frames import Frame
 from edge.modalities import ModalityPlugin
+from edge.modalities.interface import import_ref
 from edge.modalities.registry import registry
 from edge.names import BackendName
 
@@ -85,13 +85,7 @@ def build_encoder(plugin: ModalityPlugin, cfg: PerceptionConfig, rig: Any, table
     """The encoder of a plugin, from the factory its `encoder` names ("module:callable", imported only now, so that
     declaring a plugin never imports torch); PluginError naming the plugin when it cannot be built."""
     where = f"modality '{plugin.name}' (encoder {plugin.encoder})"
-    module, _, attr = plugin.encoder.partition(":")
-    try:
-        factory: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except Exception as exc:  # any error of a third-party import: report it, keep the others
-        raise PluginError(where, f"failed to import: {type(exc).__name__}: {exc}") from None
+    factory: Any = import_ref(plugin.encoder, where)
     try:
         encoder = factory(cfg, rig, table_cache)
     except Exception as exc:  # a factory that cannot build on this rig or config

@@ -20,6 +20,7 @@ while a bag read without a rig still needs the contract; `sensors(rig)` names a 
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,24 @@ if TYPE_CHECKING:  # the rig pulls in pydantic models and camera maths; declarat
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a modality name is also a file stem, a report key and a CLI word
 FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")  # "package.module:callable"
+
+
+def lookup(ref: str) -> object:
+    """The object a "package.module:attr.path" reference names, imported now (whatever the import raises)."""
+    module, _, attr = ref.partition(":")
+    obj: object = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def import_ref(ref: str, where: str) -> object:
+    """`lookup`, with any failure (a third-party import may raise anything) as a PluginError naming `where`, so the
+    caller can leave that plugin out and keep the others."""
+    try:
+        return lookup(ref)
+    except Exception as exc:
+        raise PluginError(where, f"failed to import: {type(exc).__name__}: {exc}") from None
 
 
 class SyncKind(StrEnum):

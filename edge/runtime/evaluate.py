@@ -23,11 +23,9 @@ of frames within it after the first 2 s); each policy run's quality is printed a
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
-import operator
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import RuntimeConfig, parse_model
-from edge.modalities.interface import ModalityPlugin, Scorer
+from edge.modalities.interface import ModalityPlugin, Scorer, import_ref
 from edge.modalities.registry import registry
 from edge.modalities.scoring import audio_scores  # noqa: F401  (moved there; imported from here by tests, scripts)
 from edge.names import POLICIES, BackendName, Policy
@@ -71,8 +69,7 @@ def scorers(plugins: Iterable[ModalityPlugin] | None = None) -> list[Scorer]:
     out = []
     for p in registry() if plugins is None else plugins:
         if p.scores is not None:
-            module, _, attr = p.scores.partition(":")
-            out.append(operator.attrgetter(attr)(importlib.import_module(module)))
+            out.append(import_ref(p.scores, f"'{p.name}' (scores {p.scores})"))  # type: ignore[arg-type]
     return out
 
 

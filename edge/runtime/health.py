@@ -10,12 +10,12 @@ The built-ins' models are in edge.runtime.health_models.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.errors import PluginError
+from edge.modalities.interface import import_ref
 
 if TYPE_CHECKING:  # annotations only: edge.runtime.context imports this module
     from edge.kernels.grid import BevGrid
@@ -79,13 +79,7 @@ def build_health_model(setup: HealthSetup) -> HealthModel:
     cannot be imported or built."""
     ref = setup.plugin.health or PRESENCE
     where = f"'{setup.plugin.name}' (health {ref})"
-    module, _, attr = ref.partition(":")
-    try:
-        factory: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            factory = getattr(factory, part)
-    except Exception as exc:  # any error of a third-party import: report it, keep the others
-        raise PluginError(where, f"failed to import: {type(exc).__name__}: {exc}") from None
+    factory: Any = import_ref(ref, where)
     try:
         return factory(setup)
     except Exception as exc:
