@@ -48,14 +48,12 @@ def _sensor_streams(rig: Any, plugins: Iterable[ModalityPlugin] | None) -> list[
     for p in registry() if plugins is None else plugins:
         try:
             dec = load_decoder(p)
-            per_sensor = p.recorded_sensors is not None or bool(p.default_sensors)
-            groups = [p.topics((s,)) for s in p.sensors(rig)] if per_sensor else [p.topics(())]
+            groups = [p.topics((s,)) for s in p.sensors(rig)] if p.per_sensor else [p.topics(())]
         except Exception as exc:  # a plugin's own code: its data is missing, the others are read
             log.warning("modality '%s': not subscribed (%s: %s)", p.name, type(exc).__name__, exc)
             continue
         for specs in groups:
-            data = tuple((t.name, next(ty for ty in t.types if ty in dec.types)) for t in specs
-                         if set(t.types) & set(dec.types))
+            data = tuple((t.name, next(ty for ty in t.types if ty in dec.types)) for t in dec.data_topics(specs))
             if data:
                 out.append(data)
     return out

@@ -285,7 +285,7 @@ def test_runtime_on_onnxruntime_agrees_with_eager(drive: Path, stack: Perception
             ref = stack.run(s, r.plan.modalities, {"camera": r.plan.camera_keep})
         finally:
             stack.set_backend("onnxruntime", cache_dir=engine_dir)  # the engines are kept: nothing is rebuilt
-        assert r.modalities_used == ref.modalities and (r.audio or {}).get("event") == ref.outputs.get("audio", {}).get("event")
+        assert r.modalities_used == ref.modalities and (r.extras["audio"] or {}).get("event") == ref.outputs.get("audio", {}).get("event")
         agree.append(float((r.bev_classes == ref.bev_classes).mean()))
     assert min(agree) >= 0.99, agree
     assert set(r.plan.modalities) == {"fisheye", "ultrasonic", "audio", "camera"}

@@ -40,7 +40,7 @@ def test_frames_carry_input_stamps_and_bev(drive: Path) -> None:
     grid = last.occupancy_grid()
     assert grid is not None and grid.dtype.name == "int8" and set(map(int, set(grid.ravel()))) <= {0, 100, 90, 80, -1}
     assert last.timings_ms["fisheye"] > 0 and last.timings_ms["total"] >= last.timings_ms["fisheye"]
-    assert last.audio is not None and last.audio["event"] in ("none", "siren", "horn")
+    assert last.extras["audio"] is not None and last.extras["audio"]["event"] in ("none", "siren", "horn")
 
 
 def test_bounded_queue_drops_the_oldest(drive: Path) -> None:

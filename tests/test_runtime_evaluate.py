@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.runtime.evaluate import audio_scores, markdown, pooled, pooled_lines, reaction_delays
+from edge.modalities.scoring import audio_scores
+from edge.runtime.evaluate import markdown, pooled, pooled_lines, reaction_delays
 
 
 def frame(t: float, lighting: str, events: list[str], audio: str | None = None) -> dict:

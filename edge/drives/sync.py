@@ -256,7 +256,6 @@ class _Modality:
     plugin: ModalityPlugin
     decoder: MessageDecoder | None  # None: not importable (named in diagnostics); its data is missing
     streams: list[tuple[str | None, str]]
-    per_sensor: bool  # its frame entry is a dict sensor -> value (else the one stream's value)
 
 
 def load_decoder(plugin: ModalityPlugin) -> MessageDecoder:
@@ -356,13 +355,12 @@ class SampleAssembler:
         cams: dict[str, str] = {}  # nearest stream key -> its preferred topic (the clock's reference candidates)
         cam_counts: dict[str, int] = {}
         for p in plugins:
-            per_sensor = p.recorded_sensors is not None or bool(p.default_sensors)
             streams: list[tuple[str | None, str]] = []
             topics: dict[str, tuple[T.TopicSpec, ...]] = {}
             dec: MessageDecoder | None = None
             try:
                 sensors = p.default_sensors if p.recorded_sensors is None else tuple(sorted(p.recorded_sensors(names)))
-                streams = [(s, p.key(s)) for s in sensors] if per_sensor else [(None, p.name)]
+                streams = [(s, p.key(s)) for s in sensors] if p.per_sensor else [(None, p.name)]
                 topics = {key: p.topics(() if sensor is None else (sensor,)) for sensor, key in streams}
                 dec = load_decoder(p)
             except EdgeError as exc:
@@ -371,13 +369,13 @@ class SampleAssembler:
                 self._diag(f"{self.source}: modality '{p.name}': its sensors or topics raised ({_why(exc)}); its "
                            "data will be missing")
                 streams = []
-            self.modalities.append(_Modality(p, dec, streams, per_sensor))
+            self.modalities.append(_Modality(p, dec, streams))
             if dec is None:
                 continue
             for sensor, key in streams:
                 self.decoders[key] = dec
                 # its data topics in order of preference: a camera's raw form (lossless) before /compressed
-                specs = [t for t in topics[key] if set(t.types) & set(dec.types)]
+                specs = dec.data_topics(topics[key])
                 if p.sync == SyncKind.NEAREST and specs:
                     cams[key] = specs[0].name
                 for spec in specs:
@@ -871,7 +869,7 @@ def _make_frame(
                 values[sensor] = decoded(key, lambda it, k=key: asm.decode(k, it))
             else:
                 values[sensor] = window(key)
-        data[mod.plugin.name] = values if mod.per_sensor else values.get(None)
+        data[mod.plugin.name] = values if mod.plugin.per_sensor else values.get(None)
     odom = decoded("odometry", lambda it: M.decode_odometry(asm.msg(it)))
 
     gt = None

@@ -94,6 +94,10 @@ class MessageDecoder:
     fixed_size: bool = False
     noun: str = "message"
 
+    def data_topics(self, specs: tuple[TopicSpec, ...]) -> list[TopicSpec]:
+        """The topics among `specs` that carry data it decodes, in the plugin's order of preference."""
+        return [t for t in specs if set(t.types) & set(self.types)]
+
 
 @dataclass(frozen=True)
 class TokenSpec:
@@ -211,6 +215,11 @@ class ModalityPlugin:
             problems.append("recorded_sensors and stream_key must be callables or None")
         if problems:
             raise PluginError(f"modality {self.name!r}", "; ".join(problems))
+
+    @property
+    def per_sensor(self) -> bool:
+        """Its frame entry is a dict sensor -> value (one stream per sensor), else the one stream's value."""
+        return self.recorded_sensors is not None or bool(self.default_sensors)
 
     def topics_for(self, rig: Rig | None = None) -> tuple[TopicSpec, ...]:
         """The topics it reads on this rig (None: the rig is not known, its default sensors)."""

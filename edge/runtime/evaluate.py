@@ -37,7 +37,6 @@ import numpy as np
 from edge.config import RuntimeConfig, parse_model
 from edge.modalities.interface import ModalityPlugin, Scorer, import_ref
 from edge.modalities.registry import registry
-from edge.modalities.scoring import audio_scores  # noqa: F401  (moved there; imported from here by tests, scripts)
 from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.cli import run_drive
 from edge.runtime.hog import CpuHog

@@ -61,19 +61,12 @@ class FrameResult:
     resolution: float
     modalities_used: list[str]
     # modality -> its encoder's extras this frame (ModalityEncoder.run's, less those its plugin declares transient),
-    # None when it did not run; one entry per modality of the stack. Also read as an attribute (`r.audio`)
+    # None when it did not run; one entry per modality of the stack
     extras: dict[str, dict[str, Any] | None]
     answers: list[dict[str, Any]] = field(default_factory=list)  # finished since the previous frame
     diagnostics: list[str] = field(default_factory=list)
     probes_ms: dict[str, float] = field(default_factory=dict)  # stages re-measured after this frame ("fisheye/1")
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # LLM tokens of the modalities run (split graph)
-
-    def __getattr__(self, name: str) -> Any:
-        """A modality's extras by its name (`r.audio`: FrameResult.extras["audio"]); only for the stack's."""
-        extras = self.__dict__.get("extras")
-        if extras is not None and name in extras:
-            return extras[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def occupancy_grid(self) -> np.ndarray | None:
         """(rows y, columns x) int8 in the nav_msgs/OccupancyGrid values of docs/drives.md."""
