@@ -5,13 +5,15 @@ A plugin is one `ModalityPlugin` object that a package exposes as an entry point
 synchronisation kind, BEV fusion, LLM tokens, weights file, health streams, keep ratios, the health models'
 witness), where its encoder comes from and how its messages become its frame entry (its decoder) and how the
 context estimator judges its health (its health model), what of its output and ground truth frame records hold and
-how the evaluation scores it (record, truth, scores). Simulator hooks come later (issue 11).
+how the evaluation scores it (record, truth, scores), and how `edge drive generate` simulates its sensors (simulator,
+edge.drives.sim_hooks).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
 the factory only when it builds the encoders (edge.encoders.stack.build_encoder). The decoder is a string for the
 same reason: the synchroniser (edge.drives.sync) imports it when it plans a drive's topics, and so is the health
-model: the context estimator (edge.runtime.health) imports it when it is built.
+model: the context estimator (edge.runtime.health) imports it when it is built, and the simulator: only the generator
+(edge.drives.generate) imports it.
 
 Why callables for topics: topic names depend on the rig (one topic per ultrasonic sensor, one per fisheye camera),
 while a bag read without a rig still needs the contract; `sensors(rig)` names a plugin's sensors on a rig and
@@ -164,6 +166,10 @@ class ModalityPlugin:
     # "module:attribute" of its Scorer (above): what `edge eval scheduler` scores of its record fields against the
     # ground truth; imported by the evaluation, never at declaration. None: nothing scored
     scores: str | None = None
+    # "module:callable" of its simulator factory, (edge.drives.sim_hooks.SimSetup) -> SensorSimulator: its sensors
+    # (and ground truth of its own) in the drives `edge drive generate` writes; imported by the generator, never at
+    # declaration. None: its sensors are not simulated
+    simulator: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -210,6 +216,8 @@ class ModalityPlugin:
             problems.append("truth must be a callable or None")
         if self.scores is not None and (not isinstance(self.scores, str) or not FACTORY.match(self.scores)):
             problems.append(f"scores {self.scores!r} must be 'module:attribute' (its Scorer) or None")
+        if self.simulator is not None and (not isinstance(self.simulator, str) or not FACTORY.match(self.simulator)):
+            problems.append(f"simulator {self.simulator!r} must be 'module:callable' (its simulator factory) or None")
         if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
                 self.stream_key is not None and not callable(self.stream_key):
             problems.append("recorded_sensors and stream_key must be callables or None")
