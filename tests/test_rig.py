@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from pydantic import Field
 
+from edge.config import StrictModel
 from edge.errors import ConfigError
-from edge.sensors.rig import DEFAULT_RIG, load_rig
+from edge.sensors.rig import DEFAULT_RIG, PoseSpec, load_rig
 
 
 def test_default_rig_contents() -> None:
@@ -78,3 +80,56 @@ def test_fingerprint_changes_with_calibration(tmp_path: Path) -> None:
     path = _write_modified(tmp_path, lambda d: d["fisheye"]["front"]["intrinsics"].update(fx=173.0))
     assert load_rig(path).fingerprint() != load_rig().fingerprint()
     assert load_rig().fingerprint() == load_rig(DEFAULT_RIG).fingerprint()
+
+
+LIDAR_SECTION = {"lidar": {"roof": {"xyz": [1.2, 0.0, 1.9], "rpy_deg": [0.0, 0.0, 0.0]}, "rate_hz": 10}}
+
+
+class _RoofSpec(StrictModel):
+    """What a LiDAR plugin might validate its section with (its own model; the core knows none of these keys)."""
+
+    roof: PoseSpec
+    rate_hz: float = Field(gt=0)
+
+
+def test_plugin_section_absent_is_empty_and_leaves_the_fingerprint(tmp_path: Path) -> None:
+    rig = load_rig()
+    assert rig.spec.plugins == {} and rig.plugin_section("lidar") == {}
+    # rigs written before the section existed keep their fingerprint, and so do the drives that recorded it: this
+    # is the default rig's, in the metadata of every drive generated on it (drives/qa/*/metadata.yaml,
+    # mpnp_edge.rig); only a change to calibration/default_rig.yaml may change it
+    assert rig.fingerprint() == "f7baee2d1e8db6f5"
+    same = load_rig(_write_modified(tmp_path, lambda d: None)).fingerprint()  # safe_dump orders the keys
+    assert load_rig(_write_modified(tmp_path, lambda d: d.update(plugins=None))).fingerprint() == same
+
+
+def test_plugin_section_is_exposed_and_fingerprinted(tmp_path: Path) -> None:
+    rig = load_rig(_write_modified(tmp_path, lambda d: d.update(plugins=LIDAR_SECTION)))
+    assert rig.plugin_section("lidar") == LIDAR_SECTION["lidar"] and rig.plugin_section("radar") == {}
+    rig.plugin_section("lidar")["rate_hz"] = 20  # a copy: a plugin cannot change the rig (nor its fingerprint)
+    assert rig.plugin_section("lidar")["rate_hz"] == 10
+    assert rig.fingerprint() != load_rig().fingerprint()
+    other = load_rig(_write_modified(tmp_path, lambda d: d.update(plugins={"lidar": {**LIDAR_SECTION["lidar"],
+                                                                                       "rate_hz": 20}})))
+    assert other.fingerprint() != rig.fingerprint()
+    spec = rig.plugin_spec("lidar", _RoofSpec)
+    assert spec.roof.xyz == [1.2, 0.0, 1.9] and spec.rate_hz == 10
+
+
+@pytest.mark.parametrize(("plugins", "key", "words"), [
+    ([{"lidar": {}}], "plugins", "valid dictionary"),
+    ({"lidar": [1.2, 0.0, 1.9]}, "plugins.lidar", "valid dictionary"),
+    ({"Roof LiDAR": {}}, "plugins.Roof LiDAR", "should match pattern"),
+])
+def test_malformed_plugin_section_names_the_key(tmp_path: Path, plugins: object, key: str, words: str) -> None:
+    path = _write_modified(tmp_path, lambda d: d.update(plugins=plugins))
+    with pytest.raises(ConfigError) as info:
+        load_rig(path)
+    assert f"{path}: key '{key}" in str(info.value) and words in str(info.value)
+
+
+def test_plugin_spec_errors_name_the_plugin_key(tmp_path: Path) -> None:
+    bad = {"lidar": {**LIDAR_SECTION["lidar"], "rate_hz": -1, "beams": 64}}
+    rig = load_rig(_write_modified(tmp_path, lambda d: d.update(plugins=bad)))
+    with pytest.raises(ConfigError, match=r"rig.yaml: key 'plugins\.lidar\.rate_hz': .*greater than 0"):
+        rig.plugin_spec("lidar", _RoofSpec)

@@ -7,16 +7,18 @@ frame (x along the lens or the beam axis); camera optical frames are derived as 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, JsonValue, StringConstraints, field_validator, model_validator
 
-from edge.config import StrictModel, load_yaml_model
+from edge.config import StrictModel, load_yaml_model, parse_model
+from edge.errors import ConfigError
 from edge.sensors.camera_models import (
     FisheyeCamera,
     PinholeCamera,
@@ -29,6 +31,8 @@ DEFAULT_RIG = Path(__file__).resolve().parents[2] / "calibration" / "default_rig
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Vec3 = Annotated[list[Finite], Field(min_length=3, max_length=3)]
+ModalityName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]  # as edge.modalities.interface.NAME
+SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
 class PoseSpec(StrictModel):
@@ -140,6 +144,14 @@ class RigSpec(StrictModel):
     camera: dict[str, PinholeSpec]
     ultrasonic: UltrasonicSpec
     microphones: MicrophoneSpec
+    # modality plugins' sensors, one free-form section per plugin (its name -> a mapping it validates itself with
+    # its own model, Rig.plugin_spec): the core knows nothing of a LiDAR's fields
+    plugins: dict[ModalityName, dict[str, JsonValue]] = Field(default_factory=dict)
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _empty_plugins(cls, v: object) -> object:
+        return {} if v is None else v  # `plugins:` with every entry commented out
 
     @field_validator("fisheye")
     @classmethod
@@ -196,8 +208,22 @@ class Rig:
         return self.spec.vehicle
 
     def fingerprint(self) -> str:
-        """Stable hash of the calibration content (keys caches such as BEV projection tables)."""
-        return hashlib.sha256(self.spec.model_dump_json().encode()).hexdigest()[:16]
+        """Stable hash of the calibration content (keys caches such as BEV projection tables, and is recorded in
+        every generated drive). An empty `plugins` section is left out, so rigs written before it hash as before."""
+        exclude = None if self.spec.plugins else {"plugins"}
+        return hashlib.sha256(self.spec.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+
+    def plugin_section(self, name: str) -> dict[str, JsonValue]:
+        """The rig's section for modality plugin `name` (`plugins: {name: ...}`), a copy; empty when absent."""
+        return copy.deepcopy(self.spec.plugins.get(name, {}))
+
+    def plugin_spec(self, name: str, model: type[SpecT]) -> SpecT:
+        """Plugin `name`'s section validated with its own model; a ConfigError names the rig file and the key
+        (`plugins.<name>.<key>`), as the core's sections' errors do."""
+        try:
+            return parse_model(self.plugin_section(name), model, self.source)
+        except ConfigError as exc:
+            raise ConfigError(self.source, f"plugins.{name}.{exc.key}".removesuffix(".<root>"), exc.problem) from None
 
     def footprint(self) -> tuple[float, float, float, float]:
         """Vehicle body extent in base_link: (x_min, x_max, y_min, y_max)."""
