@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--duration", type=float, default=60.0, help="simulated seconds [60]")
     gen.add_argument("--scenario", default="parking-day", choices=sorted(SCENARIOS), help="scenario [parking-day]")
     gen.add_argument("--rig", default=None, help="rig calibration YAML [calibration/default_rig.yaml]")
+    gen.add_argument("--without", action="append", default=[], metavar="MODALITY",
+                     help="leave out the sensors of this modality plugin's simulator (repeatable); the built-ins are "
+                          "always simulated")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
@@ -36,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from edge.drives.generate import generate_drive
 
-    s = generate_drive(args.out, args.seed, args.duration, args.scenario, args.rig, progress=not args.quiet)
+    s = generate_drive(args.out, args.seed, args.duration, args.scenario, args.rig, progress=not args.quiet,
+                       without=args.without)
     print(f"wrote {s.path}: {s.scenario}, seed {s.seed}, {s.duration:g} s, {s.messages} messages, "
           f"{s.size_bytes / 1e6:.1f} MB, {s.wall_seconds:.1f} s wall ({s.realtime_factor:.2f}x real time)")
     return 0

@@ -3,6 +3,14 @@
 Streams and rates follow a real car: fisheye and front cameras at their rig rates (10 Hz default) with small
 trigger offsets, ultrasonic sensors fired in sequence at 20 Hz, audio in 40 ms chunks, odometry at 50 Hz. Ground
 truth rides in the same bag under /ground_truth/. The same (scenario, seed, duration, rig) gives the same bag.
+
+Modality plugins add their sensors through their simulator (edge.drives.sim_hooks): after the built-ins' streams,
+each frame window takes the messages of every plugin that declares a simulator and has sensors on the rig. The
+built-ins' random streams are their own (shared between the cameras) and plugins draw from theirs, so a drive's
+built-in messages are the same bytes with plugins installed or not. Generation is offline, so a simulator that
+fails to import, raises, or writes outside its own topics and frame window stops it with a PluginError naming the
+plugin and offering `--without <name>` (the drive without that plugin's sensors); one that fails to import or to be
+built does so before the bag is created.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -25,14 +33,17 @@ from edge.drives.groundtruth import GT_GRID, BevRasterizer, actor_states, audio_
 from edge.drives.qa import make_qa
 from edge.drives.render import CameraRenderer, GroundTexture, Lighting, SceneFaces
 from edge.drives.scenarios import Scenario, daylight_at, get_scenario, lighting_label
+from edge.drives.sim_hooks import SensorSimulator, SimMessage, SimSetup, to_ns
 from edge.drives.ultrasonic_sim import Footprints, UltrasonicSimulator
 from edge.drives.world import Part, World, build_world
-from edge.errors import EdgeError
+from edge.errors import EdgeError, PluginError
+from edge.modalities.interface import ModalityPlugin, import_ref
+from edge.modalities.registry import registry
 from edge.sensors.camera_models import CameraBase
 from edge.sensors.rig import Rig, load_rig
 
-START_NS = 1_700_000_000 * 10**9  # drives start at a fixed epoch so that bags are reproducible
 FRAME_PERIOD = 0.1
+GT_PREFIX = "/ground_truth/"  # a plugin's own ground truth goes under GT_PREFIX<name>/
 ODOM_RATE = 50.0
 QA_RATE = 2.0  # instants per second carrying conditions and every QA template (docs/drives.md)
 JPEG_QUALITY = 85
@@ -68,14 +79,112 @@ def sun_vector(scenario: Scenario, ego_yaw: float) -> np.ndarray:
     return np.array([math.cos(el) * math.cos(rel), math.cos(el) * math.sin(rel), math.sin(el)])
 
 
-def to_ns(t: float) -> int:
-    return START_NS + int(round(t * 1e9))
+WITHOUT_HINT = "the drive can be generated without its sensors: edge drive generate ... --without {name}"
+
+
+def _plugin_error(plugin: ModalityPlugin, problem: str) -> PluginError:
+    """The generator's error for a plugin's simulator, with the way round it."""
+    return PluginError(f"'{plugin.name}' (simulator {plugin.simulator})",
+                       f"{problem}; {WITHOUT_HINT.format(name=plugin.name)}")
+
+
+def simulated_sensors(plugin: ModalityPlugin, rig: Rig) -> tuple[str, ...]:
+    """The sensors its simulator simulates on this rig: `sensors(rig)`; none without a simulator."""
+    if plugin.simulator is None:
+        return ()
+    try:
+        return tuple(plugin.sensors(rig))
+    except Exception as exc:
+        raise _plugin_error(plugin, f"sensors(rig) raised {type(exc).__name__}: {exc}") from exc
+
+
+class PluginSimulation:
+    """One plugin's simulator over a drive, with what it may write: its own topics on this rig (with their types)
+    and ground truth of its own under /ground_truth/<name>/; anything else would write over another stream."""
+
+    def __init__(self, plugin: ModalityPlugin, setup: SimSetup) -> None:
+        self.plugin = plugin
+        try:
+            self.topics = {t.name: t for t in plugin.topics(setup.sensors)}
+        except Exception as exc:
+            raise _plugin_error(plugin, f"topics{setup.sensors} raised {type(exc).__name__}: {exc}") from exc
+        self.truth_prefix = f"{GT_PREFIX}{plugin.name}/"
+        try:
+            factory = import_ref(plugin.simulator or "", plugin.name)
+        except PluginError as exc:
+            raise _plugin_error(plugin, exc.problem) from None
+        try:
+            self.sim: SensorSimulator = factory(setup)  # type: ignore[operator]
+        except Exception as exc:
+            raise _plugin_error(plugin, f"raised {type(exc).__name__}: {exc} when built") from exc
+
+    def messages(self, t0: float, t1: float) -> list[SimMessage]:
+        """Its messages stamped in [t0, t1), checked."""
+        try:
+            msgs = list(self.sim.messages(t0, t1))
+        except Exception as exc:
+            raise _plugin_error(self.plugin, f"raised {type(exc).__name__}: {exc} at t = {t0:.3f} s") from exc
+        for msg in msgs:
+            self._check(msg, to_ns(t0), to_ns(t1))
+        return msgs
+
+    def _check(self, msg: SimMessage, lo: int, hi: int) -> None:
+        try:
+            stamp, topic, msgtype, _ = msg
+        except (TypeError, ValueError):
+            raise _plugin_error(self.plugin, f"gave {type(msg).__name__} {msg!r:.80}, not a (stamp_ns, "
+                                             "topic, msgtype, message) tuple") from None
+        spec = self.topics.get(topic)
+        if spec is None and not topic.startswith(self.truth_prefix):
+            raise _plugin_error(self.plugin, f"wrote '{topic}', neither one of its topics on this rig "
+                                             f"({', '.join(self.topics) or 'none'}) nor under {self.truth_prefix}")
+        if spec is not None and msgtype not in spec.types:
+            raise _plugin_error(self.plugin, f"wrote {msgtype} on '{topic}', which carries "
+                                             f"{' or '.join(spec.types)}")
+        if not isinstance(stamp, (int, np.integer)) or not lo <= stamp < hi:
+            raise _plugin_error(self.plugin, f"stamped '{topic}' {stamp!r} ns, outside the frame window "
+                                             f"[{lo}, {hi}) it was asked for")
+
+    def close(self) -> None:
+        try:
+            self.sim.close()
+        except Exception as exc:
+            raise _plugin_error(self.plugin, f"raised {type(exc).__name__}: {exc} when closed") from exc
+
+
+def plugin_simulations(world: World, rig: Rig, seed: int,
+                       plugins: Iterable[ModalityPlugin]) -> list[PluginSimulation]:
+    """A simulation for each plugin that declares a simulator and has sensors on this rig, in registry order."""
+    sims = []
+    for plugin in plugins:
+        try:
+            sensors = simulated_sensors(plugin, rig)
+            if sensors:
+                sims.append(PluginSimulation(plugin, SimSetup(world, rig, seed, sensors)))
+        except PluginError:
+            close_all(sims)  # those built before it
+            raise
+    return sims
+
+
+def close_all(sims: list[PluginSimulation]) -> None:
+    """Close every one, then raise the first failure: one plugin's broken close() must not leak the others'."""
+    failures = []
+    for sim in sims:
+        try:
+            sim.close()
+        except PluginError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 class DriveGenerator:
-    """Simulates every stream of the rig over a world and hands stamped messages to a sink."""
+    """Simulates every stream of the rig over a world and hands stamped messages to a sink.
 
-    def __init__(self, world: World, rig: Rig, seed: int) -> None:
+    `plugins`: the modality plugins whose simulators add their sensors (None: the registry's)."""
+
+    def __init__(self, world: World, rig: Rig, seed: int, plugins: Iterable[ModalityPlugin] | None = None) -> None:
         self.world, self.rig = world, rig
         self.rng = np.random.default_rng((seed, 1))
         self.cameras: list[tuple[CameraBase, str, str]] = [
@@ -94,6 +203,7 @@ class DriveGenerator:
         self.bev = BevRasterizer(self.grid, rig.footprint(), [c.position[:2] for c in rig.fisheye.values()])
         self.footprint = rig.footprint()
         self.pool = ThreadPoolExecutor(max_workers=2)
+        self.plugin_sims = plugin_simulations(world, rig, seed, registry() if plugins is None else plugins)
 
     def light_at(self, t: float) -> tuple[Lighting, float]:
         daylight = daylight_at(self.world.scenario, t / self.world.duration)
@@ -161,6 +271,8 @@ class DriveGenerator:
             st = to_ns(tc)
             out.append((st, T.ODOM, T.ODOMETRY, M.odometry(st, "odom", "base_link", x, y, yaw, v, 0.0, yaw_rate)))
         self._ground_truth(k, t0, out)
+        for sim in self.plugin_sims:  # after the built-ins: a stable sort keeps their order among themselves
+            out.extend(sim.messages(t0, t0 + FRAME_PERIOD))
         for stamp, topic, msgtype, msg in sorted(out, key=lambda m: m[0]):
             emit(topic, msgtype, stamp, msg)
 
@@ -187,11 +299,15 @@ class DriveGenerator:
 
     def close(self) -> None:
         self.pool.shutdown()
+        sims, self.plugin_sims = self.plugin_sims, []
+        close_all(sims)
 
 
 def generate_drive(out: str | Path, seed: int, duration: float, scenario: str, rig_path: str | Path | None = None,
-                   progress: bool = True) -> DriveSummary:
-    """Generate a drive into the bag directory `out` (which must not exist or be empty)."""
+                   progress: bool = True, plugins: Iterable[ModalityPlugin] | None = None,
+                   without: Iterable[str] = ()) -> DriveSummary:
+    """Generate a drive into the bag directory `out` (which must not exist or be empty). `plugins`: those whose
+    simulators add their sensors (None: the registry's), less those named in `without`."""
     import time
 
     if duration <= 0 or not math.isfinite(duration):
@@ -200,22 +316,39 @@ def generate_drive(out: str | Path, seed: int, duration: float, scenario: str, r
         raise EdgeError(f"--duration {duration} s is over the one-hour limit of a generated drive")
     sc = get_scenario(scenario)
     rig = load_rig(rig_path)
+    simulated = simulated_plugins(registry() if plugins is None else plugins, rig, without)
     started = time.perf_counter()
     world = build_world(sc, seed, duration, rig.footprint())
-    gen = DriveGenerator(world, rig, seed)
+    gen = DriveGenerator(world, rig, seed, simulated)
     n_frames = int(round(duration / FRAME_PERIOD))
     custom = {"mpnp_edge.scenario": sc.name, "mpnp_edge.seed": str(seed), "mpnp_edge.duration": str(duration),
               "mpnp_edge.rig": rig.fingerprint()}
+    if gen.plugin_sims:  # only then: a drive without plugin sensors keeps the metadata it always had
+        custom["mpnp_edge.simulators"] = ",".join(s.plugin.name for s in gen.plugin_sims)
     bar = _progress(n_frames, f"generate {sc.name} seed {seed}", progress)
-    with BagWriter(out, custom_data=custom) as writer:
-        for k in range(n_frames):
-            gen.frame(k, writer.write)
-            bar(k + 1)
-        count = writer.count
-    gen.close()
+    try:
+        with BagWriter(out, custom_data=custom) as writer:
+            for k in range(n_frames):
+                gen.frame(k, writer.write)
+                bar(k + 1)
+            count = writer.count
+    finally:
+        gen.close()
     wall = time.perf_counter() - started
     size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
     return DriveSummary(Path(out), sc.name, seed, duration, count, size, wall)
+
+
+def simulated_plugins(plugins: Iterable[ModalityPlugin], rig: Rig, without: Iterable[str]) -> list[ModalityPlugin]:
+    """The plugins whose simulators run, less `without`; a name there that has no simulator on this rig is an
+    error (a typo would otherwise leave the sensor in the drive)."""
+    plugins, without = list(plugins), set(without)
+    able = [p.name for p in plugins if simulated_sensors(p, rig)]
+    unknown = sorted(without - set(able))
+    if unknown:
+        raise EdgeError(f"--without {', '.join(unknown)}: no plugin simulates such sensors on this rig (those that "
+                        f"do: {', '.join(able) or 'none'}; the built-ins are always simulated)")
+    return [p for p in plugins if p.name not in without]
 
 
 def _progress(total: int, label: str, enabled: bool) -> Callable[[int], None]:
