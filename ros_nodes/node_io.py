@@ -325,9 +325,11 @@ def grid_msg(result: Any, grid_cfg: Any) -> Any | None:
 
 
 def plan_json(result: Any) -> str:
+    """The plan message (/mpnp/plan). `camera_keep` is the plan's keep ratio (Plan.keep) under its historic name:
+    readers (the LLM node, docs/topics) take it as the pruning the aligner sets must match."""
     plan = result.plan
     return json.dumps({"stamp_ns": result.stamp_ns, "modalities": list(plan.modalities), "n_blocks": plan.n_blocks,
-                       "camera_keep": plan.camera_keep, "backend": plan.backend, "aligners": plan.aligners,
+                       "camera_keep": plan.keep, "backend": plan.backend, "aligners": plan.aligners,
                        "reason": result.decision.reason})
 
 

@@ -282,7 +282,7 @@ def test_runtime_on_onnxruntime_agrees_with_eager(drive: Path, stack: Perception
         r = ort.step(s)
         stack.set_backend("eager")
         try:
-            ref = stack.run(s, r.plan.modalities, {"camera": r.plan.camera_keep})
+            ref = stack.run(s, r.plan.modalities, {"camera": r.plan.keep})
         finally:
             stack.set_backend("onnxruntime", cache_dir=engine_dir)  # the engines are kept: nothing is rebuilt
         assert r.modalities_used == ref.modalities and (r.extras["audio"] or {}).get("event") == ref.outputs.get("audio", {}).get("event")

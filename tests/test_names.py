@@ -51,4 +51,4 @@ def test_scheduler_refuses_an_unknown_policy_by_name() -> None:
     from edge.runtime.scheduler import Budget, CostModel, QualityTable, Scheduler
 
     with pytest.raises(EdgeError, match="unknown scheduling policy 'sometimes' \\(adaptive, camera, all\\)"):
-        Scheduler(QualityTable({}, 0.0, 0.0, 0.0), CostModel({}), Budget(), ("fisheye",), 1, policy="sometimes")
+        Scheduler(QualityTable({}, {}), CostModel({}), Budget(), ("fisheye",), 1, policy="sometimes")

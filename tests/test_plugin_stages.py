@@ -56,17 +56,17 @@ def test_a_bev_plugin_makes_fusion_a_component_of_its_plans(fakes: Registry) -> 
     assert stages.run_of("thermal@0.6", ("thermal",)) == (("thermal",), {"thermal": 0.6})
 
 
-def test_the_scheduler_plans_each_keep_ratio_a_plugin_declares(fakes: Registry,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_scheduler_plans_each_keep_ratio_a_plugin_declares(fakes: Registry) -> None:
     """Candidates carry the keep ratios of the modality that declares several (thermal's 1 and 0.6; the camera's
     three); with two of them, the ratios both declare; none: 1."""
     assert stages.plan_keeps(("fisheye", "camera")) == (1.0, 0.5, 0.25)
     assert stages.plan_keeps(("fisheye", "audio")) == (1.0,)
     assert stages.plan_keeps(("thermal", "camera")) == (1.0,)
-    monkeypatch.setattr(scheduler_module, "MODALITIES", fakes.names)
-    s = scheduler_module.Scheduler(scheduler_module.QualityTable({}, 0.5, 0.5, 0.5), CostModel(), scheduler_module.Budget(100.0),
-                                   available=("fisheye", "thermal", "camera"), n_blocks=8)
-    keeps = {(p.modalities, p.camera_keep) for p in s.candidates(("fisheye", "thermal", "camera"))}
+    figures = {"audio_event": 0.5, "audio_direction": 0.5, "camera_lighting": 0.5}
+    s = scheduler_module.Scheduler(scheduler_module.QualityTable({}, figures), CostModel(),
+                                   scheduler_module.Budget(100.0), available=("fisheye", "thermal", "camera"),
+                                   n_blocks=8, plugins=fakes)
+    keeps = {(p.modalities, p.keep) for p in s.candidates(("fisheye", "thermal", "camera"))}
     assert keeps == {((), 1.0), (("fisheye",), 1.0), (("thermal",), 1.0), (("thermal",), 0.6),
                      (("camera",), 1.0), (("camera",), 0.5), (("camera",), 0.25), (("fisheye", "thermal"), 1.0),
                      (("fisheye", "thermal"), 0.6), (("fisheye", "camera"), 1.0), (("fisheye", "camera"), 0.5),
@@ -141,7 +141,8 @@ def test_keep_ratios_are_checked() -> None:
 
 
 @pytest.mark.parametrize("rel", ["edge/runtime/context.py", "edge/runtime/stages.py", "edge/runtime/cost_model.py",
-                                 "edge/runtime/isolation.py", "edge/encoders/stack.py", "edge/encoders/fusion.py"])
+                                 "edge/runtime/isolation.py", "edge/encoders/stack.py", "edge/encoders/fusion.py",
+                                 "edge/runtime/scheduler.py", "edge/runtime/plan_value.py"])
 def test_the_core_modules_moved_to_declarations_name_no_modality(rel: str) -> None:
     """No built-in's name as a string, attribute or variable in their code (docstrings and comments may give
     examples)."""

@@ -115,7 +115,7 @@ def test_scheduler_recovers_a_component_once_its_slow_estimate_is_re_measured() 
     plans, probed_at = [], None
     for i in range(1, 80):  # 10 Hz of a fake clock
         clock.t = i * 0.1
-        for name in s.costs.components(s.current.modalities, s.current.camera_keep):
+        for name in s.costs.components(s.current.modalities, s.current.keep):
             c.observe(name, QUIET[name])  # what runs is measured every frame
         due = c.due(keys, slack_ms=100.0 - 60.0)
         if due is not None:
@@ -238,7 +238,7 @@ def test_a_new_plan_whose_own_frames_meet_the_budget_is_not_left_on_a_prediction
         out = []
         for i in range(n):
             clock.t += 0.1
-            for name in c.components(plan.modalities, plan.camera_keep):
+            for name in c.components(plan.modalities, plan.keep):
                 c.observe(name, QUIET[name])
             c.observe_frame(plan, frame_ms)
             if i == 0:
@@ -516,7 +516,7 @@ def test_a_small_overshoot_is_left_only_for_a_plan_with_headroom() -> None:
     # measured 16 ms (1 over, within the 1.5 ms headroom); keep 0.5 is predicted at 14 ms: fits, no headroom
     assert not any(d.changed for d in run(7.0, 16.0))
     left = [d for d in run(11.0, 20.0) if d.changed]  # 5 ms over: any plan that fits will do
-    assert left and left[0].plan.camera_keep != 1.0 and left[0].reason.startswith("current plan over budget")
+    assert left and left[0].plan.keep != 1.0 and left[0].reason.startswith("current plan over budget")
 
 
 def test_a_mapless_plan_returns_to_a_roomy_map_without_waiting_for_the_change_credit() -> None:

@@ -100,8 +100,8 @@ def test_the_oracle_tries_the_cheapest_encoders_of_each_quality_class_at_every_t
     assert {(p.modalities, p.threads) for p in plans} == {
         (m, t) for m in (("fisheye",), ("ultrasonic",), ("fisheye", "ultrasonic")) for t in (1, 2)}
     # with an aligner set: its modalities joined to each BEV subset, its camera pruned as trained; no other keep
-    cam = AlignerSet("day", ("fisheye", "camera"), {"day": 0.6}, camera_keep=0.5)
-    mods = {(p.modalities, p.camera_keep) for p in oracle_plans((cam,), (2,), max_plans=20)}
+    cam = AlignerSet("day", ("fisheye", "camera"), {"day": 0.6}, keep=0.5)
+    mods = {(p.modalities, p.keep) for p in oracle_plans((cam,), (2,), max_plans=20)}
     assert (("fisheye", "camera"), 0.5) in mods and (("fisheye", "ultrasonic", "camera"), 0.5) in mods
     assert not any(keep != 1.0 and "camera" not in m for m, keep in mods) and len(mods) == 5
     assert len(oracle_plans((cam,), (1, 2), max_plans=4)) == 4  # bounded: 2 encoder sets x 2 thread counts

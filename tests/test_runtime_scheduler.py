@@ -131,7 +131,7 @@ def test_a_fixed_plan_is_held_whatever_the_costs_and_its_lost_sensor_is_dropped(
     s = scheduler(fixed=fixed, budget=Budget(20.0), threads=(1, 2))  # far over a 20 ms budget
     assert not s.adaptive and s.static_threads == 1
     first = s.step(ctx())
-    assert (first.plan.modalities, first.plan.camera_keep, first.plan.threads) == (fixed.modalities, 0.5, 1)
+    assert (first.plan.modalities, first.plan.keep, first.plan.threads) == (fixed.modalities, 0.5, 1)
     assert first.reason == "fixed plan" and all(not s.step(ctx()).changed for _ in range(10))
     assert s.step(ctx(silent=("ultrasonic",))).plan.modalities == ("fisheye", "camera")
     assert scheduler(threads=(1, 2)).adaptive and scheduler(policy="all", threads=(1, 2)).static_threads == 2
@@ -241,7 +241,7 @@ def test_a_better_plan_is_taken_after_the_dwell_even_when_near_equal_ones_trade_
     s.current = Plan(("audio",), 8, 1.0, "eager", "", 1)  # far worse than what fits
     base, tick = s.score, {"n": 0}
     # the estimates' noise: the camera's keep 0.5 and 0.25 variants of the best plan swap places every frame
-    s.score = lambda plan, c: base(plan, c) + (0.01 if plan.camera_keep == 0.5 and tick["n"] % 2 == 0 else 0.0)
+    s.score = lambda plan, c: base(plan, c) + (0.01 if plan.keep == 0.5 and tick["n"] % 2 == 0 else 0.0)
     changed = []
     for i in range(1, 8):
         tick["n"] = i
@@ -256,6 +256,6 @@ def test_frames_without_audio_do_not_set_the_audio_background() -> None:
     s = scheduler()
     s.step(ctx("day", silent=("audio",), audio_db=-120.0))
     s.step(ctx("day", audio_db=-40.0, t=1))
-    assert not s._eventful
+    assert not s.values["audio"].eventful
     s.step(ctx("day", audio_db=-20.0, t=2))
-    assert s._eventful
+    assert s.values["audio"].eventful

@@ -8,7 +8,9 @@ PerceptionConfig.tokens["camera"]); tests/test_modality_plugins.py checks that t
 factory, its message decoder (edge/drives/decoders.py) and its health model (edge/runtime/health_models.py) as
 strings (`encoder`, `decoder`, `health`): importing this module never imports the encoders, decoders or runtime.
 Audio declares the extras of its frame record, its ground truth and its scores (edge/modalities/scoring.py); the
-camera drops its front map (made for training) before the runtime hands its output on.
+camera drops its front map (made for training) before the runtime hands its output on. The fisheye and the camera
+make up the static "camera" policy; audio and the camera name what their own outputs add to a plan's score
+(edge/runtime/value_models.py).
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from edge.drives import topics as T
 from edge.modalities.interface import ModalityPlugin, SyncKind, TokenSpec
+from edge.names import Policy
 from edge.token_layouts import TOKEN_LAYOUTS
 
 if TYPE_CHECKING:
     from edge.sensors.rig import Rig
 
 D_ENC = 128  # token width of every built-in encoder (edge.encoders.base.D_ENC)
-KEEP_RATIOS = (1.0, 0.5, 0.25)  # the front camera's token keep ratios (the scheduler plans each: Plan.camera_keep)
+KEEP_RATIOS = (1.0, 0.5, 0.25)  # the front camera's token keep ratios (the scheduler plans each: Plan.keep)
 HEALTH = "edge.runtime.health_models"  # the built-ins' health models (edge.runtime.health)
+VALUE = "edge.runtime.value_models"  # the built-ins' plan-value models (edge.runtime.plan_value)
 
 
 def _image_topics(image: str, info: str) -> tuple[T.TopicSpec, ...]:
@@ -83,7 +87,7 @@ FISHEYE = ModalityPlugin(
     name="fisheye", sensors=_fisheye_sensors, default_sensors=T.FISHEYE_CAMERAS, topics=_fisheye_topics,
     sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["fisheye"]),
     weights="fisheye.safetensors", health_streams=("fisheye",), encoder="edge.encoders.fisheye:build",
-    decoder="edge.drives.decoders:IMAGE", health=f"{HEALTH}:fisheye", witness=True)
+    decoder="edge.drives.decoders:IMAGE", health=f"{HEALTH}:fisheye", witness=True, policies=(Policy.CAMERA,))
 ULTRASONIC = ModalityPlugin(
     name="ultrasonic", sensors=_ultrasonic_sensors, default_sensors=(), topics=_ultrasonic_topics,
     sync=SyncKind.LATEST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["ultrasonic"]),
@@ -96,12 +100,12 @@ AUDIO = ModalityPlugin(
     weights="audio.safetensors", health_streams=("audio",), encoder="edge.encoders.audio:build",
     decoder="edge.drives.decoders:AUDIO", health=f"{HEALTH}:audio",
     record=("event", "event_prob", "direction", "direction_prob"), truth=_audio_truth,
-    scores="edge.modalities.scoring:AUDIO")
+    scores="edge.modalities.scoring:AUDIO", plan_value=f"{VALUE}:AudioEvents")
 CAMERA = ModalityPlugin(
     name="camera", sensors=_camera_sensors, default_sensors=("front",), topics=_camera_topics,
     sync=SyncKind.NEAREST, bev=False, tokens=TokenSpec(16, D_ENC, TOKEN_LAYOUTS["camera"]),
     weights="camera.safetensors", health_streams=("camera",), encoder="edge.encoders.camera:build",
     decoder="edge.drives.decoders:IMAGE", stream_key=_camera_key, health=f"{HEALTH}:camera",
-    keep_ratios=KEEP_RATIOS, transient=("front_map",))
+    keep_ratios=KEEP_RATIOS, transient=("front_map",), policies=(Policy.CAMERA,), plan_value=f"{VALUE}:FrontCamera")
 
 BUILTINS: tuple[ModalityPlugin, ...] = (FISHEYE, ULTRASONIC, AUDIO, CAMERA)

@@ -6,7 +6,8 @@ synchronisation kind, BEV fusion, LLM tokens, weights file, health streams, keep
 witness), where its encoder comes from and how its messages become its frame entry (its decoder) and how the
 context estimator judges its health (its health model), what of its output and ground truth frame records hold and
 how the evaluation scores it (record, truth, scores), and how `edge drive generate` simulates its sensors (simulator,
-edge.drives.sim_hooks).
+edge.drives.sim_hooks), and what the scheduler needs of it (the static policies that run it, what its own output
+adds to a plan's score: plan_value, imported by the scheduler only).
 
 Why the encoder is a "module:callable" string and not the factory itself: declaring a plugin (the registry, read
 by bag I/O for the topic contract) must stay light, without torch or the encoders; the perception stack imports
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from edge.drives.topics import TopicSpec
 from edge.errors import PluginError
-from edge.names import StrEnum
+from edge.names import Policy, StrEnum
 
 if TYPE_CHECKING:  # the rig pulls in pydantic models and camera maths; declarations only need its type
     from edge.sensors.rig import Rig
@@ -166,6 +167,13 @@ class ModalityPlugin:
     # "module:attribute" of its Scorer (above): what `edge eval scheduler` scores of its record fields against the
     # ground truth; imported by the evaluation, never at declaration. None: nothing scored
     scores: str | None = None
+    # the static scheduling policies (edge.names.Policy, besides "all", which runs every modality) that run it: the
+    # "camera" setup is every camera
+    policies: tuple[str, ...] = ()
+    # "module:callable" of its plan-value factory, (edge.runtime.plan_value.ValueSetup) -> PlanValue: what its own
+    # output adds to a plan's score beyond the BEV map and the aligner sets' answers; imported by the scheduler,
+    # never at declaration. None: nothing beyond those
+    plan_value: str | None = None
     # "module:callable" of its simulator factory, (edge.drives.sim_hooks.SimSetup) -> SensorSimulator: its sensors
     # (and ground truth of its own) in the drives `edge drive generate` writes; imported by the generator, never at
     # declaration. None: its sensors are not simulated
@@ -218,6 +226,12 @@ class ModalityPlugin:
             problems.append(f"scores {self.scores!r} must be 'module:attribute' (its Scorer) or None")
         if self.simulator is not None and (not isinstance(self.simulator, str) or not FACTORY.match(self.simulator)):
             problems.append(f"simulator {self.simulator!r} must be 'module:callable' (its simulator factory) or None")
+        static = sorted(set(Policy) - {Policy.ADAPTIVE, Policy.ALL})
+        if not isinstance(self.policies, tuple) or not all(p in static for p in self.policies):
+            problems.append(f"policies {self.policies!r} must be a tuple of static policies ({', '.join(static)})")
+        if self.plan_value is not None and (not isinstance(self.plan_value, str) or not FACTORY.match(self.plan_value)):
+            problems.append(f"plan_value {self.plan_value!r} must be 'module:callable' (its plan-value factory) "
+                            "or None")
         if self.recorded_sensors is not None and not callable(self.recorded_sensors) or \
                 self.stream_key is not None and not callable(self.stream_key):
             problems.append("recorded_sensors and stream_key must be callables or None")

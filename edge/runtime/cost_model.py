@@ -226,9 +226,9 @@ class CostModel:
 
     # ---------------------------------------------------------------- plans
     @staticmethod
-    def components(modalities: Iterable[str], camera_keep: float) -> list[str]:
+    def components(modalities: Iterable[str], keep: float) -> list[str]:
         """The timed stages a plan runs (names as PerceptionStack.run times them; edge.runtime.stages)."""
-        return stages.components(modalities, camera_keep)
+        return stages.components(modalities, keep)
 
     def plan_latency(self, plan: Any, q: float | None = None) -> float | None:
         """Predicted frame latency at the q-th percentile (default: the budget's): its stages and the per-frame
@@ -237,14 +237,14 @@ class CostModel:
         p95 would assume they are all slow on the same frame and shed plans that meet the budget."""
         q = self.percentile if q is None else q
         backend, threads = plan.backend, plan.threads or self.threads
-        memo = ("plan", plan.modalities, plan.camera_keep, backend, threads, q)  # plans differing by aligners share it
+        memo = ("plan", plan.modalities, plan.keep, backend, threads, q)  # plans differing by aligners share it
         if memo not in self._plan_memo:
-            self._plan_memo[memo] = self._plan_latency(plan.modalities, plan.camera_keep, backend, threads, q)
+            self._plan_memo[memo] = self._plan_latency(plan.modalities, plan.keep, backend, threads, q)
         return self._plan_memo[memo]
 
-    def _plan_latency(self, modalities: tuple[str, ...], camera_keep: float, backend: str, threads: int, q: float
+    def _plan_latency(self, modalities: tuple[str, ...], keep: float, backend: str, threads: int, q: float
                       ) -> float | None:
-        keys = [(part, backend, threads) for part in self.components(modalities, camera_keep)]
+        keys = [(part, backend, threads) for part in self.components(modalities, keep)]
         median = tail = 0.0
         for key in keys + [(OVERHEAD, backend, 0)]:
             stage = self._stage(key, q)
@@ -306,7 +306,7 @@ class CostModel:
         records them at the frames' wall/CPU ratio)."""
         total = self.quantile(OVERHEAD, 50.0, plan.backend, 0) or 0.0
         threads = plan.threads or self.threads
-        for part in self.components(plan.modalities, plan.camera_keep):
+        for part in self.components(plan.modalities, plan.keep):
             s = self._series.get((part, plan.backend, threads))
             if s is None or not s.samples:
                 return None

@@ -41,6 +41,7 @@ from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.cli import run_drive
 from edge.runtime.hog import CpuHog
 from edge.runtime.scheduler import BEV_MODALITIES, MODALITIES, AlignerSet, Plan
+from edge.runtime.stages import settings
 
 SETTLE_S = 2.0  # the first seconds of a drive (calibration, first plans) are not judged against the budget
 HOLD_SHARE = 0.95  # a plan holds the budget when this share of its frames after SETTLE_S is within it
@@ -132,7 +133,9 @@ def prediction_ratios(frames: list[dict[str, Any]], min_frames: int = 5) -> list
 
 
 def _plan_key(plan: dict[str, Any]) -> str:
-    keep = f"@{plan['camera_keep']:g}" if "camera" in plan["modalities"] else ""
+    """A frame record's plan as a short key: its keep ratio (the record's `camera_keep`) shown when one of its
+    modalities declares several."""
+    keep = f"@{plan['camera_keep']:g}" if settings(plan["modalities"], 1.0) else ""
     return "+".join(plan["modalities"]) + keep + (f" x{plan['threads']}" if plan.get("threads") else "")
 
 
@@ -274,7 +277,7 @@ def oracle_plans(aligner_sets: Iterable[AlignerSet], threads: tuple[int, ...], q
             if not bev and aset is None:
                 continue
             mods = set(bev) | set(aset.modalities if aset is not None else ())
-            keep = aset.camera_keep if aset is not None and "camera" in aset.modalities else 1.0
+            keep = aset.keep if aset is not None and settings(aset.modalities, aset.keep) else 1.0
             key = (tuple(m for m in MODALITIES if m in mods), keep)
             lights = ("day", "dusk", "night")
             bev_iou = float(np.mean([quality.bev_quality(key[0], x) for x in lights])) if quality is not None else 0.0
@@ -353,7 +356,7 @@ def _public(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _plan_dict(plan: Plan | None) -> dict[str, Any]:
     if plan is None:
         return {"modalities": [], "camera_keep": 1.0, "threads": 0}
-    return {"modalities": list(plan.modalities), "camera_keep": plan.camera_keep, "threads": plan.threads}
+    return {"modalities": list(plan.modalities), "camera_keep": plan.keep, "threads": plan.threads}
 
 
 def report_markdown(result: dict[str, Any], budgets: tuple[float, ...], loads: tuple[int, ...]) -> str:

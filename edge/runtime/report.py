@@ -132,8 +132,9 @@ class ReportBuilder:
         gt_classes = bev_targets(ground_truth.bev, self.cfg) if ground_truth is not None and ground_truth.bev else None
         frame: dict[str, Any] = {
             "t": round(t, 3), "stamp_ns": r.stamp_ns, "source_stamps": r.source_stamps,
+            # camera_keep: the plan's keep ratio (Plan.keep), under the name report readers know
             "plan": {"modalities": list(r.plan.modalities), "n_blocks": r.plan.n_blocks,
-                     "camera_keep": r.plan.camera_keep, "backend": r.plan.backend, "aligners": r.plan.aligners,
+                     "camera_keep": r.plan.keep, "backend": r.plan.backend, "aligners": r.plan.aligners,
                      "threads": r.plan.threads},
             "lighting": r.context.lighting, "glare_cameras": r.context.glare_cameras,
             "streams_healthy": {k: v.healthy for k, v in r.context.streams.items()},

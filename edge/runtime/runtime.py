@@ -331,7 +331,7 @@ class Runtime:
 
         self._use_threads(threads)
         use = self.detacher.allowed(plan.modalities, sample.stamp_ns)
-        out = self.stack.run(sample, use, settings(use, plan.camera_keep), timer=timed, isolate=True)
+        out = self.stack.run(sample, use, settings(use, plan.keep), timer=timed, isolate=True)
         self.detacher.observe(sample.stamp_ns, use, out.failures)
         witness = next((out.alone[m] for m, p in self.stack.plugins.items() if p.witness and m in out.alone), None)
         self._obstacles = None if witness is None else \

@@ -1,11 +1,13 @@
 """Which modality encoders to run and attach, how deep and how pruned: chosen from the context, every frame.
 
 A plan is scored by the expected quality of what the runtime produces, read from measured per-condition tables
-(the perception evaluation: BEV obstacle IoU within 5 m per modality subset and lighting; audio event and direction
-accuracy; and, when an LLM answers, the held-out answer accuracy of each aligner set per lighting), and must fit a
-latency and memory budget: the whole frame's latency at the budget's percentile, predicted from per-stage cost
-distributions kept measured while running (edge.runtime.cost_model), keyed by backend and thread count (the
-encoders' thread count is part of the plan). The plan names the aligner set attached to the LLM, so a switch of
+(the perception evaluation: BEV obstacle IoU within 5 m per modality subset and lighting; what a modality's own
+output adds, as its plugin's plan-value model reads it from the same evaluation (edge.runtime.plan_value: audio's
+event and direction accuracy); and, when an LLM answers, the held-out answer accuracy of each aligner set per
+lighting), and must fit a latency and memory budget: the whole frame's latency at the budget's percentile, predicted
+from per-stage cost distributions kept measured while running (edge.runtime.cost_model), keyed by backend and
+thread count (the encoders' thread count is part of the plan). The static policies run what the plugins declare
+(`policies`: the "camera" setup is every camera). The plan names the aligner set attached to the LLM, so a switch of
 the LLM's connections is a plan change, logged with its reason like any other. Hysteresis keeps the plan from
 flapping: a better plan must be there for `dwell` frames in a row, fit with headroom, and wait for the change rate
 (`max_changes_per_min`, paced as a credit that every change spends, `ChangePacer`); a modality of the current plan
@@ -17,23 +19,24 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from edge.errors import EdgeError
+from edge.modalities.interface import ModalityPlugin
 from edge.modalities.registry import registry
 from edge.names import POLICIES, BackendName, Policy
 from edge.runtime.context import Context
 from edge.runtime.cost_model import CostModel
-from edge.runtime.stages import plan_keeps
+from edge.runtime.plan_value import LIGHTINGS, PlanValue, Scene, build_values
+from edge.runtime.stages import plan_keeps, settings
 
 __all__ = ["AlignerSet", "Budget", "ChangePacer", "CostModel", "Decision", "Plan", "QualityTable", "Scheduler"]
 
 MODALITIES: tuple[str, ...] = registry().names  # the installed modality plugins, in registry order
 BEV_MODALITIES: tuple[str, ...] = registry().bev_names  # those fused into the BEV map (perception eval subsets)
-# Static baselines: "camera" is the camera setup (every camera: the surround fisheyes and the front camera).
-STATIC = {Policy.CAMERA: ("fisheye", "camera"), Policy.ALL: MODALITIES}
 # A plan left for running over budget is not chosen again voluntarily for TABU_S, doubled each time the same plan
 # is left again (up to TABU_MAX_S): a fixed 15 s kept a plan near the budget's edge (the hindsight oracle's, issue 16)
 # out for most of a drive after one overrun a passing load caused, while a plan that keeps overrunning is still held
@@ -45,13 +48,6 @@ TABU_MAX_S = 60.0
 def ban_s(times_before: int) -> float:
     """How long a ban lasts after `times_before` earlier ones of the same kind: TABU_S, doubled each time, capped."""
     return min(TABU_S * 2 ** times_before, TABU_MAX_S)
-
-# What the front camera's own output (its lighting head) is worth without an LLM, against obstacle IoU (0..1): a tie
-# breaker (about 20 ms of compute at the default quality_per_ms). At 0.15 it outweighed the difference between the
-# BEV modalities (fisheye 0.72 against ultrasonic 0.66 IoU by day), so at 40 ms every plan carried the camera to
-# the budget's edge and was left over it, while the evaluation (and a user) judge the map (issue 16: IoU 0.13 of
-# the oracle's 0.72, the camera on 82 % of frames); the context reads the lighting from brightness anyway.
-CAMERA_ALONE_WEIGHT = 0.02
 
 # Quality units (IoU, EM: 0..1) a plan predicted at the budget loses against one with the headroom to spare
 # (Scheduler.edge_penalty): more than the camera's or a quiet audio stream's worth, less than a map's or an event's.
@@ -102,16 +98,21 @@ class ChangePacer:
 
 @dataclass(frozen=True)
 class Plan:
+    """What runs for a frame. `keep` is the plan's keep ratio, given to each of its modalities whose plugin declares
+    several (`keep_ratios`: the camera's token pruning; `edge.runtime.stages.settings`); the plan JSON and
+    report.json carry it as `camera_keep`, their historic name."""
+
     modalities: tuple[str, ...]  # encoders run
     n_blocks: int  # LLM blocks connected
-    camera_keep: float  # token-pruning keep ratio of the front camera ViT
+    keep: float  # keep ratio of its modalities that declare several (1.0 when none does)
     backend: str = BackendName.EAGER
     aligners: str = ""  # the aligner set attached to the LLM ("" = none: the LLM answers from text alone)
     threads: int = 0  # intra-op threads of the encoders (0: the process default)
 
     def describe(self) -> str:
         mods = "+".join(self.modalities) or "none"
-        keep = f", camera keep {self.camera_keep:g}" if "camera" in self.modalities else ""
+        pruned = "+".join(settings(self.modalities, self.keep))
+        keep = f", {pruned} keep {self.keep:g}" if pruned else ""
         llm = f", LLM set {self.aligners}" if self.aligners else ""
         threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.threads else ""
         return f"{mods}, N={self.n_blocks}{keep}{llm}, {self.backend}{threads}"
@@ -125,7 +126,7 @@ class AlignerSet:
     modalities: tuple[str, ...]
     accuracy: dict[str, float]  # lighting -> exact match in 0..1 on held-out drives; empty when not measured
     trained_lighting: tuple[str, ...] = ()
-    camera_keep: float = 1.0  # the camera token pruning its camera aligner was trained with
+    keep: float = 1.0  # the keep ratio its aligners of modalities with several were trained with (camera pruning)
 
     def expected(self, lighting: str) -> float:
         if self.accuracy:
@@ -135,20 +136,19 @@ class AlignerSet:
         # Not measured: rank by the conditions it was trained for only, far below any measured figure.
         return 0.01 if not self.trained_lighting or lighting in self.trained_lighting else 0.0
 
-    def usable_with(self, plan_modalities: tuple[str, ...], camera_keep: float) -> bool:
-        """All its modalities run, and the camera (if any) as pruned as in training."""
+    def usable_with(self, plan_modalities: tuple[str, ...], keep: float) -> bool:
+        """All its modalities run, and those with several keep ratios (if any) as pruned as in training."""
         return set(self.modalities) <= set(plan_modalities) and (
-            "camera" not in self.modalities or camera_keep == self.camera_keep)
+            not settings(self.modalities, keep) or keep == self.keep)
 
 
 @dataclass
 class QualityTable:
-    """Measured accuracy per condition, from the perception evaluation (models/perception/eval.json)."""
+    """Measured accuracy per condition, from the perception evaluation (models/perception/eval.json): the BEV
+    subsets' IoU, and each other output's accuracy (`figures`, what the plugins' plan-value models read)."""
 
     bev: dict[str, dict[str, float]]  # subset ("fisheye+ultrasonic", "fisheye", "ultrasonic") -> lighting -> IoU
-    audio_event: float
-    audio_direction: float
-    camera_lighting: float
+    figures: dict[str, float]  # output ("audio_event", "camera_lighting", ...) -> accuracy
     source: str = ""
 
     @classmethod
@@ -159,8 +159,9 @@ class QualityTable:
             bev = {subset: {light: float(v["near5m_obstacle_iou"]) for light, v in rows.items()
                             if v.get("near5m_obstacle_iou") is not None}
                    for subset, rows in d["bev"].items()}
-            return cls(bev, float(d["audio_event"]["accuracy"]), float(d["audio_direction"]["accuracy"]),
-                       float(d["camera_lighting"]["accuracy"]), str(path))
+            figures = {key: float(v["accuracy"]) for key, v in d.items()
+                       if key != "bev" and isinstance(v, dict) and v.get("accuracy") is not None}
+            return cls(bev, figures, str(path))
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise EdgeError(f"{path}: not a perception evaluation ({exc.__class__.__name__}: {exc})") from None
 
@@ -215,12 +216,16 @@ class Scheduler:
                  n_blocks: int, policy: Policy | str = Policy.ADAPTIVE, dwell: int = 5, margin: float = 0.01,
                  quality_per_ms: float = 1e-3, aligner_sets: tuple[AlignerSet, ...] = (),
                  answer_weight: float = 1.0, backend: str = BackendName.EAGER, threads: tuple[int, ...] = (),
-                 max_changes_per_min: int = 6, headroom: float = 0.1, fixed: Plan | None = None) -> None:
+                 max_changes_per_min: int = 6, headroom: float = 0.1, fixed: Plan | None = None,
+                 plugins: Iterable[ModalityPlugin] | None = None) -> None:
         if policy not in POLICIES:
             raise EdgeError(f"unknown scheduling policy '{policy}' ({', '.join(POLICIES)})")
-        unknown = set(available) - set(MODALITIES)
+        # the modality plugins it plans (tests hand it others), in registry order
+        self.plugins = tuple(registry() if plugins is None else plugins)
+        known = [p.name for p in self.plugins]
+        unknown = set(available) - set(known)
         if unknown:
-            raise EdgeError(f"unknown modalities {sorted(unknown)}; known: {', '.join(MODALITIES)}")
+            raise EdgeError(f"unknown modalities {sorted(unknown)}; known: {', '.join(known)}")
         self.quality, self.costs, self.budget = quality, costs, budget
         self.available, self.n_blocks, self.policy = tuple(available), n_blocks, Policy(policy)
         self.dwell, self.margin, self.headroom = dwell, margin, headroom
@@ -234,10 +239,10 @@ class Scheduler:
         # A plan held whatever the context and the load (its encoders, keep and threads; the LLM takes the best set
         # they allow, as for the static policies): the evaluation's hindsight oracle tries each such plan.
         self.fixed = fixed
+        # what each modality's own output adds to a plan's score (its plugin's plan_value), in registry order
+        self.values: dict[str, PlanValue] = build_values(self.plugins, quality.figures, quality.source)
         self.current: Plan | None = None
         self._pending: tuple[Plan, int] | None = None
-        self.audio_baseline_db: float | None = None
-        self._eventful = False
         self._over = 0  # consecutive frames the current plan has been over budget
         self._pacer = ChangePacer(max_changes_per_min, costs.clock)
         self._tabu: dict[Plan, float] = {}  # plan -> clock time until which it is not re-chosen voluntarily
@@ -263,19 +268,14 @@ class Scheduler:
 
     # ---------------------------------------------------------------- scoring
     def score(self, plan: Plan, ctx: Context) -> float:
-        """Expected usefulness of a plan's outputs in this context (higher is better)."""
-        q = self.quality
-        lighting = ctx.lighting if ctx.lighting in ("day", "dusk", "night") else "night"
-        value = q.bev_quality(plan.modalities, lighting)
-        if "audio" in plan.modalities:
-            value += (0.6 if self._eventful else 0.05) * q.audio_event * q.audio_direction
-        if "camera" in plan.modalities and not self.aligner_sets:
-            # Without an LLM the camera's own output (its lighting head) is all it gives. With one, the camera is
-            # there for its tokens, and what they are worth is the measured accuracy of the sets that read them.
-            sight = {"day": 1.0, "dusk": 0.5, "night": 0.05}[lighting]
-            if "camera/front" in ctx.glare_cameras:
-                sight *= 0.2
-            value += CAMERA_ALONE_WEIGHT * sight * q.camera_lighting * (0.9 + 0.1 * plan.camera_keep)
+        """Expected usefulness of a plan's outputs in this context (higher is better): its BEV map, what its
+        modalities' own outputs add (their plan-value models), the answers of its aligner set, less its compute."""
+        lighting = ctx.lighting if ctx.lighting in LIGHTINGS else "night"
+        value = self.quality.bev_quality(plan.modalities, lighting)
+        scene = Scene(ctx, lighting, bool(self.aligner_sets))
+        for name, model in self.values.items():
+            if name in plan.modalities:
+                value += model.value(plan.keep, scene)
         if plan.aligners in self.aligner_sets:
             value += self.answer_weight * self.aligner_sets[plan.aligners].expected(lighting)
         # Compute is not free: a plan must earn its (median) milliseconds (by default 10 ms for 0.01 IoU).
@@ -342,22 +342,6 @@ class Scheduler:
                 and median is not None and median <= self.budget.latency_ms
                 and self.costs.plan_memory(plan) <= self.budget.memory_mb)
 
-    def _audio_active(self, ctx: Context) -> bool:
-        """An event is likely when the audio level rises well above its running background. Frames without audio
-        (its window still filling, the microphones silent) say nothing about the background: taken as its first
-        value, the -120 dB of "no audio" made every later frame an event, for good (the background follows quiet
-        frames only), and audio was worth an event's 0.6 all drive long (issue 16's 40 ms runs)."""
-        audio = ctx.streams.get("audio")
-        if audio is None or not audio.healthy:
-            return False
-        level = ctx.audio_level_db
-        if self.audio_baseline_db is None:
-            self.audio_baseline_db = level
-        active = level > self.audio_baseline_db + 10.0
-        if not active:  # the background follows quiet periods only
-            self.audio_baseline_db = 0.98 * self.audio_baseline_db + 0.02 * level
-        return active
-
     # ---------------------------------------------------------------- candidates
     def healthy(self, ctx: Context) -> tuple[str, ...]:
         return tuple(m for m in self.available if ctx.streams.get(m) is not None and ctx.streams[m].healthy)
@@ -379,9 +363,15 @@ class Scheduler:
         self._candidates[usable, light] = plans
         return plans
 
-    def sets_for(self, modalities: tuple[str, ...], camera_keep: float) -> list[str]:
+    def sets_for(self, modalities: tuple[str, ...], keep: float) -> list[str]:
         """The aligner sets the LLM can use with these encoders running ("" = none attached)."""
-        return [""] + [n for n, a in self.aligner_sets.items() if a.usable_with(modalities, camera_keep)]
+        return [""] + [n for n, a in self.aligner_sets.items() if a.usable_with(modalities, keep)]
+
+    def static_modalities(self) -> tuple[str, ...]:
+        """What a static policy runs: every modality (`all`), or those whose plugins declare the policy."""
+        if self.policy == Policy.ALL:
+            return tuple(p.name for p in self.plugins)
+        return tuple(p.name for p in self.plugins if self.policy in p.policies)
 
     def fits(self, plan: Plan, share: float = 1.0) -> bool:
         """Predicted latency within `share` of the budget (never for an unmeasured stage), memory within its own."""
@@ -393,11 +383,12 @@ class Scheduler:
     def step(self, ctx: Context) -> Decision:
         self._predicted.clear()
         self._scores.clear()
-        self._eventful = self._audio_active(ctx)
+        for model in self.values.values():
+            model.observe(ctx)
         usable = self.healthy(ctx)
         if not self.adaptive:
-            wanted = self.fixed.modalities if self.fixed is not None else STATIC[self.policy]
-            keep = self.fixed.camera_keep if self.fixed is not None else 1.0
+            wanted = self.fixed.modalities if self.fixed is not None else self.static_modalities()
+            keep = self.fixed.keep if self.fixed is not None else 1.0
             mods = tuple(m for m in self.available if m in wanted and m in usable)
             # static encoders; the LLM uses the best aligner set they allow (as mPnP switches by hand)
             plan = max((Plan(mods, self.n_blocks, keep, self.backend, n, self.static_threads)
@@ -563,8 +554,7 @@ class Scheduler:
         cues = [f"lighting {ctx.lighting}"]
         if ctx.glare_cameras:
             cues.append("glare on " + ", ".join(ctx.glare_cameras))
-        if "audio" in added:
-            cues.append(f"audio level {ctx.audio_level_db:.0f} dB")
+        cues += [cue for m in added if m in self.values and (cue := self.values[m].cue(ctx))]
         llm = f"LLM {self.current.aligners or 'none'} -> {plan.aligners or 'none'}" \
             if plan.aligners != self.current.aligners else ""
         threads = f"threads {self.current.threads} -> {plan.threads}" if plan.threads != self.current.threads else ""
