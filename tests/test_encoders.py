@@ -19,6 +19,7 @@ from edge.encoders.audio import ROTATE_PERM, permute_features
 from edge.encoders.base import BevFeatures, EncoderOutput, ModalityEncoder, to_bgr
 from edge.frames import Frame
 from edge.modalities import TokenSpec
+from edge.modalities.builtin import BUILTINS  # the four; an installed package (plugins/lidar) adds its own
 from edge.modalities.registry import registry
 from edge.sensors.rig import load_rig
 
@@ -209,7 +210,7 @@ def test_a_fifth_bev_plugin_joins_the_stack_and_the_fusion(tmp_path: Path) -> No
                                  encoder="no_such_radar_package.encoder:build")
     torch.manual_seed(0)
     squatter = dataclasses.replace(LIDAR, name="sectors", weights="sectors.safetensors", health_streams=("sectors",))
-    five = PerceptionStack(CFG, load_rig(), plugins=(*registry(), LIDAR, broken, squatter)).eval()
+    five = PerceptionStack(CFG, load_rig(), plugins=(*BUILTINS, LIDAR, broken, squatter)).eval()
     assert tuple(five.encoders) == ("fisheye", "ultrasonic", "audio", "camera", "lidar")
     assert len(five.problems) == 2 and "modality 'radar' (encoder no_such_radar_package.encoder:build): failed to " \
         "import: ModuleNotFoundError" in str(five.problems[0])  # named and left out, the others built
@@ -235,15 +236,15 @@ def test_a_fifth_bev_plugin_joins_the_stack_and_the_fusion(tmp_path: Path) -> No
     odd = dataclasses.replace(even, stamp_ns=3)  # no lidar data: fused from the others, as without the plugin
     assert five.run(odd).modalities == ["fisheye", "ultrasonic"]
     five.save(tmp_path / "five")
-    again = PerceptionStack.load(tmp_path / "five", plugins=(*registry(), LIDAR))
+    again = PerceptionStack.load(tmp_path / "five", plugins=(*BUILTINS, LIDAR))
     torch.testing.assert_close(again.run(even).tokens["lidar"], out.tokens["lidar"])
     with pytest.raises(CheckpointError, match="lidar.safetensors: missing"):  # the shipped models have no lidar
-        PerceptionStack.load(ROOT / "models" / "perception", plugins=(*registry(), LIDAR))
+        PerceptionStack.load(ROOT / "models" / "perception", plugins=(*BUILTINS, LIDAR))
     mixed = tmp_path / "mixed"
     shutil.copytree(ROOT / "models" / "perception", mixed)
     shutil.copy(tmp_path / "five" / "lidar.safetensors", mixed)
     with pytest.raises(CheckpointError, match="fusion.safetensors: does not match the fusion module"):
-        PerceptionStack.load(mixed, plugins=(*registry(), LIDAR))  # a fusion head trained for two BEV inputs
+        PerceptionStack.load(mixed, plugins=(*BUILTINS, LIDAR))  # a fusion head trained for two BEV inputs
 
 
 def test_fusion_masked_form_checks_its_inputs(stack: PerceptionStack) -> None:

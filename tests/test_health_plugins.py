@@ -72,11 +72,12 @@ LIDAR = '''
 
 @pytest.fixture()
 def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
-    """The installed plugins plus lidar (its own health model) and radar (a health model that does not import),
-    installed as the estimator's registry."""
+    """The built-ins plus lidar (its own health model) and radar (a health model that does not import), installed as
+    the estimator's registry (the built-ins' entry points only: the installed LiDAR package holds the name lidar)."""
     (tmp_path / "fake_lidar_health.py").write_text("import numpy as np\n" + textwrap.dedent(LIDAR))
     monkeypatch.syspath_prepend(str(tmp_path))
-    reg = build([*entry_points(group=GROUP), EntryPoint("lidar", "fake_lidar_health:LIDAR", GROUP),
+    builtins = [ep for ep in entry_points(group=GROUP) if ep.value.startswith("edge.modalities.builtin:")]
+    reg = build([*builtins, EntryPoint("lidar", "fake_lidar_health:LIDAR", GROUP),
                  EntryPoint("radar", "fake_lidar_health:NO_MODEL", GROUP)], strict=True)
     monkeypatch.setattr(context_module, "registry", lambda: reg)
     yield reg

@@ -58,21 +58,32 @@ def as_set(specs: object) -> set[tuple[str, tuple[str, ...], bool]]:
     return {(s.name, s.types, s.sensor) for s in specs}  # type: ignore[attr-defined]
 
 
+def builtin_points() -> list[EntryPoint]:
+    """The core's own entry points: other installed packages (make setup installs plugins/lidar) add theirs."""
+    return [ep for ep in entry_points(group=GROUP) if ep.value.startswith("edge.modalities.builtin:")]
+
+
+def other_names() -> tuple[str, ...]:
+    """The installed plugins besides the built-ins, in registry order (by name, after the built-ins)."""
+    return tuple(sorted({ep.name for ep in entry_points(group=GROUP)} - set(BUILTIN_NAMES)))
+
+
 def test_builtins_are_discovered_through_entry_points_in_order() -> None:
     reg = discover(strict=True)
-    assert reg.names == BUILTIN_NAMES and not reg.problems
-    assert reg.sources == tuple(f"{n} = edge.modalities.builtin:{n.upper()}" for n in BUILTIN_NAMES)
+    assert reg.names == (*BUILTIN_NAMES, *other_names()) and not reg.problems  # the built-ins first, then by name
+    assert reg.sources[:4] == tuple(f"{n} = edge.modalities.builtin:{n.upper()}" for n in BUILTIN_NAMES)
     assert {ep.name for ep in entry_points(group=GROUP)} >= set(BUILTIN_NAMES)  # installed metadata, not a list
-    assert reg.bev_names == ("fisheye", "ultrasonic")
-    assert [p.sync for p in reg] == [SyncKind.NEAREST, SyncKind.LATEST, SyncKind.WINDOW, SyncKind.NEAREST]
-    assert registry() is registry() and reload().names == BUILTIN_NAMES  # cached, reloadable
+    assert reg.bev_names[:2] == ("fisheye", "ultrasonic")
+    assert [p.sync for p in reg][:4] == [SyncKind.NEAREST, SyncKind.LATEST, SyncKind.WINDOW, SyncKind.NEAREST]
+    assert build(builtin_points(), strict=True).names == BUILTIN_NAMES
+    assert registry() is registry() and reload().names == reg.names  # cached, reloadable
 
 
 def test_builtin_topics_for_the_default_rig() -> None:
     rig = load_rig()
     reg = registry()
-    for plugin in reg:
-        assert [(s.name, s.types, s.sensor) for s in plugin.topics_for(rig)] == DEFAULT_RIG_TOPICS[plugin.name]
+    for plugin in reg:  # an installed plugin outside the core has no sensor on the core's default rig
+        assert [(s.name, s.types, s.sensor) for s in plugin.topics_for(rig)] == DEFAULT_RIG_TOPICS.get(plugin.name, [])
     assert reg.rig_sensors(rig)["ultrasonic"] == ULTRASONIC
     assert reg["ultrasonic"].topics_for(None) == ()  # rig unknown: no per-sensor topics, as known_topics(()) was
 
@@ -82,6 +93,9 @@ def test_known_topics_unchanged() -> None:
     expected = {t for ts in DEFAULT_RIG_TOPICS.values() for t in ts} | set(CORE_TOPICS)
     assert len(expected) == 34
     assert as_set(T.known_topics(registry().rig_sensors(rig)).values()) == expected
+    # without a rig, the plain-sequence calls give the other installed plugins their default sensors' topics
+    others = {t for p in registry() if p.name not in BUILTIN_NAMES for t in as_set(p.topics_for(None))}
+    expected |= others
     assert as_set(T.known_topics(ULTRASONIC).values()) == expected  # the historic call: a rig's ultrasonic names
     no_rig = expected - set(DEFAULT_RIG_TOPICS["ultrasonic"])
     assert as_set(T.known_topics(()).values()) == no_rig and as_set(T.known_topics().values()) == no_rig
@@ -97,12 +111,17 @@ def test_core_lists_read_from_the_registry_are_as_before() -> None:
     from edge.runtime.scheduler import MODALITIES
     from edge.token_layouts import TOKEN_LAYOUTS
 
-    assert MODALITIES == BUILTIN_NAMES and MODULES == (*BUILTIN_NAMES, "fusion")
-    assert STAGES == ("context+plan", "fisheye", "ultrasonic", "fusion", "audio", "camera", "attach")
-    assert set(ContextEstimator().trackers) == {"fisheye", "camera", "ultrasonic", "audio"}
+    names, bev = registry().names, registry().bev_names
+    assert MODALITIES == names and MODALITIES[:4] == BUILTIN_NAMES and MODULES == (*names, "fusion")
+    assert STAGES == ("context+plan", *bev, "fusion", *(n for n in names if n not in bev), "attach")
+    core = ("context+plan", "fusion", "attach", *BUILTIN_NAMES)  # the built-ins' stages in the order they had
+    assert tuple(s for s in STAGES if s in core) == \
+        ("context+plan", "fisheye", "ultrasonic", "fusion", "audio", "camera", "attach")
+    assert set(ContextEstimator().trackers) == {"fisheye", "camera", "ultrasonic", "audio"} | {
+        s for p in registry() if p.name not in BUILTIN_NAMES for s in p.health_streams}
     counts = {"fisheye": BEV_TOKENS, "ultrasonic": BEV_TOKENS, "audio": AUDIO_TOKENS,
               "camera": PerceptionConfig().tokens["camera"]}
-    for p in registry():  # the declarations agree with the encoders and the shipped weights
+    for p in (p for p in registry() if p.name in BUILTIN_NAMES):  # declarations agree with encoders and weights
         assert p.tokens == TokenSpec(counts[p.name], D_ENC, TOKEN_LAYOUTS[p.name])
         assert weights_file(p.name) == p.weights and (ROOT / "models" / "perception" / p.weights).is_file()
     assert weights_file("fusion") == "fusion.safetensors"
@@ -115,7 +134,7 @@ def test_builtin_encoders_are_built_from_their_plugins() -> None:
 
     kinds = {"fisheye": FisheyeEncoder, "ultrasonic": UltrasonicEncoder, "audio": AudioEncoder, "camera": CameraEncoder}
     cfg, rig = PerceptionConfig(), load_rig()
-    for p in registry():
+    for p in (p for p in registry() if p.name in BUILTIN_NAMES):
         assert p.encoder == f"edge.encoders.{p.name}:build"
         encoder = build_encoder(p, cfg, rig)
         assert type(encoder) is kinds[p.name] and (encoder.bev_channels > 0) == p.bev
@@ -167,11 +186,12 @@ BAD = {
 
 @pytest.fixture()
 def fake_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[EntryPoint]]:
-    """The installed entry points plus the fake ones, their modules importable from tmp_path."""
+    """The built-ins' entry points plus the fake ones, their modules importable from tmp_path (without the other
+    installed packages': the real LiDAR plugin would hold the fake one's name)."""
     for name, text in FAKE_PLUGINS.items():
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(text))
     monkeypatch.syspath_prepend(str(tmp_path))
-    points = [*entry_points(group=GROUP), EntryPoint("lidar", "fake_lidar:LIDAR", GROUP)]
+    points = [*builtin_points(), EntryPoint("lidar", "fake_lidar:LIDAR", GROUP)]
     points += [EntryPoint(name, value, GROUP) for name, (value, _) in BAD.items()]
     yield points
     for name in FAKE_PLUGINS:

@@ -15,7 +15,7 @@ from edge.drives import topics as T
 from edge.drives.bag import BagWriter
 from edge.drives.sync import Synchronizer
 from edge.modalities import MessageDecoder, ModalityPlugin, SyncKind, TokenSpec
-from edge.modalities.registry import registry
+from edge.modalities.builtin import BUILTINS
 
 S = 1_700_000_000_000_000_000
 MS = 1_000_000
@@ -70,7 +70,8 @@ def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _frames(bag: Path, plugin: ModalityPlugin | None) -> tuple[list[Any], Synchronizer]:
-    sync = Synchronizer(bag, plugins=(*registry(), plugin) if plugin is not None else None)
+    """The built-ins and this fake plugin (not the installed registry: the real LiDAR plugin would hold its name)."""
+    sync = Synchronizer(bag, plugins=(*BUILTINS, *((plugin,) if plugin is not None else ())))
     return list(sync), sync
 
 

@@ -98,3 +98,27 @@ def test_wrong_data_length_and_row_step_are_rejected():
         decode_points(narrow)
     with pytest.raises(MessageError, match=r"\(N, 4\)"):
         point_cloud(0, "l", np.zeros((3, 3)))
+
+
+def test_the_synchroniser_puts_the_installed_plugins_clouds_in_the_frame(tmp_path):
+    """A bag with the front fisheye and the roof LiDAR, read with the installed registry (no plugins= given)."""
+    from edge.drives import messages as M
+    from edge.drives import topics as T
+    from edge.drives.bag import BagWriter
+    from edge.drives.sync import Synchronizer
+
+    s, ms = 1_700_000_000_000_000_000, 1_000_000
+    img = np.full((48, 64, 3), 128, np.uint8)
+    clouds = [cloud(30 + i, i) for i in range(4)]
+    with BagWriter(tmp_path / "bag") as w:
+        for i, pts in enumerate(clouds):
+            t = s + i * 100 * ms
+            w.write(T.fisheye_image_topic("front") + T.COMPRESSED_SUFFIX, T.COMPRESSED_IMAGE, t,
+                    M.compressed_image(t, "front", img))
+            w.write("/lidar/roof/points", POINTCLOUD2, t + 5 * ms, point_cloud(t + 5 * ms, "lidar_roof", pts))
+    sync = Synchronizer(tmp_path / "bag")
+    frames = list(sync)
+    assert len(frames) == 4 and not sync.diagnostics
+    for f, pts in zip(frames, clouds):
+        np.testing.assert_array_equal(f.sensor("lidar", "roof"), pts)
+        assert f.source_stamps["lidar/roof"] == f.stamp_ns + 5 * ms

@@ -27,7 +27,7 @@ from edge_lidar.encoder import build as build_encoder
 from edge_lidar.plugin import LIDAR
 from edge_lidar.simulator import build as build_simulator
 
-from test_simulator import RIG_FILE, box_world
+from test_lidar_simulator import RIG_FILE, box_world
 
 CFG = PerceptionConfig()
 ROOT = Path(edge.__file__).resolve().parents[1]
