@@ -51,6 +51,7 @@ def test_setup_gives_each_stream_its_own_reproducible_rng() -> None:
 
 PC2, STRING = "sensor_msgs/msg/PointCloud2", "std_msgs/msg/String"
 CLOSED: list[str] = []  # simulators closed, by sensor set
+WINDOWS: list[tuple[float, float]] = []  # the windows asked for
 
 
 class ScannerSpec(StrictModel):
@@ -82,6 +83,7 @@ class ScannerSim:
         self.rng = setup.rng("scanner")
 
     def messages(self, t0: float, t1: float) -> list[SimMessage]:
+        WINDOWS.append((t0, t1))
         period = 1.0 / self.spec.rate_hz
         out: list[SimMessage] = []
         for c in range(math.ceil(t0 / period - 1e-9), math.ceil(t1 / period - 1e-9)):
@@ -117,10 +119,10 @@ def writes_over_odometry(setup: SimSetup) -> ScannerSim:
     return sim
 
 
-def stamps_a_frame_late(setup: SimSetup) -> ScannerSim:
+def stamps_too_late(setup: SimSetup) -> ScannerSim:
     sim = ScannerSim(setup)
     plain = sim.messages
-    sim.messages = lambda t0, t1: [(m[0] + 100_000_000, *m[1:]) for m in plain(t0, t1)]  # type: ignore[method-assign]
+    sim.messages = lambda t0, t1: [(m[0] + 150_000_000, *m[1:]) for m in plain(t0, t1)]  # type: ignore[method-assign]
     return sim
 
 
@@ -170,7 +172,11 @@ def read(bag: Path) -> tuple[list[tuple[str, str, int, bytes]], dict[str, str]]:
 def test_a_plugin_simulator_adds_its_sensor_and_leaves_the_builtins_bytes(installed: Registry, rig_path: Path,
                                                                           tmp_path: Path) -> None:
     CLOSED.clear()
+    WINDOWS.clear()
     with_it = generate_drive(tmp_path / "with", 3, 0.5, "siren", rig_path, progress=False)
+    # consecutive windows tile [0, 0.5) exactly, in floats too: a sweep at t < t1 of one window is never also >= t0
+    # of the next, nor lost between them (0.5 + 0.1 != 6 * 0.1)
+    assert len(WINDOWS) == 5 and WINDOWS[0][0] == 0.0 and all(a[1] == b[0] for a, b in zip(WINDOWS, WINDOWS[1:]))
     without = generate_drive(tmp_path / "without", 3, 0.5, "siren", rig_path, progress=False, without=["scanner"])
     assert CLOSED == ["rear,roof"]  # built once for the drive, closed once; not built when left out
     (got, meta), (plain, plain_meta) = read(with_it.path), read(without.path)
@@ -204,8 +210,8 @@ def test_a_plugin_without_sensors_on_the_rig_is_not_simulated(installed: Registr
     (f"{__name__}:raises_at_half_a_second", "raised ZeroDivisionError: division by zero at t = 0.500 s"),
     (f"{__name__}:writes_over_odometry", "wrote '/odom', neither one of its topics on this rig (/scanner/rear/points, "
                                          "/scanner/roof/points) nor under /ground_truth/scanner/"),
-    (f"{__name__}:stamps_a_frame_late", "stamped '/scanner/rear/points' 1700000000100000000 ns, outside the frame "
-                                        "window [1700000000000000000, 1700000000100000000) it was asked for"),
+    (f"{__name__}:stamps_too_late", "stamped '/scanner/rear/points' 1700000000150000000 ns, outside the frame "
+                                    "window [1700000000000000000, 1700000000100000000] it was asked for"),
 ])
 def test_a_failing_simulator_stops_generation_naming_the_plugin(installed: Registry, rig_path: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch, simulator: str,

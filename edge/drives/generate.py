@@ -141,9 +141,11 @@ class PluginSimulation:
         if spec is not None and msgtype not in spec.types:
             raise _plugin_error(self.plugin, f"wrote {msgtype} on '{topic}', which carries "
                                              f"{' or '.join(spec.types)}")
-        if not isinstance(stamp, (int, np.integer)) or not lo <= stamp < hi:
+        # [lo, hi], not [lo, hi): a sweep at the window's end by float rounding (0.2 + 0.1 > 0.3) keeps the bag in
+        # order all the same, as the next window's messages are stamped from hi on
+        if not isinstance(stamp, (int, np.integer)) or not lo <= stamp <= hi:
             raise _plugin_error(self.plugin, f"stamped '{topic}' {stamp!r} ns, outside the frame window "
-                                             f"[{lo}, {hi}) it was asked for")
+                                             f"[{lo}, {hi}] it was asked for")
 
     def close(self) -> None:
         try:
@@ -271,8 +273,9 @@ class DriveGenerator:
             st = to_ns(tc)
             out.append((st, T.ODOM, T.ODOMETRY, M.odometry(st, "odom", "base_link", x, y, yaw, v, 0.0, yaw_rate)))
         self._ground_truth(k, t0, out)
+        t1 = (k + 1) * FRAME_PERIOD  # the next window's t0 exactly (t0 + FRAME_PERIOD may differ in the last bit)
         for sim in self.plugin_sims:  # after the built-ins: a stable sort keeps their order among themselves
-            out.extend(sim.messages(t0, t0 + FRAME_PERIOD))
+            out.extend(sim.messages(t0, t1))
         for stamp, topic, msgtype, msg in sorted(out, key=lambda m: m[0]):
             emit(topic, msgtype, stamp, msg)
 
