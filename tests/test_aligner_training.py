@@ -163,7 +163,12 @@ def test_lora_warm_start_must_fit_the_run(llm, tmp_path: Path):
     model.close()
     again = QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=2, lora_rank=2), init_from=tmp_path / "run")
     assert again.lora.layers == [28, 29]
+    top = again.lora.adapters["29_k_proj"].down.weight.detach().clone()
     again.close()
+    shallower = QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=1, lora_rank=2), init_from=tmp_path / "run")
+    assert shallower.lora.layers == [29]  # a run on fewer blocks takes the top blocks' adapters
+    assert torch.equal(shallower.lora.adapters["29_k_proj"].down.weight, top)
+    shallower.close()
     with pytest.raises(LLMError, match=r"LoRA for layers \[28, 29\], this run needs \[27, 28, 29\]"):
         QAModel(llm, QAConfig("mpnp", ("camera",), n_blocks=3, lora_rank=2), init_from=tmp_path / "run")
     with pytest.raises(LLMError, match="LoRA of rank 2, this run needs rank 4"):

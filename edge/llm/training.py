@@ -101,8 +101,10 @@ def load_kv_lora(model: nn.Module, path: str | Path, layers: list[int] | None = 
                  rank: int | None = None) -> KVLoRA:
     """A LoRA saved by a training run (lora.safetensors: layers, rank, alpha in its metadata) on `model`'s k/v.
 
-    `layers` / `rank`, when given, are what the caller needs (a warm start must fit the run it starts). Hooks are
-    installed enabled; a runtime that holds several sets turns each on only while its set is attached."""
+    `layers` / `rank`, when given, are what the caller needs (a warm start must fit the run it starts). `layers` may
+    be a subset of the saved ones: a run connected to fewer blocks (N=6 warm-started from N=8) takes those blocks'
+    adapters and leaves the others. Hooks are installed enabled; a runtime that holds several sets turns each on
+    only while its set is attached."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -117,11 +119,14 @@ def load_kv_lora(model: nn.Module, path: str | Path, layers: list[int] | None = 
         tensors = load_file(str(path))
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise LLMError(f"{path}: not a LoRA checkpoint of a training run ({exc.__class__.__name__}: {exc})") from None
-    if layers is not None and list(layers) != saved_layers:
+    if layers is not None and not set(layers) <= set(saved_layers):
         raise LLMError(f"{path}: LoRA for layers {saved_layers}, this run needs {list(layers)}")
     if rank is not None and rank != saved_rank:
         raise LLMError(f"{path}: LoRA of rank {saved_rank}, this run needs rank {rank}")
-    lora = KVLoRA(model, saved_layers, saved_rank, alpha)
+    kept = saved_layers if layers is None else sorted(layers)
+    lora = KVLoRA(model, kept, saved_rank, alpha)
+    prefixes = tuple(f"adapters.{i}_" for i in kept)
+    tensors = {k: v for k, v in tensors.items() if k.startswith(prefixes) or k.split(".")[0] != "adapters"}
     want = {k: tuple(v.shape) for k, v in lora.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if want != got:
