@@ -142,7 +142,9 @@ def test_keep_ratios_are_checked() -> None:
 
 @pytest.mark.parametrize("rel", ["edge/runtime/context.py", "edge/runtime/stages.py", "edge/runtime/cost_model.py",
                                  "edge/runtime/isolation.py", "edge/encoders/stack.py", "edge/encoders/fusion.py",
-                                 "edge/runtime/scheduler.py", "edge/runtime/plan_value.py"])
+                                 "edge/runtime/scheduler.py", "edge/runtime/plan_value.py",
+                                 *(f"edge/perception/{m}.py" for m in ("cache", "batches", "train", "evaluate", "labels",
+                                                                        "data", "metrics", "cli"))])
 def test_the_core_modules_moved_to_declarations_name_no_modality(rel: str) -> None:
     """No built-in's name as a string, attribute or variable in their code (docstrings and comments may give
     examples)."""

@@ -4,7 +4,9 @@
 Why both features: log-mel carries *what* (siren wail, horn harmonics), GCC-PHAT carries *where* (time
 differences of arrival between microphone pairs, whitened so the loud low-frequency road noise does not dominate).
 Features are computed in numpy once per window (they are also what the training cache stores), the network is
-small and runs on the features.
+small and runs on the features. Training (its own head): the event and the side it comes from (`event_targets`),
+half of each batch windows with an event, microphones relabelled (a square array turned by 90 degrees or mirrored)
+so every direction is seen with every event, not only where the scenarios put sirens.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import Cost, Diagnostics, EncoderOutput, InputError, ModalityEncoder, count_macs, n_params
+from edge.drives.qa import side_of  # the QA templates' rule, so training targets and answers agree
+from edge.encoders.base import (ClassScores, Columns, Cost, Diagnostics, EncoderOutput, InputError, ModalityEncoder,
+                                TrainingRows, count_macs, n_params)
 from edge.encoders.config import AUDIO_EVENTS, DIRECTIONS, PerceptionConfig
 from edge.encoders.scene_tokens import AUDIO_TOKENS, audio_tokens
 from edge.frames import Frame
@@ -24,6 +28,9 @@ from edge.frames import Frame
 N_FFT, HOP, N_MELS, MAX_LAG, SEGMENTS = 512, 320, 32, 20, 12
 GCC_BAND_HZ = (300.0, 3000.0)
 PAIRS = tuple(combinations(range(4), 2))
+FEATURES = ("logmel", "gcc", "gcc_avg")
+EVAL_BATCH = 64
+Footprint = tuple[float, float, float, float]  # the vehicle body: x_min, x_max, y_min, y_max (Rig.footprint)
 
 
 def mel_filterbank(rate: int, n_fft: int = N_FFT, n_mels: int = N_MELS, f_lo: float = 100.0, f_hi: float = 8000.0
@@ -103,6 +110,30 @@ MIRROR_PERM = [1, 0, 3, 2]
 MIRROR_DIR = [0, 3, 2, 1]
 
 
+def _transform_perm(k: int, mirror: bool) -> tuple[list[int], list[int]]:
+    """Microphone relabelling and direction map for a k x 90 degree turn, then an optional mirror."""
+    perm, dmap = [0, 1, 2, 3], [0, 1, 2, 3]
+    for _ in range(k):
+        perm = [perm[p] for p in ROTATE_PERM]
+        dmap = [(d + 1) % 4 for d in dmap]
+    if mirror:
+        perm = [perm[p] for p in MIRROR_PERM]
+        dmap = [MIRROR_DIR[d] for d in dmap]
+    return perm, dmap
+
+
+def event_targets(events: list[dict[str, Any]] | None, footprint: Footprint) -> tuple[int, int]:
+    """(event id, direction id or -1) of the events sounding at a frame: siren wins over horn; none -> (0, -1)."""
+    if not events:
+        return 0, -1
+    by_class = {e["class"]: e for e in events if e.get("class") in AUDIO_EVENTS}
+    for name in ("siren", "horn"):
+        if name in by_class:
+            e = by_class[name]
+            return AUDIO_EVENTS.index(name), DIRECTIONS.index(side_of(e["x"], e["y"], footprint))
+    return 0, -1
+
+
 def steering_matrix(mic_xy: np.ndarray, rate: int, n_angles: int = 72, speed: float = 343.0) -> np.ndarray:
     """(pairs, lags, angles) linear-interpolation weights: SRP-PHAT(angle) = sum over pairs of the GCC-PHAT value at
     the delay a far-field source at that bearing (around the array centre, counter-clockwise from +x) produces."""
@@ -124,7 +155,7 @@ def steering_matrix(mic_xy: np.ndarray, rate: int, n_angles: int = 72, speed: fl
 def build(cfg: PerceptionConfig, rig: Any, table_cache: str | None = None) -> AudioEncoder:
     """The audio plugin's encoder factory (edge.modalities.builtin.AUDIO.encoder): the rig's microphones, centred."""
     mic = np.asarray(rig.microphones.positions)[:, :2]
-    return AudioEncoder(cfg, mic - mic.mean(0))
+    return AudioEncoder(cfg, mic - mic.mean(0), rig.footprint())
 
 
 class AudioEncoder(ModalityEncoder):
@@ -134,13 +165,17 @@ class AudioEncoder(ModalityEncoder):
     segment, the array geometry built in) pooled over time by attention from the event features, so the
     segments where the siren or horn is actually audible decide where it is.
 
-    Network part for engines: `forward` on the numpy features (the FFTs stay in numpy, as in training)."""
+    Network part for engines: `forward` on the numpy features (the FFTs stay in numpy, as in training).
+    `footprint` (the vehicle body) places an event's side in its training targets."""
 
     name = "audio"
+    head_batch = 64  # windows per training step (cheap)
 
-    def __init__(self, cfg: PerceptionConfig, mic_xy: np.ndarray | None = None) -> None:
+    def __init__(self, cfg: PerceptionConfig, mic_xy: np.ndarray | None = None, footprint: Footprint | None = None
+                 ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.footprint = footprint
         if mic_xy is None:  # the default rig's square array (FL, FR, RR, RL), 0.30 m side
             mic_xy = np.array([[0.15, 0.15], [0.15, -0.15], [-0.15, -0.15], [-0.15, 0.15]])
         self.register_buffer("steer", torch.from_numpy(steering_matrix(np.asarray(mic_xy, np.float64)[:, :2],
@@ -210,6 +245,69 @@ class AudioEncoder(ModalityEncoder):
         return EncoderOutput(audio_tokens(pe.numpy(), pd.numpy(), self.cfg.d_enc)[None], extras={
             "event": AUDIO_EVENTS[int(pe.argmax())], "event_prob": float(pe.max()),
             "direction": DIRECTIONS[int(pd.argmax())], "direction_prob": float(pd.max())})
+
+    def training_sample(self, sample: Frame, diag: Diagnostics | None = None) -> dict[str, np.ndarray]:
+        """Its features (float16; a silent window's when absent), whether the window is there, the event and
+        direction targets."""
+        if self.footprint is None:
+            raise InputError("audio: an encoder built without the vehicle footprint has no direction targets")
+        feats = self.preprocess(sample, diag)
+        present = feats is not None
+        if feats is None:
+            feats = audio_features(np.zeros((4, int(round(self.cfg.audio_rate * self.cfg.audio_window_s))), np.int16))
+        gt = sample.ground_truth
+        event, direction = event_targets(gt.audio_events if gt else None, self.footprint)
+        return {**{k: feats[k].astype(np.float16) for k in FEATURES}, "present": np.asarray(present),
+                "event": np.asarray(event), "direction": np.asarray(direction)}
+
+    def init_from_data(self, rows: TrainingRows) -> None:
+        """The log-mel normalisation (buffers saved with the weights) from the training windows."""
+        idx = np.flatnonzero(rows.columns["present"])
+        lm = rows.columns["logmel"][idx].astype(np.float32) if len(idx) else np.zeros(1)
+        self.mean.fill_(float(lm.mean()))
+        self.std.fill_(float(lm.std() + 1e-3))
+
+    def training_batch(self, columns: Columns, idx: np.ndarray, rng: np.random.Generator | None) -> dict[str, Tensor]:
+        """Features and targets of rows `idx`; with `rng`, the microphones relabelled by a random turn and mirror."""
+        feats = {k: columns[k][idx].astype(np.float32) for k in FEATURES}
+        direction = columns["direction"][idx].copy()
+        if rng is not None:
+            perm, dmap = _transform_perm(int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
+            feats = permute_features(feats, perm)
+            direction = np.where(direction >= 0, np.asarray(dmap)[np.clip(direction, 0, 3)], -1)
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feats.items()}
+        out["event"] = torch.from_numpy(columns["event"][idx].astype(np.int64))
+        out["direction"] = torch.from_numpy(direction.astype(np.int64))
+        return out
+
+    def head_losses(self, rows: TrainingRows, batch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        """Event and direction cross-entropy; half the batch windows with an event (they are rare in drives)."""
+        c = rows.columns
+        windows = np.flatnonzero(c["present"])
+        if not len(windows):
+            return {}
+        events = windows[c["event"][windows] > 0]
+        n_ev = min(len(events), batch // 2)
+        idx = np.concatenate([rng.choice(events, n_ev) if n_ev else np.zeros(0, int),
+                              rng.choice(windows, batch - n_ev)])
+        a = self.training_batch(c, idx, rng)
+        event, direction, _ = self(a["logmel"], a["gcc"], a["gcc_avg"])
+        out = {"audio_event": nn.functional.cross_entropy(event, a["event"])}
+        if bool((a["direction"] >= 0).any()):
+            out["audio_dir"] = nn.functional.cross_entropy(direction, a["direction"], ignore_index=-1)
+        return out
+
+    def head_scores(self, rows: TrainingRows) -> dict[str, ClassScores | float]:
+        windows = np.flatnonzero(rows.columns["present"])
+        events, directions = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for start in range(0, len(windows), EVAL_BATCH):
+            a = self.training_batch(rows.columns, windows[start:start + EVAL_BATCH], None)
+            event, direction, _ = self(a["logmel"], a["gcc"], a["gcc_avg"])
+            events.append(event.argmax(1).numpy())
+            directions.append(direction.argmax(1).numpy())
+        return {"audio_event": ClassScores(AUDIO_EVENTS, rows.columns["event"][windows], np.concatenate(events)),
+                "audio_direction": ClassScores(DIRECTIONS, rows.columns["direction"][windows],
+                                               np.concatenate(directions))}
 
     def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Features of a seeded noise window of the configured length (real feature statistics, not random ones)."""

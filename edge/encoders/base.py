@@ -4,11 +4,14 @@ A modality's encoder (DESIGN.md: one modality = one plugin; its plugin names the
 `ModalityPlugin.encoder`) turns a synchronised `Frame` (edge.frames) into model inputs (`preprocess`), runs its network
 (`forward`) and hands back one `EncoderOutput`: a fixed number of `n_tokens` tokens of width `d_enc` for the LLM
 connections, or `BevFeatures` for the fusion head, and the decoded outputs it has. Encoders never import the runtime.
+The perception training (edge.perception) trains it through its training hooks (`ModalityEncoder.training_sample`
+and the others below): a BEV encoder through the fusion head, another through its own head's losses.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +26,7 @@ from edge.frames import Frame
 log = logging.getLogger(__name__)
 
 D_ENC = 128  # token width shared by all encoders, so one aligner shape serves every modality
+Columns = Mapping[str, np.ndarray]  # training-cache columns by key, one row per sample (edge.perception.cache)
 
 
 class InputError(EdgeError):
@@ -92,6 +96,18 @@ def to_bgr(img: Any, size_hw: tuple[int, int], what: str, diag: Diagnostics | No
 def _note(diag: Diagnostics | None, key: str, text: str) -> None:
     if diag is not None:
         diag.note(key, text)
+
+
+def image_batch(imgs: np.ndarray, rng: np.random.Generator | None) -> Tensor:
+    """Training form of `image_tensor`: uint8 (B, ..., H, W, 3) -> float (B, ..., 3, H, W) in [-1, 1], with a
+    per-sample gain/offset jitter when `rng` is given, so night frames are not out of distribution."""
+    x = torch.from_numpy(imgs).movedim(-1, -3).float() / 127.5 - 1.0
+    if rng is not None:
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        gain = torch.from_numpy(rng.uniform(0.6, 1.3, shape[0]).astype(np.float32)).reshape(shape)
+        offset = torch.from_numpy(rng.uniform(-0.15, 0.15, shape[0]).astype(np.float32)).reshape(shape)
+        x = ((x + 1.0) * gain - 1.0 + offset).clamp(-1.0, 1.0)
+    return x
 
 
 def image_tensor(imgs: np.ndarray) -> Tensor:
@@ -190,16 +206,41 @@ class EncoderOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TrainingRows:
+    """What the perception training hands an encoder's head: its own cached columns and, for the same samples, the
+    core's targets (a head may learn from the BEV ground truth, as the camera's front map does)."""
+
+    columns: Columns
+    bev: np.ndarray  # (N, nx, ny) uint8 BEV classes on the model grid (config.BEV_CLASSES), IGNORE where unknown
+    lighting: np.ndarray  # (N,) int64 index in config.LIGHTING, -1 unknown
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """A classification head's answers on the evaluation rows; the evaluation scores them (accuracy, recall)."""
+
+    labels: tuple[str, ...]
+    truth: np.ndarray  # (N,) class index, < 0 unknown (not scored)
+    predicted: np.ndarray  # (N,) class index
+
+
 class ModalityEncoder(nn.Module, NetworkPart):
     """The base of every modality's encoder: what the perception stack calls, whatever the modality.
 
     `bev_channels` / `detail_channels` size its inputs to the fusion head (0: no BEV features / no full-resolution
     detail). `setting` is the one run-time knob the scheduler may turn per frame (the front camera's token keep
-    ratio); an encoder without one ignores it. `stage(setting)` names the stage the runtime times and costs."""
+    ratio); an encoder without one ignores it. `stage(setting)` names the stage the runtime times and costs.
+
+    Training hooks (edge.perception: `edge train perception`, `edge eval perception`): `training_sample` (the
+    cache; every trainable encoder), then a BEV encoder's `drop_inputs` and `bev_training` (trained through the
+    fusion head), or another's `head_losses` and `head_scores` (its own head, `head_batch` samples per step);
+    `init_from_data` for statistics kept from the training data."""
 
     name: str = ""
     bev_channels: int = 0
     detail_channels: int = 0
+    head_batch: int = 0  # samples per training step of its own head; 0: none (a BEV modality's is the fusion head)
 
     @property
     def n_tokens(self) -> int:
@@ -215,6 +256,36 @@ class ModalityEncoder(nn.Module, NetworkPart):
 
     def cost(self) -> Cost:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ training hooks (edge.perception)
+    def training_sample(self, sample: Frame, diag: Diagnostics | None = None) -> dict[str, np.ndarray]:
+        """One frame as fixed-shape arrays for the training cache, the same shapes whatever the frame holds: its
+        preprocessed inputs, its own head's targets (from `sample.ground_truth`), and `present`, a bool: whether
+        the frame holds its data (when `encode` would give None, its fusion input is off)."""
+        raise NotImplementedError(f"{type(self).__name__} has no training_sample")
+
+    def init_from_data(self, rows: TrainingRows) -> None:
+        """Keep statistics of the training data (the audio's log-mel normalisation), before training from scratch."""
+
+    def drop_inputs(self, columns: Columns, rng: np.random.Generator) -> Columns:
+        """BEV training: a batch's columns with its own sensor dropout (a missing camera, a missing reading), drawn
+        after the core's whole-modality dropout and before any encoder's `bev_training`; by default none."""
+        return columns
+
+    def bev_training(self, columns: Columns, rng: np.random.Generator | None) -> tuple[Tensor, Tensor | None]:
+        """BEV training and evaluation: its BEV features (B, bev_channels, nx/2, ny/2) and detail (B,
+        detail_channels, nx, ny) or None, from a batch of its cached columns; `rng`: its signal augmentation
+        (photometric jitter), None in evaluation."""
+        raise NotImplementedError(f"{type(self).__name__} has no bev_training")
+
+    def head_losses(self, rows: TrainingRows, batch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        """Its own head's losses on `batch` rows it draws with `rng` (with its augmentation), by a name unique in
+        the stack (`<name>_...`); {} when no row serves. Added to the step's total as they are."""
+        return {}
+
+    def head_scores(self, rows: TrainingRows) -> dict[str, ClassScores | float]:
+        """Its own head on every row that serves, by result key (`<name>_...`), plus settings it ran at (floats)."""
+        return {}
 
 
 @dataclass

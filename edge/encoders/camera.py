@@ -4,6 +4,8 @@ by CLS attention, fuse the rest into one token; the `prune_tokens` op), giving L
 
 Why pruning: the front camera is the most expensive token source; dropping 50-75 % of patches after the first
 blocks cuts the cost of the remaining blocks roughly in proportion, and the scheduler can pick `keep` at run time.
+Training (its own heads): the frame's lighting and the obstacles ahead in the BEV ground truth (`front_map_targets`),
+photometric jitter, each step at one of the keep ratios the scheduler plans with.
 """
 
 from __future__ import annotations
@@ -15,15 +17,30 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import (BoundMethod, Cost, Diagnostics, EncoderOutput, ModalityEncoder, count_macs, image_tensor,
-                                n_params, to_bgr)
-from edge.encoders.config import LIGHTING, PerceptionConfig
+from edge.encoders.base import (BoundMethod, ClassScores, Cost, Diagnostics, EncoderOutput, ModalityEncoder,
+                                TrainingRows, count_macs, image_batch, image_tensor, n_params, to_bgr)
+from edge.encoders.config import IGNORE, LIGHTING, OBSTACLE_CLASSES, PerceptionConfig
 from edge.frames import Frame
 from edge.kernels import prune_tokens
 
 PATCH = 16
 FRONT_MAP = (8, 8)              # obstacle map ahead: x 4..12 m, y -4..4 m, 1 m cells
 FRONT_MAP_EXTENT = (4.0, 12.0, -4.0, 4.0)
+EVAL_BATCH = 32
+
+
+def front_map_targets(bev: np.ndarray, cfg: PerceptionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(B, nx, ny) classes -> (B, 8, 8) obstacle-present targets over x 4..12 m, y -4..4 m, and a validity mask."""
+    g = cfg.bev_grid
+    x0, x1, y0, y1 = FRONT_MAP_EXTENT
+    i0, i1 = round((x0 - g.x_min) / g.resolution), round((x1 - g.x_min) / g.resolution)
+    j0, j1 = round((y0 - g.y_min) / g.resolution), round((y1 - g.y_min) / g.resolution)
+    region = bev[:, i0:i1, j0:j1]
+    bi, bj = (i1 - i0) // FRONT_MAP[0], (j1 - j0) // FRONT_MAP[1]
+    blocks = region.reshape(len(bev), FRONT_MAP[0], bi, FRONT_MAP[1], bj)
+    obstacle = np.isin(blocks, OBSTACLE_CLASSES).any((2, 4))
+    valid = (blocks != IGNORE).any((2, 4))
+    return obstacle.astype(np.float32), valid
 
 
 def keep_variant(keep: float) -> str:
@@ -71,9 +88,10 @@ class CameraEncoder(ModalityEncoder):
     so each ratio is its own fixed-shape engine, variant `keep<ratio>`; pruning in its standard-op form, TopK).
     Its run-time setting is the keep ratio (None: `keep`); each ratio is its own stage, `camera@<ratio>`."""
 
-    ENGINE_KEEPS = (1.0, 0.5, 0.25)  # the ratios the scheduler plans with: engines built up front
+    ENGINE_KEEPS = (1.0, 0.5, 0.25)  # the ratios the scheduler plans with: engines built up front, each trained
 
     name = "camera"
+    head_batch = 8  # front images per training step
 
     def __init__(self, cfg: PerceptionConfig, native_hw: tuple[int, int] | None = None, dim: int = 96, depth: int = 4, heads: int = 4,
                  prune_after: tuple[int, ...] = (1, 2), keep: float = 0.5) -> None:
@@ -147,6 +165,41 @@ class CameraEncoder(ModalityEncoder):
         p = torch.softmax(light, -1)[0]
         return EncoderOutput(tok, extras={"lighting": LIGHTING[int(p.argmax())], "lighting_prob": float(p.max()),
                                           "front_map": torch.sigmoid(fmap)[0]})
+
+    def training_sample(self, sample: Frame, diag: Diagnostics | None = None) -> dict[str, np.ndarray]:
+        """The front image (black when absent) and whether it is there."""
+        img = self.preprocess(sample, diag)
+        return {"image": img if img is not None else np.zeros((*self.cfg.front_hw, 3), np.uint8),
+                "present": np.asarray(img is not None)}
+
+    def _rows(self, rows: TrainingRows) -> np.ndarray:
+        """The rows it learns from and is scored on: a front image and a known lighting."""
+        return np.flatnonzero(rows.columns["present"] & (rows.lighting >= 0))
+
+    def head_losses(self, rows: TrainingRows, batch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        """Lighting cross-entropy and the front map's masked binary cross-entropy, at a random keep ratio."""
+        served = self._rows(rows)
+        if not len(served):
+            return {}
+        idx = rng.choice(served, batch)
+        fmap_target, valid = front_map_targets(rows.bev[idx], self.cfg)
+        image = image_batch(rows.columns["image"][idx], rng)
+        keep = float(rng.choice(self.ENGINE_KEEPS))
+        _, light, fmap = self(image, keep)
+        mask = torch.from_numpy(valid).float()
+        bce = nn.functional.binary_cross_entropy_with_logits(fmap, torch.from_numpy(fmap_target), reduction="none")
+        return {"camera_light": 0.5 * nn.functional.cross_entropy(light, torch.from_numpy(rows.lighting[idx])),
+                "camera_map": 0.5 * (bce * mask).sum() / mask.sum().clamp(min=1.0)}
+
+    def head_scores(self, rows: TrainingRows) -> dict[str, ClassScores | float]:
+        """Lighting accuracy at its default keep ratio (`camera_keep`)."""
+        served = self._rows(rows)
+        predicted = [np.zeros(0, np.int64)]
+        for start in range(0, len(served), EVAL_BATCH):
+            _, light, _ = self(image_batch(rows.columns["image"][served[start:start + EVAL_BATCH]], None))
+            predicted.append(light.argmax(1).numpy())
+        return {"camera_lighting": ClassScores(LIGHTING, rows.lighting[served], np.concatenate(predicted)),
+                "camera_keep": self.keep}
 
     def variants(self) -> tuple[str, ...]:
         return tuple(keep_variant(k) for k in self.ENGINE_KEEPS)

@@ -14,6 +14,7 @@ from edge.kernels import BevGrid
 
 BEV_CLASSES = ("free", "static", "vehicle", "pedestrian_cyclist", "unknown")
 OBSTACLE_CLASSES = (1, 2, 3)
+IGNORE = 255  # a BEV target cell without ground truth (edge.perception.labels), never scored or learned
 AUDIO_EVENTS = ("none", "siren", "horn")
 DIRECTIONS = ("front", "left", "rear", "right")  # counter-clockwise, so a 90-degree turn is +1 (mod 4)
 LIGHTING = ("day", "dusk", "night")

@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import (BevFeatures, Cost, Diagnostics, EncoderOutput, ModalityEncoder, TokenPool, count_macs,
-                                image_tensor, n_params, to_bgr)
+from edge.encoders.base import (BevFeatures, Columns, Cost, Diagnostics, EncoderOutput, ModalityEncoder, TokenPool,
+                                count_macs, image_batch, image_tensor, n_params, to_bgr)
 from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.encoders.config import FISHEYE_CAMERAS, PerceptionConfig
 from edge.frames import Frame
 from edge.kernels import BevProjector, TableSpec, load_or_build_table
+
+P_MISSING_CAMERA = 0.05  # training: one camera missing in this share of samples, so a dead camera degrades gracefully
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -129,6 +131,21 @@ class FisheyeEncoder(ModalityEncoder):
         with torch.no_grad():
             bev, _ = self.run_network("", self, image_tensor(imgs)[None], torch.from_numpy(present)[None])
         return EncoderOutput(bev=BevFeatures(bev))
+
+    def training_sample(self, sample: Frame, diag: Diagnostics | None = None) -> dict[str, np.ndarray]:
+        """The four images (blank when missing), which cameras are present, and whether any is."""
+        imgs, cameras = self.preprocess(sample, diag)
+        return {"images": imgs, "cameras": cameras, "present": np.asarray(cameras.any())}
+
+    def drop_inputs(self, columns: Columns, rng: np.random.Generator) -> Columns:
+        cameras = columns["cameras"].copy()
+        drop = rng.random(len(cameras)) < P_MISSING_CAMERA
+        cameras[drop, rng.integers(0, cameras.shape[1], drop.sum())] = False
+        return {**columns, "cameras": cameras}
+
+    def bev_training(self, columns: Columns, rng: np.random.Generator | None) -> tuple[Tensor, None]:
+        bev, _ = self(image_batch(columns["images"], rng), torch.from_numpy(columns["cameras"]))
+        return bev, None
 
     def network_inputs(self, variant: str = "", seed: int = 0) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(seed)

@@ -11,12 +11,13 @@ trained that way (modality dropout), absence degrades the map and never breaks i
 Why one concatenation in registry order (and not one input projection per modality): with the built-ins
 (fisheye, ultrasonic) it is exactly the layout of the shipped weights, keys and shapes unchanged, so every trained
 fusion.safetensors loads as it is and gives the same outputs. A new BEV modality widens the input: its fusion head
-is trained again (a checkpoint of another width is refused by name, edge.encoders.stack.CheckpointError).
+is trained again (a checkpoint of another width is refused by name, edge.encoders.stack.CheckpointError), starting
+from the narrower head's weights (`widened`: the new inputs' weights zero, so it begins as the trained head).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,33 @@ class BevFusionHead(nn.Module, NetworkPart):
         on = torch.ones(1, dtype=torch.bool)
         return (*feats, *dets, *(on.clone() for _ in self.inputs))
 
+    def widened(self, state: Mapping[str, Tensor], trained: Collection[str]) -> dict[str, Tensor]:
+        """A state for this head from `state`, that of a head over only the `trained` ones of its inputs (same
+        channels and order): the layers reading the inputs (and details) get zero weights for the others, every other
+        tensor is copied, so the widened head gives the old head's outputs whatever the new inputs hold until
+        training moves those weights. ValueError when `state` is not such a head's."""
+        old = [i for i in self.inputs if i.name in trained]
+        if len(old) != len(set(trained)):
+            raise ValueError(f"widened: {sorted(set(trained) - set(self.names))} are not inputs of this head")
+        offsets = _offsets(self.inputs)
+        feats = [offsets[i.name] + c for i in old for c in range(i.channels)]
+        flags = [sum(i.channels for i in self.inputs) + self.names.index(i.name) for i in old]
+        cin = sum(i.channels for i in self.inputs) + len(self.inputs)
+        inner = list(range(cin, self.refine[0][0].in_channels))  # coarse features and logits after the inputs
+        detail_offsets = _offsets(self.detailed, detail=True)
+        details = [detail_offsets[i.name] + c for i in old if i.detail_channels for c in range(i.detail_channels)]
+        columns = {"coarse.0.0.weight": feats + flags, "refine.0.0.weight": feats + flags + inner,
+                   "up_raster.weight": details}
+        out = {}
+        for key, target in self.state_dict().items():
+            if key not in state and key.startswith("up_raster."):  # the old head took no detail map
+                out[key] = torch.zeros_like(target)
+            elif key in columns and key in state and state[key].shape != target.shape:
+                out[key] = _spread(state[key], target, columns[key], key)
+            elif key in state:
+                out[key] = state[key]
+        return out
+
     def forward_masked(self, *args: Tensor) -> tuple[Tensor, Tensor]:
         """Training form: the features of every input in order, then the details of those that have one, then a
         (B,) bool presence per input; absent features and details are zeroed and flagged (modality dropout)."""
@@ -138,3 +166,22 @@ class BevFusionHead(nn.Module, NetworkPart):
         if self.up_raster is not None:
             full = full + self.up_raster(torch.cat([t * masks[i.name] for i, t in zip(self.detailed, dets)], 1))
         return coarse, self.fine_out(full)
+
+
+def _offsets(inputs: Sequence[BevInput], detail: bool = False) -> dict[str, int]:
+    """Where each input's feature (or detail) channels start in the concatenation."""
+    out, at = {}, 0
+    for i in inputs:
+        out[i.name] = at
+        at += i.detail_channels if detail else i.channels
+    return out
+
+
+def _spread(old: Tensor, like: Tensor, columns: list[int], key: str) -> Tensor:
+    """`old`'s input channels placed at `columns` of a zero tensor shaped `like` (dim 1: input channels)."""
+    if old.shape[1] != len(columns) or old.shape[0] != like.shape[0] or old.shape[2:] != like.shape[2:]:
+        raise ValueError(f"{key}: shape {tuple(old.shape)} is not that of a head over the trained inputs "
+                         f"({len(columns)} input channels)")
+    out = torch.zeros_like(like)
+    out[:, columns] = old
+    return out

@@ -15,12 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import (BevFeatures, BoundMethod, Cost, Diagnostics, EncoderOutput, ModalityEncoder, TokenPool,
-                                count_macs, n_params)
+from edge.encoders.base import (BevFeatures, BoundMethod, Columns, Cost, Diagnostics, EncoderOutput, ModalityEncoder,
+                                TokenPool, count_macs, n_params)
 from edge.encoders.scene_tokens import BEV_TOKENS, EchoFeatures
 from edge.encoders.config import PerceptionConfig
 from edge.frames import Frame
 from edge.kernels import sensor_table, ultrasonic_raster
+
+P_MISSING_READING = 0.05  # training: each reading missing (NaN) with this probability, so a dead transducer degrades
+# gracefully
 
 
 class ContentAwareDilatedConv(nn.Module):
@@ -129,6 +132,21 @@ class UltrasonicEncoder(ModalityEncoder):
             raster = self.raster(torch.from_numpy(ranges)[None])
             bev, _ = self.run_network("", self.features, raster)
         return EncoderOutput(bev=BevFeatures(bev, raster, self.echoes(ranges)))
+
+    def training_sample(self, sample: Frame, diag: Diagnostics | None = None) -> dict[str, np.ndarray]:
+        """The readings in the rig's order (NaN: none) and whether any is there."""
+        ranges = self.preprocess(sample, diag)
+        return {"ranges": ranges, "present": np.asarray(not np.isnan(ranges).all())}
+
+    def drop_inputs(self, columns: Columns, rng: np.random.Generator) -> Columns:
+        ranges = columns["ranges"].copy()
+        ranges[rng.random(ranges.shape) < P_MISSING_READING] = np.nan
+        return {**columns, "ranges": ranges}
+
+    def bev_training(self, columns: Columns, rng: np.random.Generator | None) -> tuple[Tensor, Tensor]:
+        """Features and the raster (its detail); no signal augmentation."""
+        bev, _, raster = self(torch.from_numpy(columns["ranges"]))
+        return bev, raster
 
     def network(self, variant: str = "") -> nn.Module:
         return BoundMethod(self, "features")

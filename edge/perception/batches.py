@@ -1,116 +1,114 @@
-"""Mini-batches from cached drives, with the augmentations and modality dropout training relies on.
+"""Mini-batches from cached drives: each modality's columns, and the BEV task's inputs with modality dropout.
 
-Why each augmentation: photometric jitter (and darkening) so night frames are not out of distribution;
-per-camera and per-sensor dropout so a dead camera or transducer degrades gracefully; whole-modality dropout so
-fisheye-only and ultrasonic-only maps are trained, not hoped for; microphone relabelling (a square array turned by
-90 degrees or mirrored) so every direction is seen with every event, not only where the scenarios put sirens.
+Nothing here names a modality: the BEV task iterates the stack's BEV encoders (registry order), each giving its
+features through its training hooks (edge.encoders.base.ModalityEncoder: `drop_inputs`, `bev_training`).
+
+Why each augmentation: whole-modality dropout so every subset of the BEV modalities is trained, not hoped for (the
+runtime fuses whichever are present); the encoders' own sensor dropout (a missing camera, a missing reading) so a
+dead sensor degrades gracefully, and their signal augmentation (photometric jitter) so night frames are not out
+of distribution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from edge.encoders.audio import MIRROR_DIR, MIRROR_PERM, ROTATE_PERM, permute_features
-from edge.encoders.camera import FRONT_MAP
-from edge.encoders.config import OBSTACLE_CLASSES, PerceptionConfig
-from edge.perception.labels import IGNORE, coarsen
+from edge.encoders.base import Columns, TrainingRows
+from edge.encoders.fusion import BevFusionHead
+from edge.encoders.stack import PerceptionStack
+from edge.perception.labels import coarsen
 
 COARSE_FACTOR = 4  # the fusion's coarse stage is at a quarter of the grid resolution
+Subset = tuple[str, ...]  # BEV modalities in registry order
 
 
 @dataclass
 class DropoutConfig:
-    p_fisheye_only: float = 0.2
-    p_ultrasonic_only: float = 0.2
-    p_camera: float = 0.05      # one fisheye camera missing
-    p_sensor: float = 0.05      # one ultrasonic reading missing (NaN)
-    photometric: bool = True
+    p_subset: float = 0.4  # a sample keeps a proper subset of the BEV modalities (each non-empty one equally likely)
+    augment: bool = True   # the encoders' signal augmentation (photometric jitter)
 
 
-def image_batch(imgs: np.ndarray, rng: np.random.Generator | None) -> Tensor:
-    """uint8 (B, ..., H, W, 3) -> float (B, ..., 3, H, W) in [-1, 1], with per-sample gain/offset jitter."""
-    x = torch.from_numpy(imgs).movedim(-1, -3).float() / 127.5 - 1.0
-    if rng is not None:
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        gain = torch.from_numpy(rng.uniform(0.6, 1.3, shape[0]).astype(np.float32)).reshape(shape)
-        offset = torch.from_numpy(rng.uniform(-0.15, 0.15, shape[0]).astype(np.float32)).reshape(shape)
-        x = ((x + 1.0) * gain - 1.0 + offset).clamp(-1.0, 1.0)
-    return x
+def bev_subsets(names: Iterable[str]) -> list[Subset]:
+    """Every non-empty subset of the BEV modalities, the largest first, each in registry order: the evaluation's
+    subsets ("fisheye+ultrasonic", "fisheye", "ultrasonic" for the built-ins)."""
+    names = tuple(names)
+    return [s for k in range(len(names), 0, -1) for s in combinations(names, k)]
 
 
-def bev_batch(data: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generator | None,
-              drop: DropoutConfig | None) -> dict[str, Tensor]:
-    """Inputs and targets of the BEV task; with rng/drop None the batch is exactly the recorded input."""
-    present = data["fisheye_present"][idx].copy()
-    ranges = data["ranges"][idx].copy()
-    b = len(idx)
-    use_f = np.ones(b, bool)
-    use_u = np.ones(b, bool)
+def subset_name(subset: Subset) -> str:
+    return "+".join(subset)
+
+
+def columns(data: Columns, name: str) -> dict[str, np.ndarray]:
+    """One modality's cached columns (stored as `<name>.<key>`), by key."""
+    prefix = f"{name}."
+    return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+
+
+def training_rows(data: Columns, name: str) -> TrainingRows:
+    """What a modality's head trains and is scored on: its columns and the core's targets."""
+    return TrainingRows(columns(data, name), data["bev"], data["lighting"])
+
+
+def subset_dropout(names: Subset, b: int, rng: np.random.Generator, p_subset: float) -> dict[str, np.ndarray]:
+    """(b,) bool per BEV modality, whether it is kept: with probability p_subset a proper non-empty subset (smallest
+    first, in registry order, one equal share of p_subset each), else all. With two it keeps the first alone in
+    [0, p/2), the second alone in [p/2, p)."""
+    use = {n: np.ones(b, bool) for n in names}
+    r = rng.random(b)
+    kept = [s for k in range(1, len(names)) for s in combinations(names, k)]
+    step = p_subset / max(1, len(kept))
+    for i, subset in enumerate(kept):
+        hit = (r >= step * i) & (r < step * (i + 1))
+        for n in names:
+            if n not in subset:
+                use[n][hit] = False
+    return use
+
+
+@dataclass
+class BevInputs:
+    """The BEV encoders' outputs for one batch, ready for the fusion head's masked form under any subset."""
+
+    features: dict[str, Tensor]
+    details: dict[str, Tensor | None]
+    present: dict[str, np.ndarray]  # (B,) bool: the sample holds its data (else its input is off whatever the subset)
+
+    def masked(self, fusion: BevFusionHead, use: dict[str, np.ndarray]) -> tuple[Tensor, ...]:
+        """`forward_masked`'s arguments: the features in its order, the details it takes, one flag per input."""
+        details = [self.details[i.name] for i in fusion.detailed]
+        if any(d is None for d in details):
+            raise ValueError(f"BEV training: the fusion head takes a detail map from each of "
+                             f"{', '.join(i.name for i in fusion.detailed)}; one gave none")
+        return (*(self.features[n] for n in fusion.names), *details,  # type: ignore[misc]
+                *(torch.from_numpy(use[n] & self.present[n]) for n in fusion.names))
+
+
+def bev_inputs(stack: PerceptionStack, data: Columns, idx: np.ndarray, rng: np.random.Generator | None,
+               drop: DropoutConfig | None) -> tuple[BevInputs, dict[str, np.ndarray]]:
+    """The BEV encoders' outputs for rows `idx` and the subset each sample keeps (all without `drop`). Random draws
+    in this order: the subsets, each encoder's sensor dropout, each encoder's signal augmentation; with rng/drop
+    None the batch is exactly the recorded input."""
+    names = stack.bev_names
+    cols = {n: {k: v[idx] for k, v in columns(data, n).items()} for n in names}
+    use = {n: np.ones(len(idx), bool) for n in names}
     if rng is not None and drop is not None:
-        r = rng.random(b)
-        use_u[r < drop.p_fisheye_only] = False
-        use_f[(r >= drop.p_fisheye_only) & (r < drop.p_fisheye_only + drop.p_ultrasonic_only)] = False
-        cam_drop = rng.random(b) < drop.p_camera
-        present[cam_drop, rng.integers(0, present.shape[1], cam_drop.sum())] = False
-        s_drop = rng.random(ranges.shape) < drop.p_sensor
-        ranges[s_drop] = np.nan
+        use = subset_dropout(names, len(idx), rng, drop.p_subset)
+        cols = {n: dict(stack.encoders[n].drop_inputs(cols[n], rng)) for n in names}
+    signal = rng if drop is None or drop.augment else None
+    outs = {n: stack.encoders[n].bev_training(cols[n], signal) for n in names}
+    present = {n: cols[n]["present"].astype(bool) for n in names}
+    return BevInputs({n: o[0] for n, o in outs.items()}, {n: o[1] for n, o in outs.items()}, present), use
+
+
+def bev_targets_batch(data: Columns, idx: np.ndarray) -> tuple[Tensor, Tensor]:
+    """The fine (nx, ny) and coarse (nx/4, ny/4) class targets of rows `idx`."""
     targets = data["bev"][idx]
-    return {
-        "images": image_batch(data["fisheye"][idx], rng if (drop is None or drop.photometric) else None),
-        "present": torch.from_numpy(present), "ranges": torch.from_numpy(ranges),
-        "use_fisheye": torch.from_numpy(use_f), "use_ultrasonic": torch.from_numpy(use_u),
-        "targets": torch.from_numpy(targets.astype(np.int64)),
-        "coarse": torch.from_numpy(coarsen(targets, COARSE_FACTOR).astype(np.int64)),
-    }
-
-
-def _transform_perm(k: int, mirror: bool) -> tuple[list[int], list[int]]:
-    """Microphone relabelling and direction map for a k x 90 degree turn, then an optional mirror."""
-    perm, dmap = [0, 1, 2, 3], [0, 1, 2, 3]
-    for _ in range(k):
-        perm = [perm[p] for p in ROTATE_PERM]
-        dmap = [(d + 1) % 4 for d in dmap]
-    if mirror:
-        perm = [perm[p] for p in MIRROR_PERM]
-        dmap = [MIRROR_DIR[d] for d in dmap]
-    return perm, dmap
-
-
-def audio_batch(data: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generator | None) -> dict[str, Tensor]:
-    feats = {k: data[k][idx].astype(np.float32) for k in ("logmel", "gcc", "gcc_avg")}
-    direction = data["direction"][idx].copy()
-    if rng is not None:
-        perm, dmap = _transform_perm(int(rng.integers(0, 4)), bool(rng.integers(0, 2)))
-        feats = permute_features(feats, perm)
-        direction = np.where(direction >= 0, np.asarray(dmap)[np.clip(direction, 0, 3)], -1)
-    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feats.items()}
-    out["event"] = torch.from_numpy(data["event"][idx].astype(np.int64))
-    out["direction"] = torch.from_numpy(direction.astype(np.int64))
-    return out
-
-
-def front_map_targets(bev: np.ndarray, cfg: PerceptionConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(B, nx, ny) classes -> (B, 8, 8) obstacle-present targets over x 4..12 m, y -4..4 m, and a validity mask."""
-    from edge.encoders.camera import FRONT_MAP_EXTENT
-
-    g = cfg.bev_grid
-    x0, x1, y0, y1 = FRONT_MAP_EXTENT
-    i0, i1 = round((x0 - g.x_min) / g.resolution), round((x1 - g.x_min) / g.resolution)
-    j0, j1 = round((y0 - g.y_min) / g.resolution), round((y1 - g.y_min) / g.resolution)
-    region = bev[:, i0:i1, j0:j1]
-    bi, bj = (i1 - i0) // FRONT_MAP[0], (j1 - j0) // FRONT_MAP[1]
-    blocks = region.reshape(len(bev), FRONT_MAP[0], bi, FRONT_MAP[1], bj)
-    obstacle = np.isin(blocks, OBSTACLE_CLASSES).any((2, 4))
-    valid = (blocks != IGNORE).any((2, 4))
-    return obstacle.astype(np.float32), valid
-
-
-def camera_batch(data: dict[str, np.ndarray], idx: np.ndarray, rng: np.random.Generator | None,
-                 cfg: PerceptionConfig) -> dict[str, Tensor]:
-    fmap, valid = front_map_targets(data["bev"][idx], cfg)
-    return {"image": image_batch(data["front"][idx], rng), "lighting": torch.from_numpy(data["lighting"][idx]),
-            "front_map": torch.from_numpy(fmap), "front_valid": torch.from_numpy(valid)}
+    return (torch.from_numpy(targets.astype(np.int64)),
+            torch.from_numpy(coarsen(targets, COARSE_FACTOR).astype(np.int64)))

@@ -1,6 +1,7 @@
 """Preprocess a drive once into a compact .npz (images at model size, ranges, audio features, targets), so that
-training epochs never decode JPEG or recompute spectra. Arrays are produced by the plugins' own `preprocess`,
-so training, evaluation and the runtime see identical inputs.
+training epochs never decode JPEG or recompute spectra. Each modality's arrays come from its encoder's own
+`training_sample` (edge.encoders.base.ModalityEncoder), stored as `<name>.<key>`, so training, evaluation and the
+runtime see identical inputs; the core adds the frame's stamp, its BEV targets and its lighting condition.
 """
 
 from __future__ import annotations
@@ -9,72 +10,74 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from edge.drives.sync import SyncConfig, Synchronizer
-from edge.encoders.audio import audio_features
-from edge.encoders.base import Diagnostics
+from edge.encoders.base import Diagnostics, ModalityEncoder
 from edge.encoders.config import PerceptionConfig
-from edge.perception.labels import audio_targets, bev_targets, lighting_target
+from edge.encoders.stack import PerceptionStack
+from edge.errors import EdgeError
+from edge.frames import Frame
+from edge.perception.labels import bev_targets, lighting_target
 
-CACHE_VERSION = 1
-AUDIO_KEYS = ("logmel", "gcc", "gcc_avg")
+CACHE_VERSION = 2  # 2: columns per modality, from the encoders' training hooks
 
 
-def cache_path(bag: Path, cfg: PerceptionConfig, stride: int, cache_dir: Path) -> Path:
+def cache_path(bag: Path, cfg: PerceptionConfig, stride: int, cache_dir: Path, modalities: tuple[str, ...]) -> Path:
     meta = bag / "metadata.yaml"
     stamp = f"{meta.stat().st_size}:{meta.stat().st_mtime_ns}" if meta.exists() else ""
-    key = hashlib.sha256(f"{CACHE_VERSION}|{bag.resolve()}|{stamp}|{cfg.to_json()}|{stride}".encode()).hexdigest()
+    key = hashlib.sha256(f"{CACHE_VERSION}|{bag.resolve()}|{stamp}|{cfg.to_json()}|{stride}|{','.join(modalities)}"
+                         .encode()).hexdigest()
     return cache_dir / f"{bag.name}-{key[:12]}.npz"
 
 
-def build_cache(bag: Path, stack: Any, stride: int, cache_dir: Path, progress: bool = True) -> Path:
+def check_trainable(stack: PerceptionStack) -> None:
+    """EdgeError naming each encoder that lacks the training hooks its modality needs (before any drive is read)."""
+    missing = []
+    for name, encoder in stack.encoders.items():
+        hooks = ("training_sample", *(("bev_training",) if name in stack.bev_names else ()))
+        absent = [h for h in hooks if getattr(type(encoder), h) is getattr(ModalityEncoder, h)]
+        if absent:
+            missing.append(f"modality '{name}' ({type(encoder).__name__}): no {', '.join(absent)}")
+    if missing:
+        raise EdgeError("the perception training cannot train " + "; ".join(missing)
+                        + " (edge.encoders.base.ModalityEncoder's training hooks, docs/plugins.md)")
+
+
+def sample_row(stack: PerceptionStack, sample: Frame, diag: Diagnostics) -> dict[str, np.ndarray]:
+    """One cached row: the core's stamp and targets, then each modality's arrays."""
+    cfg, gt = stack.cfg, sample.ground_truth
+    row = {"stamp_ns": np.asarray(sample.stamp_ns), "bev": bev_targets(gt.bev if gt else None, cfg),
+           "lighting": np.asarray(lighting_target(gt.conditions if gt else None))}
+    for name, encoder in stack.encoders.items():
+        row.update({f"{name}.{k}": np.asarray(v) for k, v in encoder.training_sample(sample, diag).items()})
+    return row
+
+
+def build_cache(bag: Path, stack: PerceptionStack, stride: int, cache_dir: Path, progress: bool = True) -> Path:
     """Write (or reuse) the cache of one drive; every `stride`-th synchronised sample is kept."""
-    cfg: PerceptionConfig = stack.cfg
-    out = cache_path(bag, cfg, stride, cache_dir)
+    cfg = stack.cfg
+    out = cache_path(bag, cfg, stride, cache_dir, tuple(stack.encoders))
     if out.exists():
         return out
+    check_trainable(stack)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    sync = Synchronizer(bag, SyncConfig(image_reduce=cfg.image_reduce))
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "stamp_ns", "fisheye", "fisheye_present", "front", "front_present", "ranges", "audio_present", "bev",
-        "event", "direction", "lighting", *AUDIO_KEYS)}
+    sync = Synchronizer(bag, SyncConfig(image_reduce=cfg.image_reduce), plugins=stack.plugins.values())
+    cols: dict[str, list[np.ndarray]] = {}
     diag = Diagnostics()
-    footprint = stack.footprint
-    zero_audio = None
     bar = tqdm(desc=f"cache {bag.name}", unit="sample", disable=not progress, leave=False)
     for i, sample in enumerate(sync):
         if i % stride:
             continue
-        imgs, present = stack.fisheye.preprocess(sample, diag)
-        front = stack.camera.preprocess(sample, diag)
-        feats = stack.audio.preprocess(sample, diag)
-        gt = sample.ground_truth
-        cols["stamp_ns"].append(sample.stamp_ns)
-        cols["fisheye"].append(imgs)
-        cols["fisheye_present"].append(present)
-        cols["front"].append(front if front is not None else np.zeros((*cfg.front_hw, 3), np.uint8))
-        cols["front_present"].append(front is not None)
-        cols["ranges"].append(stack.ultrasonic.preprocess(sample, diag))
-        if feats is None:
-            n = int(round(cfg.audio_rate * cfg.audio_window_s))
-            zero_audio = zero_audio or {k: np.zeros_like(v) for k, v in audio_features(np.zeros((4, n), np.int16)).items()}
-            feats = zero_audio
-        for k in AUDIO_KEYS:
-            cols[k].append(feats[k].astype(np.float16))
-        cols["audio_present"].append(sample.get("audio") is not None)
-        cols["bev"].append(bev_targets(gt.bev if gt else None, cfg))
-        ev, dr = audio_targets(gt.audio_events if gt else None, footprint)
-        cols["event"].append(ev)
-        cols["direction"].append(dr)
-        cols["lighting"].append(lighting_target(gt.conditions if gt else None))
+        for k, v in sample_row(stack, sample, diag).items():
+            cols.setdefault(k, []).append(v)
         bar.update(1)
     bar.close()
-    arrays = {k: np.stack(v) if v else np.zeros(0) for k, v in cols.items()}
+    arrays = {k: np.stack(v) for k, v in cols.items()} or {"stamp_ns": np.zeros(0, np.int64)}
     arrays["meta"] = np.frombuffer(json.dumps({"bag": str(bag), "stride": stride, "config": cfg.to_json(),
+                                               "modalities": list(stack.encoders),
                                                "diagnostics": diag.messages + sync.diagnostics}).encode(), np.uint8)
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)

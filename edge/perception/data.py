@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.drives.scenarios import get_scenario
+from edge.encoders.stack import PerceptionStack
 from edge.errors import EdgeError
 from edge.perception.cache import build_cache, load_cache
 
@@ -71,7 +72,8 @@ def resolve_drives(items: list[str], drives_dir: Path, progress: bool = True) ->
 class CachedDrives:
     """All cached samples of several drives as concatenated arrays (one RAM copy, indexed by the trainer)."""
 
-    def __init__(self, bags: list[Path], stack: object, stride: int, cache_dir: Path, progress: bool = True) -> None:
+    def __init__(self, bags: list[Path], stack: PerceptionStack, stride: int, cache_dir: Path,
+                 progress: bool = True) -> None:
         parts = [load_cache(build_cache(b, stack, stride, cache_dir, progress)) for b in bags]
         parts = [p for p in parts if p["stamp_ns"].size]
         if not parts:

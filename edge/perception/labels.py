@@ -3,8 +3,9 @@
 BEV: the generator's OccupancyGrid (0.1 m, row = y, column = x; 0 free, 100 static, 90 vehicle, 80 pedestrian or
 cyclist, -1 unknown) is resampled to the model grid (0.2 m by default, layout (nx, ny) as the kernels use) by a
 vote over each block of GT cells, ties broken obstacle > free > unknown, so a thin pole or a pedestrian that covers
-half a cell is kept rather than voted away. Audio: the active event (siren before horn when both sound) and the
-side of the vehicle it comes from, with the same front/left/rear/right rule as the QA templates.
+half a cell is kept rather than voted away. Lighting: the drive's condition at the frame (the BEV evaluation is
+broken down by it). A modality's own targets (a head of its encoder) are its encoder's
+(ModalityEncoder.training_sample).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.drives.qa import side_of  # the QA templates' rule, so labels and answers agree
-from edge.encoders.config import AUDIO_EVENTS, BEV_CLASSES, DIRECTIONS, LIGHTING, PerceptionConfig
+from edge.encoders.config import BEV_CLASSES, IGNORE, LIGHTING, PerceptionConfig
 
-IGNORE = 255
+__all__ = ["IGNORE", "bev_targets", "coarsen", "lighting_target"]
+
 _GT_VALUES = {0: 0, 100: 1, 90: 2, 80: 3, -1: 4}
 _TIE_BREAK = np.array([0.2, 0.3, 0.3, 0.3, 0.1], np.float32)  # obstacle > free > unknown on equal votes
 
@@ -53,19 +54,6 @@ def coarsen(targets: np.ndarray, factor: int) -> np.ndarray:
     out = np.argmax(votes + _TIE_BREAK, -1).astype(np.uint8)
     out[votes.sum(-1) == 0] = IGNORE
     return out
-
-
-def audio_targets(events: list[dict[str, Any]] | None, footprint: tuple[float, float, float, float]
-                  ) -> tuple[int, int]:
-    """(event id, direction id or -1): siren wins over horn; none -> (0, -1)."""
-    if not events:
-        return 0, -1
-    by_class = {e["class"]: e for e in events if e.get("class") in AUDIO_EVENTS}
-    for name in ("siren", "horn"):
-        if name in by_class:
-            e = by_class[name]
-            return AUDIO_EVENTS.index(name), DIRECTIONS.index(side_of(e["x"], e["y"], footprint))
-    return 0, -1
 
 
 def lighting_target(conditions: dict[str, Any] | None) -> int:

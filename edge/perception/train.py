@@ -1,5 +1,6 @@
-"""Training loop for the perception stack: BEV occupancy (fisheye + ultrasonic + fusion, modality dropout),
-audio event/direction and the front-camera ViT heads, jointly, on cached drives. CPU, minutes, resumable.
+"""Training loop for the perception stack, jointly on cached drives: the BEV encoders (registry order) through
+the fusion head with modality dropout, and each other encoder's own head (its `head_losses`: the audio event and
+direction, the front camera's lighting and front map). CPU, minutes, resumable. Nothing here names a modality.
 
 Resumability: every `save_every` steps the weights, the optimizer state (safetensors, no pickle) and the step go
 to `<out>/train_state*`; batches of step t are drawn from a generator seeded by (seed, t), so a resumed run
@@ -11,19 +12,23 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from edge.encoders.base import ModalityEncoder
 from edge.encoders.config import BEV_CLASSES
-from edge.encoders.stack import PerceptionStack
-from edge.perception.batches import DropoutConfig, audio_batch, bev_batch, camera_batch
+from edge.encoders.stack import FUSION, CheckpointError, PerceptionStack
+from edge.errors import EdgeError
+from edge.perception.batches import DropoutConfig, bev_inputs, bev_targets_batch, training_rows
 from edge.perception.labels import IGNORE
 
 STATE_TENSORS = "train_state.safetensors"
@@ -33,16 +38,15 @@ STATE_JSON = "train_state.json"
 @dataclass
 class TrainConfig:
     steps: int = 600
-    batch: int = 8
-    audio_batch: int = 32
-    camera_batch: int = 8
+    batch: int = 8  # BEV samples per step
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: int = 20
     seed: int = 0
     save_every: int = 50
-    camera_keeps: tuple[float, ...] = (1.0, 0.5, 0.25)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    # samples per step of a modality's own head, by modality; absent: its encoder's `head_batch`
+    head_batches: dict[str, int] = field(default_factory=dict)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -64,46 +68,35 @@ class Trainer:
         self.opt = torch.optim.AdamW(stack.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         self.bev_idx = np.flatnonzero((data["bev"] != IGNORE).any((1, 2)))
-        self.audio_idx = np.flatnonzero(data["audio_present"])
-        self.audio_event_idx = self.audio_idx[data["event"][self.audio_idx] > 0]
-        self.camera_idx = np.flatnonzero(data["front_present"] & (data["lighting"] >= 0))
-        self.weights = class_weights(data["bev"][self.bev_idx])
-        if len(self.bev_idx) == 0:
+        self.rows = {name: training_rows(data, name) for name in stack.encoders}
+        self.heads = head_batches(stack, cfg.head_batches)
+        if stack.fusion is not None and len(self.bev_idx) == 0:
             raise ValueError("training data has no BEV ground truth")
+        self.weights = class_weights(data["bev"][self.bev_idx])
 
-    def init_normalisation(self) -> None:
-        """Audio log-mel statistics from the training data (stored in the checkpoint as buffers)."""
-        lm = self.data["logmel"][self.audio_idx].astype(np.float32) if len(self.audio_idx) else np.zeros(1)
-        self.stack.audio.mean.fill_(float(lm.mean()))
-        self.stack.audio.std.fill_(float(lm.std() + 1e-3))
+    def init_from_data(self, names: Iterable[str] | None = None) -> None:
+        """The encoders' statistics of the training data (the audio normalisation), for those starting from
+        scratch (all by default)."""
+        for name in self.stack.encoders if names is None else names:
+            self.stack.encoders[name].init_from_data(self.rows[name])
 
     def losses(self, rng: np.random.Generator) -> dict[str, Tensor]:
-        s, cfg, d = self.stack, self.cfg, self.data
-        out: dict[str, Tensor] = {}
-        b = bev_batch(d, rng.choice(self.bev_idx, cfg.batch), rng, cfg.dropout)
-        fe, _ = s.fisheye(b["images"], b["present"])
-        us, _, raster = s.ultrasonic(b["ranges"])
-        coarse, fine = s.fusion.forward_masked(fe, us, raster, b["use_fisheye"], b["use_ultrasonic"])
-        out["bev"] = nn.functional.cross_entropy(fine, b["targets"], self.weights, ignore_index=IGNORE)
-        out["bev_coarse"] = 0.5 * nn.functional.cross_entropy(coarse, b["coarse"], self.weights, ignore_index=IGNORE)
-        if len(self.audio_idx):
-            n_ev = min(len(self.audio_event_idx), cfg.audio_batch // 2)
-            idx = np.concatenate([rng.choice(self.audio_event_idx, n_ev) if n_ev else np.zeros(0, int),
-                                  rng.choice(self.audio_idx, cfg.audio_batch - n_ev)])
-            a = audio_batch(d, idx, rng)
-            ev, dr, _ = s.audio(a["logmel"], a["gcc"], a["gcc_avg"])
-            out["audio_event"] = nn.functional.cross_entropy(ev, a["event"])
-            if bool((a["direction"] >= 0).any()):
-                out["audio_dir"] = nn.functional.cross_entropy(dr, a["direction"], ignore_index=-1)
-        if len(self.camera_idx):
-            c = camera_batch(d, rng.choice(self.camera_idx, cfg.camera_batch), rng, s.cfg)
-            keep = float(rng.choice(cfg.camera_keeps))
-            _, light, fmap = s.camera(c["image"], keep)
-            out["camera_light"] = 0.5 * nn.functional.cross_entropy(light, c["lighting"])
-            valid = c["front_valid"].float()
-            bce = nn.functional.binary_cross_entropy_with_logits(fmap, c["front_map"], reduction="none")
-            out["camera_map"] = 0.5 * (bce * valid).sum() / valid.sum().clamp(min=1.0)
+        """The BEV losses (fine, coarse) through the fusion head, then each head's in registry order."""
+        out = self.bev_losses(rng) if self.stack.fusion is not None else {}
+        for name, batch in self.heads.items():
+            out.update(self.stack.encoders[name].head_losses(self.rows[name], batch, rng))
         return out
+
+    def bev_losses(self, rng: np.random.Generator) -> dict[str, Tensor]:
+        fusion = self.stack.fusion
+        assert fusion is not None
+        idx = rng.choice(self.bev_idx, self.cfg.batch)
+        inputs, use = bev_inputs(self.stack, self.data, idx, rng, self.cfg.dropout)
+        targets, coarse_targets = bev_targets_batch(self.data, idx)
+        coarse, fine = fusion.forward_masked(*inputs.masked(fusion, use))
+        return {"bev": nn.functional.cross_entropy(fine, targets, self.weights, ignore_index=IGNORE),
+                "bev_coarse": 0.5 * nn.functional.cross_entropy(coarse, coarse_targets, self.weights,
+                                                                ignore_index=IGNORE)}
 
     def train_step(self) -> dict[str, float]:
         rng = np.random.default_rng((self.cfg.seed, self.step))
@@ -145,6 +138,50 @@ class Trainer:
         self.step = int(meta["step"])
 
 
+def head_batches(stack: PerceptionStack, given: dict[str, int]) -> dict[str, int]:
+    """Samples per step of each encoder's own head, in registry order: `given`, else the encoder's `head_batch`;
+    EdgeError for a given modality without a head in the stack."""
+    heads = [n for n, e in stack.encoders.items()
+             if n not in stack.bev_names and type(e).head_losses is not ModalityEncoder.head_losses]
+    unknown = sorted(set(given) - set(heads))
+    if unknown:
+        raise EdgeError(f"head batch for {', '.join(unknown)}: not a modality with its own head in the stack "
+                        f"({', '.join(heads) or 'none'})")
+    sizes = {n: given.get(n, stack.encoders[n].head_batch) for n in heads}
+    return {n: b for n, b in sizes.items() if b > 0}
+
+
+def load_initial(stack: PerceptionStack, directory: Path) -> tuple[str, ...]:
+    """Fine-tuning's start: each module's weights from `directory`. An encoder whose file is absent there (a plugin
+    installed since) keeps its fresh initialisation and is returned; the fusion head, trained without those, is
+    widened for them (BevFusionHead.widened: it gives the old outputs until they are trained)."""
+    fresh = tuple(n for n in stack.encoders if not (directory / stack.weights_file(n)).exists())
+    if len(fresh) == len(stack.encoders):
+        raise CheckpointError(f"{directory}: no weights of any modality "
+                              f"({', '.join(stack.weights_file(n) for n in stack.encoders)})")
+    for name in stack.module_names:
+        if name in fresh:
+            continue
+        path = directory / stack.weights_file(name)
+        state = _read(path)
+        try:
+            if name == FUSION and stack.fusion is not None and set(fresh) & set(stack.fusion.names):
+                state = stack.fusion.widened(state, [n for n in stack.fusion.names if n not in fresh])
+            stack.module(name).load_state_dict(state, strict=True)
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: does not match the {name} module ({exc})") from exc
+    return fresh
+
+
+def _read(path: Path) -> dict[str, Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt? {exc})") from None
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -167,7 +204,7 @@ def train(trainer: Trainer, out: Path, extra: dict[str, Any], progress: bool = T
         for k, v in logs.items():
             ema[k] = v if k not in ema else 0.9 * ema[k] + 0.1 * v
         bar.update(1)
-        bar.set_postfix({k: f"{ema[k]:.3f}" for k in ("loss", "bev", "audio_event", "audio_dir") if k in ema})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()})
         if on_step is not None:
             on_step(trainer.step, logs)
         if trainer.step % cfg.save_every == 0 or trainer.step == cfg.steps:
