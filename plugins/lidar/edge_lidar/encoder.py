@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import BoundMethod, BevFeatures, Cost, Diagnostics, EncoderOutput, ModalityEncoder, count_macs, \
-    n_params
+from edge.encoders.base import (BevFeatures, BoundMethod, Cost, Diagnostics, EncoderOutput, ModalityEncoder, count_macs,
+                                n_params)
 from edge.encoders.config import PerceptionConfig
 from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.frames import Frame

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+GROUND_REFLECTIVITY = 0.2  # asphalt
+
 
 @dataclass(frozen=True)
 class Boxes:
@@ -108,5 +110,3 @@ def cast(origin: np.ndarray, dirs: np.ndarray, boxes: Boxes, ground_z: float) ->
         dist[:, cols], refl[:, cols] = sub_d, sub_r
     return dist, refl
 
-
-GROUND_REFLECTIVITY = 0.2  # asphalt

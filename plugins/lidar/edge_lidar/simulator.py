@@ -54,14 +54,14 @@ def actor_boxes(actors: list[Actor], t: float, ego_pose: tuple[float, float, flo
 class LidarSimulator:
     """The scans of a rig's LiDARs over one drive (edge.drives.sim_hooks.SensorSimulator)."""
 
-    def __init__(self, world: World, lidars_: tuple[Lidar, ...], setup: SimSetup, body: tuple[float, float, float, float],
-                 body_height: float) -> None:
+    def __init__(self, world: World, sensors: tuple[Lidar, ...], setup: SimSetup,
+                 body: tuple[float, float, float, float], body_height: float) -> None:
         self.world = world
-        self.lidars = lidars_
+        self.lidars = sensors
         self.setup = setup
         self.body = body
         self.body_height = body_height
-        self._dirs = {lidar.name: sensor_directions(lidar) for lidar in lidars_}
+        self._dirs = {lidar.name: sensor_directions(lidar) for lidar in sensors}
 
     def messages(self, t0: float, t1: float) -> list[SimMessage]:
         """A PointCloud2 per LiDAR per revolution stamped in [t0, t1) (scan k at k / rate_hz seconds)."""

@@ -44,3 +44,25 @@ def test_the_default_rig_has_no_lidar_stream(tmp_path: Path):
     generate_drive(tmp_path / "bag", seed=3, duration=0.2, scenario="parking-day", progress=False)
     frames = list(Synchronizer(tmp_path / "bag"))
     assert frames and all(f.sensor("lidar", "roof") is None for f in frames)
+
+
+def test_training_writes_a_checkpoint_the_stack_loads(drive: Path, tmp_path: Path):
+    """Two steps of edge_lidar.training on the one-second drive: lidar.safetensors, a fusion head over fisheye,
+    ultrasonic and LiDAR, links to the built-ins' files; the installed plugins' stack loads it on the LiDAR rig."""
+    import json
+
+    from edge.encoders.stack import PerceptionStack
+
+    from edge_lidar.training import main
+
+    out = tmp_path / "model"
+    main(["--drives", str(drive), "--eval", str(drive), "--rig", str(RIG_FILE), "--out", str(out), "--steps", "2",
+          "--stride", "5", "--batch", "2"])
+    assert (out / "lidar.safetensors").is_file() and (out / "fusion.safetensors").is_file()
+    assert (out / "camera.safetensors").is_symlink() and (out / "camera.safetensors").exists()
+    result = json.loads((out / "eval.json").read_text())["held_out"]
+    assert set(result) >= {"shipped fisheye+ultrasonic", "lidar", "fisheye+ultrasonic+lidar"}
+    stack = PerceptionStack.load(out, rig=load_rig(RIG_FILE))
+    assert "lidar" in stack.encoders and stack.fusion.names == ("fisheye", "ultrasonic", "lidar")
+    frames = list(Synchronizer(drive))
+    assert "lidar" in stack.run(frames[5]).modalities

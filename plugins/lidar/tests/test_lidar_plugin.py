@@ -17,7 +17,9 @@ from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.encoders.stack import PerceptionStack
 from edge.errors import PluginError
 from edge.frames import Frame
+from edge.modalities import MessageDecoder
 from edge.modalities.builtin import BUILTINS, ULTRASONIC
+from edge.modalities.interface import lookup
 from edge.modalities.registry import GROUP, build, discover
 from edge.sensors.rig import load_rig
 
@@ -63,9 +65,8 @@ def test_the_declaration():
     assert LIDAR.tokens.count == BEV_TOKENS  # the stack's scene tokens of a BEV modality
     assert [t.name for t in LIDAR.topics_for()] == ["/lidar/roof/points"]
     assert LIDAR.topics_for()[0].types == ("sensor_msgs/msg/PointCloud2",) and LIDAR.key("roof") == "lidar/roof"
-    for ref in (LIDAR.encoder, LIDAR.decoder, LIDAR.simulator):
-        module, _, attr = ref.partition(":")
-        assert callable(getattr(__import__(module, fromlist=[attr]), attr)) or attr == "POINTS"
+    assert isinstance(lookup(LIDAR.decoder), MessageDecoder)
+    assert lookup(LIDAR.encoder) is build_encoder and lookup(LIDAR.simulator) is build_simulator
 
 
 def test_a_registry_refuses_a_second_lidar():
