@@ -92,9 +92,16 @@ def test_the_cpu_hog_runs_its_processes_and_stops_them() -> None:
         CpuHog(-1)
 
 
-def test_the_oracle_tries_the_cheapest_encoders_of_each_quality_class_at_every_thread_count() -> None:
+def test_the_oracle_tries_the_cheapest_encoders_of_each_quality_class_at_every_thread_count(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.runtime import evaluate
     from edge.runtime.evaluate import oracle_plans
     from edge.runtime.scheduler import AlignerSet
+
+    # the oracle's logic on the built-ins: an installed plugin (make setup installs plugins/lidar) adds its modality
+    # to the registry's lists, and with it BEV subsets to try
+    monkeypatch.setattr(evaluate, "BEV_MODALITIES", ("fisheye", "ultrasonic"))
+    monkeypatch.setattr(evaluate, "MODALITIES", ("fisheye", "ultrasonic", "audio", "camera"))
 
     plans = oracle_plans((), (1, 2))
     assert {(p.modalities, p.threads) for p in plans} == {

@@ -120,7 +120,7 @@ def test_static_baselines_and_bad_configuration() -> None:
     with pytest.raises(EdgeError, match="unknown scheduling policy"):
         scheduler(policy="sometimes")
     with pytest.raises(EdgeError, match="unknown modalities"):
-        scheduler(available=("lidar",))
+        scheduler(available=("no_such_modality",))  # "lidar" is installed by make setup (plugins/lidar)
     with pytest.raises(EdgeError, match="not a perception evaluation"):
         QualityTable.from_perception_eval(Path(__file__))
 

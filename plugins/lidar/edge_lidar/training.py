@@ -38,7 +38,7 @@ from edge_lidar.encoder import LidarEncoder
 from edge_lidar.plugin import LIDAR
 from edge_lidar.widen import widen
 
-SHIPPED = Path(__file__).resolve().parents[3] / "models" / "perception"
+SHIPPED = Path(__file__).resolve().parents[3] / "models" / "perception"  # the core's, beside this editable checkout
 BEV = ("fisheye", "ultrasonic", "lidar")  # the fusion head's inputs, registry order
 # which BEV modalities a training sample keeps (modality dropout), with their odds
 SUBSETS = ((("fisheye", "ultrasonic", "lidar"), 0.3), (("lidar",), 0.2), (("fisheye", "ultrasonic"), 0.15),
@@ -167,7 +167,7 @@ def evaluate(stack: PerceptionStack, shipped: PerceptionStack, s: Samples, batch
     return out
 
 
-def save(stack: PerceptionStack, out: Path, extra: dict[str, str]) -> None:
+def save(stack: PerceptionStack, out: Path, shipped: Path, extra: dict[str, str]) -> None:
     """lidar.safetensors and fusion.safetensors as PerceptionStack.save writes them; links to the shipped
     built-ins' files, so that PerceptionStack.load(out) with the installed plugins finds every module."""
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def save(stack: PerceptionStack, out: Path, extra: dict[str, str]) -> None:
     for plugin in BUILTINS:
         link = out / plugin.weights
         if not link.exists():
-            link.symlink_to(os.path.relpath(SHIPPED / plugin.weights, out))
+            link.symlink_to(os.path.relpath(shipped / plugin.weights, out))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval", nargs="+", type=Path, required=True, help="held-out bags")
     p.add_argument("--rig", type=Path, required=True, help="the rig the drives were generated on (with a LiDAR)")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--shipped", type=Path, default=SHIPPED, help=f"the core's model directory [{SHIPPED}]")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--stride", type=int, default=2, help="use every N-th synchronised frame [2]")
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rig = load_rig(args.rig)
-    shipped = PerceptionStack.load(SHIPPED, rig=rig, modules=("fisheye", "ultrasonic", "fusion"),
+    shipped = PerceptionStack.load(args.shipped, rig=rig, modules=("fisheye", "ultrasonic", "fusion"),
                                    plugins=(FISHEYE, ULTRASONIC))
     stack = PerceptionStack(shipped.cfg, rig, plugins=(FISHEYE, ULTRASONIC, LIDAR))
     for name in ("fisheye", "ultrasonic"):
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                   "steps": args.steps, "batch": args.batch, "stride": args.stride, "seed": args.seed,
                   "samples": len(data), "held_out": len(held), "wall_s": round(time.time() - started),
                   "history": history}
-    save(stack, args.out, {"training": json.dumps(provenance)})
+    save(stack, args.out, args.shipped, {"training": json.dumps(provenance)})
     (args.out / "eval.json").write_text(json.dumps({"training": provenance, "held_out": result}, indent=1))
     print(json.dumps(result, indent=1))
 
