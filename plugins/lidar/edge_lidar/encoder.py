@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from edge.encoders.base import (BevFeatures, BoundMethod, Cost, Diagnostics, EncoderOutput, ModalityEncoder, count_macs,
-                                n_params)
+from edge.encoders.base import (BevFeatures, BoundMethod, Columns, Cost, Diagnostics, EncoderOutput, ModalityEncoder,
+                                count_macs, n_params)
 from edge.encoders.config import PerceptionConfig
 from edge.encoders.scene_tokens import BEV_TOKENS
 from edge.frames import Frame
@@ -90,6 +90,19 @@ class LidarEncoder(ModalityEncoder):
         with torch.no_grad():
             (bev,) = self.run_network("", self.features, self.pillars(points))
         return EncoderOutput(bev=BevFeatures(bev))
+
+    def training_sample(self, sample: Frame, diag: Diagnostics | None = None) -> dict[str, np.ndarray]:
+        """The core's perception training cache (edge.perception.cache): the pillar raster (float16) and whether
+        a cloud came; the raster, not the cloud, so every sample has one shape."""
+        points = self.preprocess(sample, diag)
+        g = self.grid
+        raster = self.pillars(points)[0].numpy() if points is not None else np.zeros((len(CHANNELS), g.nx, g.ny))
+        return {"pillars": raster.astype(np.float16), "present": np.asarray(points is not None)}
+
+    def bev_training(self, columns: Columns, rng: np.random.Generator | None) -> tuple[Tensor, None]:
+        """BEV features of a batch of cached rasters; no augmentation, no detail map."""
+        (bev,) = self.features(torch.from_numpy(np.asarray(columns["pillars"], np.float32)))
+        return bev, None
 
     def network(self, variant: str = "") -> nn.Module:
         return BoundMethod(self, "features")

@@ -4,7 +4,7 @@
 
 Why this way: the shipped fisheye and ultrasonic encoders stay as they are (frozen; their features are computed
 once per sample), so only the LiDAR encoder and the fusion head learn. The fusion head starts from the shipped one
-(edge_lidar.widen: the LiDAR's columns at zero), so without a LiDAR it starts out as the shipped head; modality
+(BevFusionHead.widened: the LiDAR's columns at zero), so without a LiDAR it starts out as the shipped head; modality
 dropout teaches it every subset. DIR receives lidar.safetensors and fusion.safetensors (the core's checkpoint
 format: config and module in the metadata), the built-ins' files as links to the shipped ones, and eval.json: the
 BEV metrics (edge.perception.metrics) on the held-out drive for the shipped head and the new one per subset.
@@ -36,7 +36,6 @@ from edge.sensors.rig import load_rig
 
 from edge_lidar.encoder import LidarEncoder
 from edge_lidar.plugin import LIDAR
-from edge_lidar.widen import widen
 
 SHIPPED = Path(__file__).resolve().parents[3] / "models" / "perception"  # the core's, beside this editable checkout
 BEV = ("fisheye", "ultrasonic", "lidar")  # the fusion head's inputs, registry order
@@ -181,6 +180,13 @@ def save(stack: PerceptionStack, out: Path, shipped: Path, extra: dict[str, str]
             link.symlink_to(os.path.relpath(shipped / plugin.weights, out))
 
 
+def start_fusion(shipped: PerceptionStack, stack: PerceptionStack) -> None:
+    """`stack`'s fusion head (fisheye, ultrasonic, LiDAR) from `shipped`'s (fisheye, ultrasonic), widened by the
+    core (edge.encoders.fusion.BevFusionHead.widened): without the LiDAR it gives the shipped head's outputs."""
+    assert stack.fusion is not None and shipped.fusion is not None and stack.fusion.names == BEV
+    stack.fusion.load_state_dict(stack.fusion.widened(shipped.fusion.state_dict(), shipped.fusion.names))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--drives", nargs="+", type=Path, required=True, help="training bags (generated on the rig)")
@@ -202,8 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     stack = PerceptionStack(shipped.cfg, rig, plugins=(FISHEYE, ULTRASONIC, LIDAR))
     for name in ("fisheye", "ultrasonic"):
         stack.module(name).load_state_dict(shipped.module(name).state_dict())
-    assert stack.fusion is not None and shipped.fusion is not None and stack.fusion.names == BEV
-    widen(shipped.fusion, stack.fusion)
+    start_fusion(shipped, stack)
     stack.eval()
     started = time.time()
     data = collect(args.drives, stack, args.stride)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edge.drives.bag import open_bag
 from edge.drives.generate import generate_drive
@@ -87,3 +88,23 @@ def test_the_shipped_weights_see_obstacles_in_an_unseen_drive(drive: Path):
             metrics.add(bev_targets(f.ground_truth.bev, stack.cfg)[None], stack.run(f, use=use).bev_classes[None])
         near[use] = metrics.summary()["near5m_obstacle_iou"]
     assert near[("lidar",)] > 0.8 and near[("lidar",)] > near[("fisheye", "ultrasonic")] + 0.1, near
+
+
+def test_the_cores_perception_training_trains_the_lidar(drive: Path, tmp_path: Path):
+    """`edge train perception` (the core's, through the encoder's training hooks) fine-tunes this package's checkpoint
+    on the LiDAR rig: the LiDAR's weights move, the built-ins' are written too."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    model = Path(__file__).resolve().parents[1] / "models" / "perception"
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "edge.cli", "train", "perception", "--drives", str(drive), "--rig",
+                    str(RIG_FILE), "--init", str(model), "--steps", "2", "--batch", "2", "--audio-batch", "2",
+                    "--camera-batch", "2", "--stride", "3", "--out", str(out), "--work", str(tmp_path / "work"),
+                    "--cache-dir", str(tmp_path / "cache"), "--threads", "2", "--quiet"], check=True, timeout=600)
+    before, after = load_file(str(model / "lidar.safetensors")), load_file(str(out / "lidar.safetensors"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert {p.name for p in out.glob("*.safetensors")} == {f"{n}.safetensors" for n in (
+        "fisheye", "ultrasonic", "audio", "camera", "lidar", "fusion")}

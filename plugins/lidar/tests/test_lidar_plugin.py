@@ -136,3 +136,18 @@ def test_the_core_imports_nothing_of_the_package():
     offenders = [str(f.relative_to(ROOT)) for f in files if any("edge_lidar" in n for n in _names_in(f))]
     assert offenders == []
     assert Path(edge_lidar.__file__).resolve().parents[1] == ROOT / "plugins" / "lidar"
+
+
+def test_training_hooks_give_the_features_encode_gives(rig):
+    """The core's perception training reads the encoder through training_sample / bev_training."""
+    enc = build_encoder(CFG, rig).eval()
+    frame = cloud_frame(rig)
+    row = enc.training_sample(frame)
+    g = CFG.bev_grid
+    assert row["pillars"].shape == (4, g.nx, g.ny) and row["pillars"].dtype == np.float16 and bool(row["present"])
+    empty = enc.training_sample(Frame(0, {}, None, None, {}, []))
+    assert not bool(empty["present"]) and empty["pillars"].shape == row["pillars"].shape and not empty["pillars"].any()
+    with torch.no_grad():
+        bev, detail = enc.bev_training({"pillars": row["pillars"][None]}, None)
+    assert detail is None
+    torch.testing.assert_close(bev, enc.encode(frame).bev.features, rtol=2e-3, atol=2e-3)  # float16 raster
