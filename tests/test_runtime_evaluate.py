@@ -114,6 +114,21 @@ def test_the_oracle_tries_the_cheapest_encoders_of_each_quality_class_at_every_t
     assert len(oracle_plans((cam,), (1, 2), max_plans=4)) == 4  # bounded: 2 encoder sets x 2 thread counts
 
 
+def test_the_oracle_fixes_no_plan_of_a_bev_modality_the_perception_evaluation_did_not_measure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed BEV plugin (a LiDAR) that the shipped perception models were not trained with adds no subset."""
+    from edge.runtime import evaluate
+    from edge.runtime.evaluate import oracle_plans
+    from edge.runtime.scheduler import QualityTable
+
+    monkeypatch.setattr(evaluate, "BEV_MODALITIES", ("fisheye", "ultrasonic", "lidar"))
+    monkeypatch.setattr(evaluate, "MODALITIES", ("fisheye", "ultrasonic", "audio", "camera", "lidar"))
+    table = QualityTable({s: {"day": 0.7, "dusk": 0.6, "night": 0.5} for s in ("fisheye+ultrasonic", "fisheye", "ultrasonic")},
+                         {}, "eval.json")
+    plans = oracle_plans((), (1,), table, max_plans=20)
+    assert {p.modalities for p in plans} == {("fisheye",), ("ultrasonic",), ("fisheye", "ultrasonic")}
+
+
 def test_iou_over_all_scorable_frames_counts_a_frame_without_a_map_as_zero() -> None:
     from edge.runtime.evaluate import iou_all_frames
 

@@ -269,8 +269,11 @@ def oracle_plans(aligner_sets: Iterable[AlignerSet], threads: tuple[int, ...], q
     encoders are exactly a BEV subset joined with one set's modalities can be on the quality-cost front; plans of
     no BEV and no set (quality 0) are left out. The thread count changes only the cost, and which count is faster
     depends on the load, so each is tried. With more than `max_plans` (several aligner sets), the encoder sets
-    the measured tables (`quality`, a QualityTable; the sets' own accuracy) expect most of are kept."""
-    bev_subsets = [c for r in range(len(BEV_MODALITIES) + 1) for c in itertools.combinations(BEV_MODALITIES, r)]
+    the measured tables (`quality`, a QualityTable; the sets' own accuracy) expect most of are kept. With a
+    table, only the BEV subsets its perception evaluation measured are tried: an installed BEV plugin the perception
+    models were not trained with (a LiDAR on a rig without one) has no map to add, so no plan of it is fixed."""
+    bev_subsets = [c for r in range(len(BEV_MODALITIES) + 1) for c in itertools.combinations(BEV_MODALITIES, r)
+                   if quality is None or not c or "+".join(c) in quality.bev]
     found: dict[tuple[tuple[str, ...], float], float] = {}
     for aset in (None, *aligner_sets):
         for bev in bev_subsets:
