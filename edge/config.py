@@ -130,7 +130,7 @@ class RuntimeConfig(StrictModel):
         "ask every recorded QA item (evaluation) instead of one every questions_every_s", scope="run"))
     max_new_tokens: int = Field(8, ge=1, le=256, **_opt("most tokens generated per answer"))
     max_frames: int | None = Field(None, ge=1, **_opt("stop after this many frames", scope="run"))
-    rig: str | None = Field(None, **_opt("rig calibration YAML; empty = calibration/default_rig.yaml", scope="node"))
+    rig: str | None = Field(None, **_opt("rig calibration YAML; empty = calibration/default_rig.yaml"))
     max_input_delay_s: float = Field(0.1, ge=0.0, le=2.0, **_opt(
         "how long a frame waits for sensor messages stamped before it that are still on their way (reordering "
         "window, s): frames leave this much after their stamp; later messages are dropped and counted", scope="node"))

@@ -69,7 +69,8 @@ def test_edge_run_reads_the_shared_model_and_ignores_node_keys_aloud(tmp_path: P
     f.write_text("rig: calibration/default_rig.yaml\ncamera_transport: raw\nbudget_ms: 50\n")
     cfg = load_config(args(f, policy="camera", backend="onnxruntime"))
     assert (cfg.budget_ms, cfg.policy, cfg.backend) == (50.0, "camera", "onnxruntime")
-    assert f"edge run: {f}: ignoring camera_transport, rig (read by edge node only)" in capsys.readouterr().err
+    assert f"edge run: {f}: ignoring camera_transport (read by edge node only)" in capsys.readouterr().err
+    assert cfg.rig == "calibration/default_rig.yaml"  # both front ends read the rig (a LiDAR rig's runs)
     dumped = run_options(cfg)
     assert list(dumped) == list(options("run"))  # declaration order, node-only keys left out
     assert json.dumps(dumped["policy"]) == '"camera"' and type(dumped["backend"]) is str

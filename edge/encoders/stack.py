@@ -97,6 +97,15 @@ def build_encoder(plugin: ModalityPlugin, cfg: PerceptionConfig, rig: Any, table
     return encoder
 
 
+def not_on_rig(plugin: ModalityPlugin, rig: Any) -> bool:
+    """Whether the plugin has sensors (default ones) but none on this rig: its encoder has nothing to read there, so
+    leaving it out is the expected case, logged at INFO; any other failure to build stays a warning."""
+    try:
+        return bool(plugin.default_sensors) and not plugin.sensors(rig)
+    except Exception:  # a plugin's own sensors() failing is a problem to warn about
+        return False
+
+
 class PerceptionStack(nn.Module):
     """One encoder per plugin and the fusion head; `run` takes a Frame, any modality may be missing.
 
@@ -125,7 +134,8 @@ class PerceptionStack(nn.Module):
                     raise PluginError(f"modality '{plugin.name}'", "its name is taken by the perception stack")
                 self.add_module(plugin.name, build_encoder(plugin, cfg, rig, table_cache))
             except PluginError as exc:
-                log.warning("%s; left out", exc)
+                # a plugin whose sensors this rig lacks (a LiDAR on the default rig) is normal: not a warning
+                log.log(logging.INFO if not_on_rig(plugin, rig) else logging.WARNING, "%s; left out", exc)
                 problems.append(exc)
                 continue
             self.plugins[plugin.name] = plugin

@@ -56,7 +56,7 @@ def load_config(args: argparse.Namespace) -> RuntimeConfig:
     cfg = load_yaml_model(args.config, RuntimeConfig) if args.config else RuntimeConfig()
     ignored = [k for k in set(RuntimeConfig.model_fields) - set(options("run"))
                if getattr(cfg, k) != RuntimeConfig.model_fields[k].default]
-    if ignored:  # the node's own keys (rig, topics, lifecycle): one file configures both front ends
+    if ignored:  # the node's own keys (topics, lifecycle): one file configures both front ends
         print(f"edge run: {args.config}: ignoring {', '.join(sorted(ignored))} (read by edge node only)",
               file=sys.stderr)
     over: dict[str, Any] = {}
@@ -88,6 +88,7 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
     from edge.runtime.report import ReportBuilder
     from edge.runtime.runtime import Runtime
     from edge.runtime.scheduler import Budget
+    from edge.sensors.rig import load_rig
 
     bag_handle = open_bag(bag, remap)  # first: a bad remap is an error before minutes of model loading
     answerer = None
@@ -99,7 +100,7 @@ def run_drive(bag: str | Path, cfg: RuntimeConfig, report_dir: str | Path | None
             print(f"edge run: no aligners in {cfg.aligner_dir}: the LLM answers without modality context",
                   file=sys.stderr)
     budget = Budget(cfg.budget_ms, cfg.budget_mb, cfg.budget_percentile, cfg.answer_budget_ms)
-    runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer,
+    runtime = Runtime(cfg.perception_dir, cfg.policy, budget, answerer, rig=load_rig(cfg.rig),
                       dwell=cfg.dwell_frames, quality_per_ms=cfg.quality_per_ms, backend=cfg.backend,
                       engine_cache=cfg.engine_cache, progress=progress, max_estimate_age_s=cfg.max_estimate_age_s,
                       max_changes_per_min=cfg.max_plan_changes_per_min, adapt_threads=cfg.adapt_threads,

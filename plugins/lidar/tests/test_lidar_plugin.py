@@ -99,7 +99,7 @@ def test_encoder_refuses_a_rig_without_lidar():
         build_encoder(CFG, load_rig())
 
 
-def test_stack_fuses_it_with_a_builtin(rig):
+def test_stack_fuses_it_with_a_builtin(rig, caplog):
     torch.manual_seed(0)
     stack = PerceptionStack(CFG, rig, plugins=(ULTRASONIC, LIDAR)).eval()
     assert tuple(stack.encoders) == ("ultrasonic", "lidar") and stack.fusion.names == ("ultrasonic", "lidar")
@@ -107,8 +107,11 @@ def test_stack_fuses_it_with_a_builtin(rig):
     assert out.modalities == ["ultrasonic", "lidar"] and out.tokens["lidar"].shape == (1, BEV_TOKENS, 128)
     alone = stack.run(cloud_frame(rig), use=("lidar",))
     assert alone.modalities == ["lidar"] and alone.bev_probs.shape[1:] == (CFG.bev_grid.nx, CFG.bev_grid.ny)
-    default = PerceptionStack(CFG, load_rig(), plugins=(ULTRASONIC, LIDAR))  # no LiDAR on the rig: left out
+    with caplog.at_level("INFO", logger="edge.encoders.stack"):
+        default = PerceptionStack(CFG, load_rig(), plugins=(ULTRASONIC, LIDAR))  # no LiDAR on the rig: left out
     assert tuple(default.encoders) == ("ultrasonic",) and "no LiDAR" in str(default.problems[0])
+    # a rig without the sensor is the normal case: logged at INFO, not a warning on every default-rig run
+    assert [r.levelname for r in caplog.records if "no LiDAR" in r.getMessage()] == ["INFO"]
 
 
 def test_encoder_network_runs_on_onnxruntime(rig, tmp_path):
