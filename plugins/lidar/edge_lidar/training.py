@@ -6,8 +6,10 @@ Why this way: the shipped fisheye and ultrasonic encoders stay as they are (froz
 once per sample), so only the LiDAR encoder and the fusion head learn. The fusion head starts from the shipped one
 (BevFusionHead.widened: the LiDAR's columns at zero), so without a LiDAR it starts out as the shipped head; modality
 dropout teaches it every subset. DIR receives lidar.safetensors and fusion.safetensors (the core's checkpoint
-format: config and module in the metadata), the built-ins' files as links to the shipped ones, and eval.json: the
-BEV metrics (edge.perception.metrics) on the held-out drive for the shipped head and the new one per subset.
+format: config and module in the metadata), the built-ins' files as links to the shipped ones, and training.json:
+the training record and the BEV metrics (edge.perception.metrics) on the held-out drive for the shipped head and the
+new one per subset. Not eval.json: that name is the runtime's quality table, written by the core's
+`edge eval perception --model DIR --rig RIG --json DIR/eval.json` in its own format (the scheduler reads it).
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                   "samples": len(data), "held_out": len(held), "wall_s": round(time.time() - started),
                   "history": history}
     save(stack, args.out, args.shipped, {"training": json.dumps(provenance)})
-    (args.out / "eval.json").write_text(json.dumps({"training": provenance, "held_out": result}, indent=1))
+    (args.out / "training.json").write_text(json.dumps({"training": provenance, "held_out": result}, indent=1))
     print(json.dumps(result, indent=1))
 
 

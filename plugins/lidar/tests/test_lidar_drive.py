@@ -61,7 +61,7 @@ def test_training_writes_a_checkpoint_the_stack_loads(drive: Path, tmp_path: Pat
           "--stride", "5", "--batch", "2"])
     assert (out / "lidar.safetensors").is_file() and (out / "fusion.safetensors").is_file()
     assert (out / "camera.safetensors").is_symlink() and (out / "camera.safetensors").exists()
-    result = json.loads((out / "eval.json").read_text())["held_out"]
+    result = json.loads((out / "training.json").read_text())["held_out"]
     assert set(result) >= {"shipped fisheye+ultrasonic", "lidar", "fisheye+ultrasonic+lidar"}
     stack = PerceptionStack.load(out, rig=load_rig(RIG_FILE))
     assert "lidar" in stack.encoders and stack.fusion.names == ("fisheye", "ultrasonic", "lidar")
