@@ -102,6 +102,9 @@ class Runtime:
         perception_dir = Path(perception_dir)
         budget = budget or Budget()
         self.stack = PerceptionStack.load(perception_dir, rig=rig)
+        # what can run: the installed modalities whose encoder the stack built (a LiDAR on a rig without one is
+        # left out), so that no plan lists, and no calibration or probe tries, a modality nothing encodes
+        self.modalities: tuple[str, ...] = tuple(m for m in MODALITIES if m in self.stack.encoders)
         self.backend = backend  # network parts on eager PyTorch / ONNX Runtime / TensorRT (docs/runtime.md, Backends)
         self.stack.set_backend(backend, cache_dir=engine_cache, progress=progress)
         from edge.sensors.rig import load_rig  # as PerceptionStack.load: the default rig unless one is given
@@ -128,7 +131,7 @@ class Runtime:
         for note in self.notes:
             log.warning("%s", note)
         self.scheduler = Scheduler(QualityTable.from_perception_eval(eval_path), self.costs, budget,
-                                   MODALITIES, answerer.n_blocks if answerer is not None else 0, policy, dwell,
+                                   self.modalities, answerer.n_blocks if answerer is not None else 0, policy, dwell,
                                    quality_per_ms=quality_per_ms,
                                    aligner_sets=answerer.aligner_sets() if answerer is not None else (),
                                    backend=backend, threads=self.thread_options,
@@ -196,10 +199,10 @@ class Runtime:
         runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for _ in range(WARMUP_PASSES):
             for threads in counts:
-                self._time_stages(sample, MODALITIES, threads, {})
+                self._time_stages(sample, self.modalities, threads, {})
         for _ in range(1 if static else repeats):
             for threads in counts:
-                self._time_stages(sample, MODALITIES, threads, runs)
+                self._time_stages(sample, self.modalities, threads, runs)
         for (name, threads), r in runs.items():
             self.costs.calibrate(name, r, self.backend, threads)
         probe = ContextEstimator()  # the context's own cost, on a throwaway estimator (it keeps state)

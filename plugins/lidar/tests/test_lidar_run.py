@@ -76,3 +76,14 @@ def test_edge_node_subscribes_to_the_lidar_and_loads_its_encoder():
     assert tuple(runtime.stack.encoders) == ("fisheye", "ultrasonic", "audio", "camera", "lidar")
     assert "lidar" in runtime.scheduler.quality.bev
     assert "/lidar/roof/points" not in subscriptions(load_rig())
+
+
+def test_without_the_lidar_encoder_no_plan_lists_it(drive: Path, tmp_path: Path):
+    """The core's model directory and default rig on the same LiDAR drive: the clouds arrive (the stream is
+    healthy) but the stack has no LiDAR encoder, so even `all` leaves it out of the plan (it listed it, and the
+    report counted a LiDAR duty of 100 % for an encoder that never ran)."""
+    cfg = RuntimeConfig(use_llm=False, policy=Policy.ALL, max_frames=3)
+    run_drive(drive, cfg, tmp_path / "report", progress=False)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert not lidar_frames(report["frames"]) and report["summary"]["modality_duty"]["lidar"] == 0.0
+    assert all(set(f["bev_modalities"]) == {"fisheye", "ultrasonic"} for f in report["frames"])
