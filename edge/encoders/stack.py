@@ -98,10 +98,10 @@ def build_encoder(plugin: ModalityPlugin, cfg: PerceptionConfig, rig: Any, table
 
 
 def not_on_rig(plugin: ModalityPlugin, rig: Any) -> bool:
-    """Whether the plugin has sensors (default ones) but none on this rig: its encoder has nothing to read there, so
-    leaving it out is the expected case, logged at INFO; any other failure to build stays a warning."""
+    """Whether the plugin reads per-sensor streams but has no sensor on this rig: its encoder has nothing to read
+    there, so leaving it out is the expected case, logged at INFO; any other failure to build stays a warning."""
     try:
-        return bool(plugin.default_sensors) and not plugin.sensors(rig)
+        return plugin.per_sensor and not plugin.sensors(rig)
     except Exception:  # a plugin's own sensors() failing is a problem to warn about
         return False
 

@@ -27,11 +27,19 @@ def sensors(rig: Rig) -> tuple[str, ...]:
     return tuple(lidar.name for lidar in lidars(rig))
 
 
+def recorded(topics: tuple[str, ...]) -> tuple[str, ...]:
+    """The LiDARs of a recording, named by their `/lidar/<sensor>/points` topics: a LiDAR is optional on a vehicle,
+    so a bag read without its rig expects none (no default sensor) and reads those it holds."""
+    head, tail = points_topic("\0").split("\0")
+    return tuple(t[len(head):-len(tail)] for t in topics
+                 if t.startswith(head) and t.endswith(tail) and "/" not in t[len(head):-len(tail)] and len(t) > len(head + tail))
+
+
 def topics(names: tuple[str, ...]) -> tuple[TopicSpec, ...]:
     return tuple(TopicSpec(points_topic(n), (POINTCLOUD2,), True) for n in names)
 
 
 LIDAR = ModalityPlugin(
-    name=NAME, sensors=sensors, default_sensors=("roof",), topics=topics, sync=SyncKind.NEAREST, bev=True,
+    name=NAME, sensors=sensors, default_sensors=(), recorded_sensors=recorded, topics=topics, sync=SyncKind.NEAREST, bev=True,
     tokens=TOKENS, weights="lidar.safetensors", health_streams=(NAME,), encoder="edge_lidar.encoder:build",
     decoder="edge_lidar.decode:POINTS", simulator="edge_lidar.simulator:build")

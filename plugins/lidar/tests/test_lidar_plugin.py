@@ -63,8 +63,10 @@ def test_the_entry_point_is_installed_and_valid():
 def test_the_declaration():
     assert LIDAR.bev and LIDAR.sync == "nearest" and LIDAR.weights == "lidar.safetensors"
     assert LIDAR.tokens.count == BEV_TOKENS  # the stack's scene tokens of a BEV modality
-    assert [t.name for t in LIDAR.topics_for()] == ["/lidar/roof/points"]
-    assert LIDAR.topics_for()[0].types == ("sensor_msgs/msg/PointCloud2",) and LIDAR.key("roof") == "lidar/roof"
+    assert LIDAR.topics_for() == ()  # optional on a vehicle: a bag read without its rig expects no LiDAR ...
+    assert LIDAR.recorded_sensors(("/lidar/roof/points", "/fisheye/front/image_raw", "/lidar/a/b/points")) == ("roof",)
+    assert [t.name for t in LIDAR.topics(("roof",))] == ["/lidar/roof/points"]  # ... and reads those it holds
+    assert LIDAR.topics(("roof",))[0].types == ("sensor_msgs/msg/PointCloud2",) and LIDAR.key("roof") == "lidar/roof"
     assert isinstance(lookup(LIDAR.decoder), MessageDecoder)
     assert lookup(LIDAR.encoder) is build_encoder and lookup(LIDAR.simulator) is build_simulator
 
