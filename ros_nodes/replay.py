@@ -133,19 +133,39 @@ def run_replay(args: argparse.Namespace) -> int:
             rclpy.shutdown()
 
 
-def _wait_for_subscribers(pubs: dict[str, Any], timeout_s: float, count: int = 1) -> None:
+def _wait_for_subscribers(pubs: dict[str, Any], timeout_s: float, count: int = 1, notice_after_s: float = 5.0,
+                          clock: Any = time.monotonic, sleep: Any = time.sleep) -> None:
     """Hold playback until every topic has `count` matched subscribers (best-effort data sent before a match is
-    lost to that subscriber: two graphs fed by one replay would start from different data)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(p.get_subscription_count() < count for p in pubs.values()):
-        time.sleep(0.05)
-    short = sorted(t for t, p in pubs.items() if p.get_subscription_count() < count)
-    if short:
-        print(f"edge replay: warning: fewer than {count} subscriber(s) after {timeout_s:g} s on {len(short)} "
-              f"topic(s), e.g. {short[0]} ({pubs[short[0]].get_subscription_count()}); playing anyway",
-              file=sys.stderr)
+    lost to that subscriber: two graphs fed by one replay would start from different data).
+
+    A topic nobody subscribes to holds playback for the whole timeout: a node whose input is remapped
+    (`edge node --ros-args -r odom:=/vehicle/odom`) listens under another name than the replay publishes, and
+    nothing flows meanwhile. So after `notice_after_s` the topics still short are named once, with the remedy (the
+    same remap on the replay), instead of only at the timeout."""
+    start = clock()
+    deadline, noticed = start + timeout_s, False
+
+    def short() -> list[str]:
+        return sorted(t for t, p in pubs.items() if p.get_subscription_count() < count)
+
+    def named(topics: list[str]) -> str:
+        shown = ", ".join(f"{t} ({pubs[t].get_subscription_count()})" for t in topics[:5])
+        return shown + (f" and {len(topics) - 5} more" if len(topics) > 5 else "")
+
+    while clock() < deadline and (missing := short()):
+        if not noticed and clock() - start >= notice_after_s:
+            noticed = True
+            print(f"edge replay: waiting up to {timeout_s:g} s for {count} subscriber(s) on {len(missing)} of "
+                  f"{len(pubs)} topic(s): {named(missing)}; a node subscribed under another name needs the same "
+                  "remap here (edge replay ... --ros-args -r FROM:=TO), or leave the topic out (--topics)",
+                  file=sys.stderr, flush=True)
+        sleep(0.05)
+    missing = short()
+    if missing:
+        print(f"edge replay: warning: fewer than {count} subscriber(s) after {timeout_s:g} s on {len(missing)} "
+              f"topic(s): {named(missing)}; playing anyway", file=sys.stderr, flush=True)
     else:
-        time.sleep(0.2)  # the subscribers' side of the match completes a moment after ours
+        sleep(0.2)  # the subscribers' side of the match completes a moment after ours
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -61,3 +61,50 @@ def test_raw_replay_yields_cdr_and_bad_arguments_are_clear(drive_bag: Path):
         Player(drive_bag, ReplayConfig(topics=["/nope"]))
     with pytest.raises(BagError, match="rate"):
         Player(drive_bag, ReplayConfig(rate=0))
+
+
+class _Publisher:
+    """A stand-in rclpy publisher: `subscribers` matched from fake time `matched_at` on (None: never)."""
+
+    def __init__(self, now: list[float], matched_at: float | None, subscribers: int = 1) -> None:
+        self.now, self.matched_at, self.subscribers = now, matched_at, subscribers
+
+    def get_subscription_count(self) -> int:
+        return self.subscribers if self.matched_at is not None and self.now[0] >= self.matched_at else 0
+
+
+def _fake_time() -> tuple[list[float], dict]:
+    now = [0.0]
+    return now, dict(clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+
+
+def test_wait_for_subscribers_names_an_unmatched_topic_early(capsys):
+    """A topic nobody subscribes to (the node remapped odom to /vehicle/odom, the replay still publishes /odom) held
+    playback silently for the whole --wait-for-subscribers timeout (120 s in the DDS test). The topics still short
+    are now named once, with the remedy, after `notice_after_s` of fake time, before the timeout's warning."""
+    from ros_nodes.replay import _wait_for_subscribers
+
+    now, fake = _fake_time()
+    pubs = {"/odom": _Publisher(now, None), "/fisheye/front/image_raw/compressed": _Publisher(now, 1.0)}
+    _wait_for_subscribers(pubs, 120.0, notice_after_s=5.0, **fake)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2, err
+    notice, warning = err
+    assert notice.startswith("edge replay: waiting up to 120 s") and "on 1 of 2 topic(s): /odom (0);" in notice
+    assert "--ros-args -r FROM:=TO" in notice and "fisheye" not in notice
+    assert warning.startswith("edge replay: warning: fewer than 1 subscriber(s) after 120 s") and "/odom (0)" in warning
+    assert 120.0 <= now[0] < 121.0
+
+
+def test_wait_for_subscribers_ends_on_the_match_quietly(capsys):
+    from ros_nodes.replay import _wait_for_subscribers
+
+    now, fake = _fake_time()
+    pubs = {"/odom": _Publisher(now, 7.0, 2), "/audio/raw": _Publisher(now, 1.0, 2)}
+    _wait_for_subscribers(pubs, 120.0, count=2, notice_after_s=5.0, **fake)
+    err = capsys.readouterr().err
+    assert now[0] < 7.5  # playback starts on the last match (+0.2 s), not at the timeout
+    assert "waiting up to 120 s for 2 subscriber(s) on 1 of 2 topic(s): /odom (0)" in err and "warning" not in err
+    now2, fake2 = _fake_time()
+    _wait_for_subscribers({"/odom": _Publisher(now2, 1.0)}, 120.0, notice_after_s=5.0, **fake2)
+    assert capsys.readouterr().err == "" and now2[0] < 1.5  # matched before the notice: nothing printed

@@ -25,6 +25,7 @@ from edge.drives.generate import generate_drive
 pytestmark = [pytest.mark.ros]
 ROOT = Path(__file__).resolve().parents[1]
 NODE = "/mpnp_edge_runtime"
+ODOM_REMAP = "/odom:=/vehicle/odom"  # the replay's side of the node's -r odom:=/vehicle/odom
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +169,23 @@ def client_factory(ros_env: dict[str, str]) -> Iterator[Any]:
         c.close()
 
 
-def replay(bag: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    # the topics the node subscribes to, so that --wait-for-subscribers ends as soon as it has matched them all
+def replay(bag: Path, env: dict[str, str], *extra: str, remaps: tuple[str, ...] = ()) -> subprocess.Popen:
+    # the topics the node subscribes to, so that --wait-for-subscribers ends as soon as it has matched them all;
+    # `remaps`: the node's input remaps, applied to the replay too, or the replay waits the whole 120 s on a topic the
+    # node listens to under another name (before: /odom, 120 s before the first message of every replay)
     topics = [t for t in open_bag(bag).topics if not t.startswith("/ground_truth") and not t.endswith("camera_info")]
+    ros_args = ["--ros-args", *(a for r in remaps for a in ("-r", r))] if remaps else []
     return subprocess.Popen([sys.executable, "-m", "edge.cli", "replay", str(bag), "--rate", "1.0",
-                             "--wait-for-subscribers", "120", *extra, "--topics", *topics],
+                             "--wait-for-subscribers", "120", *extra, "--topics", *topics, *ros_args],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def finished(replay_process: subprocess.Popen) -> str:
+    """The replay's stderr once it ended with status 0, having matched every topic before playing (no timeout)."""
+    assert replay_process.wait(timeout=300) == 0, replay_process.stderr.read()
+    err = replay_process.stderr.read()
+    assert "fewer than" not in err, err  # a topic short at the timeout: playback waited the whole 120 s
+    return err
 
 
 def assert_frame_stamps(grids: list[tuple[Any, ...]], front_stamps: set[int], min_share: float) -> None:
@@ -222,7 +234,7 @@ def test_managed_node_lifecycle_parameters_transports_and_remaps(drive, ros_env,
         refused = client.set_parameter("policy", "night")
         assert not refused.successful and "policy" in refused.reason
 
-        compressed = replay(bag, ros_env)
+        compressed = replay(bag, ros_env, remaps=(ODOM_REMAP,))
         client.spin(300, until=lambda: len(client.grids) >= 8)
         assert len(client.grids) >= 8, node.lines[-20:]
         client.ask("is the left side clear?")
@@ -230,7 +242,7 @@ def test_managed_node_lifecycle_parameters_transports_and_remaps(drive, ros_env,
         assert client.answers and "use_llm is false" in client.answers[0]["refused"]  # every question a reply
         assert client.set_parameter("policy", "camera").successful
         client.spin(300, until=lambda: any(p["reason"].startswith("static policy camera") for p in client.plans))
-        assert compressed.wait(timeout=300) == 0, compressed.stderr.read()
+        finished(compressed)
         first_plan, camera_plan = client.plans[0], client.plans[-1]
         assert first_plan["reason"] == "static policy all" and {"fisheye", "ultrasonic"} <= set(first_plan["modalities"])
         assert camera_plan["reason"].startswith("static policy camera") and "ultrasonic" not in camera_plan["modalities"]
@@ -242,6 +254,7 @@ def test_managed_node_lifecycle_parameters_transports_and_remaps(drive, ros_env,
         assert "fisheye_ms" in status["mpnp_edge/processing_time"]  # per-stage processing times
         assert status["mpnp_edge/input"]["lag_skips"] == "0"  # max_input_lag_s 0: nothing skipped
         assert int(status["mpnp_edge/input"]["received /fisheye/front/image_raw"]) >= len(client.grids)
+        assert int(status["mpnp_edge/input"]["received /odom"]) > 0  # odometry arrived on the remapped name
 
         ok, deactivate_s = client.transition("deactivate")
         assert ok and client.state() == "inactive"
@@ -251,9 +264,9 @@ def test_managed_node_lifecycle_parameters_transports_and_remaps(drive, ros_env,
         print(f"deactivate {deactivate_s * 1e3:.0f} ms, activate {activate_s * 1e3:.0f} ms (service round trips)")
         assert sum("configured:" in ln for ln in node.lines) == 1  # nothing loaded again
         before = len(client.grids)
-        raw = replay(bag, ros_env, "--raw-images")
+        raw = replay(bag, ros_env, "--raw-images", remaps=(ODOM_REMAP,))
         client.spin(300, until=lambda: len(client.grids) >= before + 8)
-        assert raw.wait(timeout=300) == 0, raw.stderr.read()
+        finished(raw)
         assert len(client.grids) >= before + 8
         assert_frame_stamps(client.grids[before:], front_stamps, 0.5)
         assert client.transition("deactivate")[0] and client.transition("cleanup")[0]
