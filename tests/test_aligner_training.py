@@ -89,6 +89,42 @@ def test_few_steps_reduce_loss_only_aligners_change(llm, tmp_path: Path):
         again.close()
 
 
+def weight_mappings(llm) -> int:
+    """How many memory mappings of the LLM's safetensors file this process has (Linux /proc/self/maps)."""
+    files = {str(p) for p in Path(llm.weights_dir).glob("*.safetensors")}
+    with open("/proc/self/maps") as maps:
+        return sum(line.split()[-1] in files for line in maps if len(line.split()) >= 6)
+
+
+def test_released_trunk_trains_the_same_and_refuses_new_text(llm, tmp_path: Path):
+    """Freeing the frozen blocks after the trunk cache is filled changes no loss, drops their weights, and a text
+    the cache lacks is refused by name rather than run through missing blocks."""
+    data = scenes()
+    records = []
+    for release, source in ((False, llm), (True, load_llm())):  # the release cuts its LLM: a private copy
+        torch.manual_seed(0)
+        model = QAModel(source, QAConfig("mpnp", ("fisheye", "camera"), n_blocks=2))
+        try:
+            before = sum(p.numel() for p in source.model.parameters())
+            mapped = weight_mappings(source)
+            records.append(train(model, data, None, epochs=2, batch=8, lr=3e-3, progress=False, release_trunk=release))
+            if release:
+                # the kept weights were copied out of the memory-mapped file, so its mapping (and the freed blocks'
+                # resident pages) is gone: that is what lowers training's RSS
+                assert weight_mappings(source) == mapped - 1
+                kept = sum(p.numel() for p in source.model.parameters())
+                per_block = sum(p.numel() for p in llm.model.model.layers[0].parameters())
+                assert before - kept == 28 * per_block  # 30 blocks, the last 2 train
+                with pytest.raises(LLMError, match="block 0 was released"):
+                    model.answer(data, data.items[:1], max_new_tokens=2)
+        finally:
+            model.close()
+    kept, released = records
+    assert (kept["trunk_blocks_released"], released["trunk_blocks_released"]) == (0, 28)
+    assert released["loss_per_epoch"] == pytest.approx(kept["loss_per_epoch"], rel=1e-5)
+    assert released["trunk_passes"] == kept["trunk_passes"] == 2
+
+
 def test_adapt_chooses_n_within_budget(llm):
     shape = CostShape.of(llm.model)
     from edge.llm.cost import ModalityCost

@@ -178,7 +178,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"adapt: attached {list(attached)}, training {list(trained)}, method {method}, {reason}")
     model = QAModel(llm, QAConfig(method, attached, trained, n, lora), init_from=args.base)
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-                time_budget_s=args.budget_seconds, progress=not args.quiet,
+                time_budget_s=args.budget_seconds, progress=not args.quiet, release_trunk=True,
                 extra={"drives": args.drives, "lighting": args.lighting, "adapt_from": str(args.base),
                        "n_reason": reason, "budget_flops": args.budget_flops, "budget_seconds": args.budget_seconds,
                        "perception_weights": perception_fingerprints(args.perception)})

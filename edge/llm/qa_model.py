@@ -100,6 +100,18 @@ class TrunkCache:
         return [self._store[s] for s in seqs]
 
 
+class ReleasedBlock(nn.Module):
+    """Stands in for a frozen block whose weights were freed once the trunk cache held every training text."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        raise LLMError(f"LLM block {self.index} was released after training's trunk cache was filled; this model "
+                       "only trains on the texts it cached: load the run again (load_run) to evaluate or answer")
+
+
 class QAModel:
     """The LLM with one method's trainable parts attached; `loss` trains, `answer` evaluates, `save`/`load` persist."""
 
@@ -128,6 +140,27 @@ class QAModel:
         self.start = 0 if cfg.method == "prefix" else L - n
         self.trunk = TrunkCache(self.model, self.start)
         self.only: tuple[str, ...] | None = None  # evaluate with only these of the attached modalities fed
+
+    def release_trunk(self, seqs: list[tuple[int, ...]]) -> int:
+        """Run the frozen blocks once over every text in `seqs`, then free their weights; returns blocks freed.
+
+        Why: those blocks see only text, so after one pass per distinct training text they are never needed again
+        in training, and their weights (24 of SmolLM2's 30 blocks at N = 6, ~340 MB fp32) are most of the
+        resident memory training would otherwise hold. The kept weights are copied out of the memory-mapped
+        weights file, so the whole mapping goes and the freed blocks leave RSS. The shared LLM keeps working only
+        on the cached texts afterwards (a released block raises LLMError): for a process that trains and exits.
+        """
+        if self.start == 0:
+            return 0
+        self.trunk.get(seqs)
+        layers = self.model.model.layers
+        for i in range(self.start):
+            for t in [*layers[i].parameters(), *layers[i].buffers()]:  # the connector still holds their modules
+                t.data = torch.empty(0, dtype=t.dtype)
+            layers[i] = ReleasedBlock(i)
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            t.data = t.data.clone()
+        return self.start
 
     def use_only(self, modalities: tuple[str, ...] | None) -> None:
         """Feed only `modalities` (the others attached but masked out, as if detached); None = all attached."""
