@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,6 +23,9 @@ from tqdm import tqdm
 from edge.llm.errors import LLMError
 from edge.token_layouts import TOKEN_LAYOUTS
 
+# The built-in modalities (edge/modalities/builtin.py), the columns of every cache the core's default rig gives. What
+# a drive's data holds is what the perception stack that encoded it produced: a plugin's modality (the LiDAR of
+# plugins/lidar on its rig) is one more column, read back like the built-ins' (`known_modalities`, `load_drive`).
 MODALITIES = ("fisheye", "ultrasonic", "audio", "camera")
 CACHE_VERSION = "3"  # 2: scene tokens (edge/encoders/scene_tokens.py), QA at 2 Hz; 3: ultrasonic echo features
 # The cache key also holds every modality's token layout (edge/token_layouts.py): a layout bump re-encodes.
@@ -58,24 +61,43 @@ class QADataset:
     items: list[QAItem]
     tokens: dict[str, dict[str, torch.Tensor]]
     present: dict[str, dict[str, torch.Tensor]]
+    sources: dict[str, str] = field(default_factory=dict)  # drive -> the cache file its tokens came from
 
     def filter(self, lighting: Iterable[str] | None = None, kinds: Iterable[str] | None = None) -> "QADataset":
         light = set(lighting) if lighting is not None else None
         kind = set(kinds) if kinds is not None else None
         keep = [it for it in self.items if (light is None or it.lighting in light) and (kind is None or it.kind in kind)]
-        return QADataset(keep, self.tokens, self.present)
+        return QADataset(keep, self.tokens, self.present, self.sources)
 
     def subset(self, n: int, seed: int) -> "QADataset":
         """A seeded random subset of at most n items (the 'few hundred samples' of runtime adaptation)."""
         if n >= len(self.items):
             return self
         idx = np.random.default_rng(seed).permutation(len(self.items))[:n]
-        return QADataset([self.items[i] for i in sorted(idx)], self.tokens, self.present)
+        return QADataset([self.items[i] for i in sorted(idx)], self.tokens, self.present, self.sources)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities every drive of this data has tokens of (the first drive's column order)."""
+        drives = list(self.tokens.values())
+        if not drives:
+            return ()
+        return tuple(m for m in drives[0] if all(m in d for d in drives[1:]))
+
+    def require(self, modalities: Iterable[str], items: Iterable[QAItem] | None = None) -> None:
+        """LLMError naming the modality and the drive (and its cache file) whose data lacks it."""
+        drives = dict.fromkeys(it.drive for it in (self.items if items is None else items))
+        for m in modalities:
+            for d in drives:
+                if m not in self.tokens[d]:
+                    src = f" ({self.sources[d]})" if d in self.sources else ""
+                    raise LLMError(f"drive {d}{src} has no '{m}' tokens: the perception stack that encoded it gave "
+                                   f"{', '.join(self.tokens[d]) or 'none'} (encode drives on a rig and perception "
+                                   f"directory with a '{m}' encoder: --rig, --perception)")
 
     def batch_tokens(self, items: list[QAItem], modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, d_enc) tokens and a (B, T) validity mask (all False where the sensor was missing)."""
-        if modality not in MODALITIES:
-            raise LLMError(f"unknown modality '{modality}' (known: {', '.join(MODALITIES)})")
+        self.require((modality,), items)
         toks = torch.stack([self.tokens[it.drive][modality][it.sample] for it in items])
         ok = torch.stack([self.present[it.drive][modality][it.sample] for it in items])
         return toks, ok[:, None].expand(-1, toks.shape[1]).clone()
@@ -92,34 +114,64 @@ class QADataset:
         return out
 
 
-def check_modalities(names: Iterable[str]) -> tuple[str, ...]:
-    """Validate modality names early, with the list of known ones in the error."""
+def known_modalities() -> tuple[str, ...]:
+    """The installed modality plugins (edge.modalities.registry): the built-ins, then e.g. plugins/lidar's."""
+    from edge.modalities.registry import registry
+
+    return tuple(dict.fromkeys((*MODALITIES, *registry().names)))
+
+
+def check_modalities(names: Iterable[str], known: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Validate modality names early (against the installed plugins by default), the known ones in the error."""
     names = tuple(names)
-    bad = [m for m in names if m not in MODALITIES]
+    known = tuple(known_modalities() if known is None else known)
+    bad = [m for m in names if m not in known]
     if bad:
-        raise LLMError(f"unknown modality {bad} (known: {', '.join(MODALITIES)})")
+        raise LLMError(f"unknown modality {bad} (known: {', '.join(known)})")
     if len(set(names)) != len(names):
         raise LLMError(f"modality listed twice in {list(names)}")
     return names
 
 
-def _cache_file(bag: Path, perception_dir: Path, cache_dir: Path) -> Path:
+def stack_extras(perception_dir: Path, rig: Any = None) -> dict[str, str]:
+    """Modality -> token layout of the plugins beyond the built-ins that a stack of `perception_dir` on `rig` encodes:
+    those with sensors on the rig (or none per sensor) and their weights file in the directory. Empty on the core's
+    default rig (the LiDAR has no sensor there), so the built-in stack's cache key is what it always was."""
+    from edge.modalities.registry import registry
+    from edge.sensors.rig import load_rig
+
+    out: dict[str, str] = {}
+    for p in registry():
+        if p.name in MODALITIES or not (perception_dir / p.weights).exists():
+            continue
+        if p.per_sensor and not p.sensors(rig if rig is not None else load_rig()):
+            continue
+        out[p.name] = p.tokens.layout
+    return out
+
+
+def _cache_file(bag: Path, perception_dir: Path, cache_dir: Path, extras: dict[str, str] | None = None) -> Path:
+    """The cache file of `bag` encoded by the stack of `perception_dir`; `extras` (stack_extras) are the modalities
+    it encodes beyond the built-ins, in the key only when there are any (the built-in stack's key is unchanged)."""
     meta = bag / "metadata.yaml"
     weights = sorted(perception_dir.glob("*.safetensors"))
     stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in [meta, *weights] if p.exists())
-    layouts = ",".join(f"{m}={v}" for m, v in sorted(TOKEN_LAYOUTS.items()))
+    layouts = ",".join(f"{m}={v}" for m, v in sorted({**TOKEN_LAYOUTS, **(extras or {})}.items()))
     key = hashlib.sha256(f"{CACHE_VERSION}|{layouts}|{bag.resolve()}|{stamp}".encode()).hexdigest()[:12]
     return cache_dir / f"{bag.name}-{key}.safetensors"
 
 
 def encode_drive(bag: Path, stack: Any, out: Path, progress: bool = True) -> Path:
-    """Run the frozen encoders on every sample of `bag` that carries QA; write tokens + QA as one safetensors file."""
+    """Run the frozen encoders on every sample of `bag` that carries QA; write tokens + QA as one safetensors file.
+
+    The columns are the stack's modalities (its encoders, in registry order), each with a `<m>_present` mask."""
     from edge.drives.sync import SyncConfig, Synchronizer
 
     # QA arrives at 1 Hz and samples at 10 Hz: decode images only for the samples that carry QA
     sync = Synchronizer(bag, SyncConfig(image_reduce=stack.cfg.image_reduce, decode_images=False))
-    cols: dict[str, list[torch.Tensor]] = {m: [] for m in MODALITIES}
-    present: dict[str, list[bool]] = {m: [] for m in MODALITIES}
+    names = tuple(stack.encoders)
+    cols: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+    present: dict[str, list[bool]] = {m: [] for m in names}
     qa: list[dict[str, Any]] = []
     shapes: dict[str, tuple[int, ...]] = {}
     bar = tqdm(desc=f"encode {bag.name}", unit="sample", disable=not progress, leave=False)
@@ -130,9 +182,9 @@ def encode_drive(bag: Path, stack: Any, out: Path, progress: bool = True) -> Pat
             continue
         sync.decode_deferred(sample)
         out_p = stack.run(sample)
-        row = len(cols[MODALITIES[0]])  # this sample's row in the token arrays
+        row = len(cols[names[0]])  # this sample's row in the token arrays
         lighting = (gt.conditions or {}).get("lighting", "unknown") if isinstance(gt.conditions, dict) else "unknown"
-        for m in MODALITIES:
+        for m in names:
             t = out_p.tokens.get(m)
             if t is not None:
                 shapes[m] = tuple(t.shape[1:])
@@ -145,7 +197,7 @@ def encode_drive(bag: Path, stack: Any, out: Path, progress: bool = True) -> Pat
     if not qa:
         raise LLMError(f"{bag}: no QA pairs on /ground_truth/qa (not a generated drive, or ground truth disabled?)")
     tensors = {}
-    for m in MODALITIES:
+    for m in names:
         if m not in shapes:
             raise LLMError(f"{bag}: the encoders produced no '{m}' tokens for any QA sample")
         zero = torch.zeros(shapes[m])
@@ -160,36 +212,47 @@ def encode_drive(bag: Path, stack: Any, out: Path, progress: bool = True) -> Pat
 
 
 def load_drive(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Tokens and masks of every modality column the file has (each `<m>` with its `<m>_present`), and its QA."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != "mpnp-edge-qa-tokens":
             raise LLMError(f"{path}: not a QA token cache")
-        tokens = {m: f.get_tensor(m) for m in MODALITIES}
-        present = {m: f.get_tensor(f"{m}_present") for m in MODALITIES}
+        keys = set(f.keys())
+        order = {m: i for i, m in enumerate(known_modalities())}
+        names = sorted((k for k in keys if f"{k}_present" in keys), key=lambda m: (order.get(m, len(order)), m))
+        tokens = {m: f.get_tensor(m) for m in names}
+        present = {m: f.get_tensor(f"{m}_present") for m in names}
     return tokens, present, json.loads(meta["qa"])
 
 
 def build_dataset(drives: Iterable[str], *, perception_dir: Path = Path("models/perception"),
                   drives_dir: Path = DEFAULT_DRIVES_DIR, cache_dir: Path = DEFAULT_CACHE,
-                  progress: bool = True) -> QADataset:
-    """QA items and cached tokens of the given drives (bag dirs or scenario:seed:duration specs)."""
-    from edge.perception.data import resolve_drives
+                  progress: bool = True, rig: str | Path | None = None) -> QADataset:
+    """QA items and cached tokens of the given drives (bag dirs or scenario:seed:duration specs).
 
-    bags = resolve_drives(list(drives), drives_dir, progress=progress)
+    `rig`: the rig YAML that specs are generated on and the stack is built for (default: the core's default rig);
+    e.g. plugins/lidar/edge_lidar/rigs/lidar_rig.yaml with plugins/lidar/models/perception adds a 'lidar' column."""
+    from edge.perception.data import resolve_drives
+    from edge.sensors.rig import load_rig
+
+    bags = resolve_drives(list(drives), drives_dir, progress=progress, rig_path=rig)
+    rig_obj = load_rig(rig) if rig is not None else None
+    extras = stack_extras(perception_dir, rig_obj)
     stack = None
     items: list[QAItem] = []
     tokens: dict[str, dict[str, torch.Tensor]] = {}
     present: dict[str, dict[str, torch.Tensor]] = {}
+    sources: dict[str, str] = {}
     for bag in bags:
-        path = _cache_file(bag, perception_dir, cache_dir)
+        path = _cache_file(bag, perception_dir, cache_dir, extras)
         if not path.exists():
             if stack is None:
                 from edge.encoders.stack import PerceptionStack
 
-                stack = PerceptionStack.load(perception_dir)
+                stack = PerceptionStack.load(perception_dir, rig=rig_obj)
             encode_drive(bag, stack, path, progress)
         tok, pres, qa = load_drive(path)
         name = bag.name
-        tokens[name], present[name] = tok, pres
+        tokens[name], present[name], sources[name] = tok, pres, str(path)
         items += [QAItem(q["question"], q["answer"], q["kind"], q["lighting"], name, q["row"]) for q in qa]
-    return QADataset(items, tokens, present)
+    return QADataset(items, tokens, present, sources)

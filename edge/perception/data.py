@@ -49,8 +49,10 @@ DEFAULT_EVAL = tuple(f"{sc}:101:20" for sc in ("parking-day", "parking-night", "
                                                  "day-to-night", "glare", "siren"))
 
 
-def resolve_drives(items: list[str], drives_dir: Path, progress: bool = True) -> list[Path]:
-    """Each item is a bag directory or a scenario:seed:duration spec (generated under drives_dir if absent)."""
+def resolve_drives(items: list[str], drives_dir: Path, progress: bool = True,
+                   rig_path: str | Path | None = None) -> list[Path]:
+    """Each item is a bag directory or a scenario:seed:duration spec (generated under drives_dir if absent, on the
+    rig `rig_path`: the default rig when None)."""
     from edge.drives.generate import generate_drive
 
     paths = []
@@ -64,7 +66,7 @@ def resolve_drives(items: list[str], drives_dir: Path, progress: bool = True) ->
         if not (out / "metadata.yaml").exists():
             if out.exists() and any(out.iterdir()):
                 raise EdgeError(f"{out}: exists without metadata.yaml (an interrupted generation?); remove it")
-            generate_drive(out, spec.seed, spec.duration, spec.scenario, progress=progress)
+            generate_drive(out, spec.seed, spec.duration, spec.scenario, rig_path=rig_path, progress=progress)
         paths.append(out)
     return paths
 
