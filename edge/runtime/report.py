@@ -33,11 +33,18 @@ from edge.modalities.registry import registry
 from edge.perception.labels import IGNORE, bev_targets
 from edge.perception.metrics import near_mask, obstacle_binary
 from edge.runtime.runtime import FrameResult
-from edge.runtime.scheduler import BEV_MODALITIES, MODALITIES
 
 CLASS_COLOURS = np.array([[200, 200, 200], [40, 40, 220], [220, 80, 30], [40, 180, 40], [70, 70, 70]], np.uint8)
-# Stages in frame order: the BEV modalities, their fusion, the other modalities, attaching tokens to the LLM.
-STAGES = ("context+plan", *BEV_MODALITIES, "fusion", *(m for m in MODALITIES if m not in BEV_MODALITIES), "attach")
+
+
+def stage_order(plugins: Iterable[ModalityPlugin]) -> tuple[str, ...]:
+    """Stages in frame order: the BEV modalities, their fusion, the other modalities, attaching tokens to the LLM."""
+    plugins = tuple(plugins)
+    return ("context+plan", *(p.name for p in plugins if p.bev), "fusion", *(p.name for p in plugins if not p.bev),
+            "attach")
+
+
+STAGES = stage_order(registry())  # of every installed plugin; a report lists those of the stack it ran (plugins)
 FRAMES_FILE = "frames.jsonl"  # beside report.json: one frame record per line, written as the run goes
 RUNNING = "running: the process ended before writing its summary; frames.jsonl holds the frames it finished"
 RECOVERED = ("recovered by `edge report` from frames.jsonl: the process ended without its summary (killed outright, "
@@ -101,6 +108,10 @@ class ReportBuilder:
         and ground truth (`truth`) frame records hold, in this order (None: the registry's)."""
         self.cfg, self.meta = cfg, meta
         self.plugins = tuple(registry() if plugins is None else plugins)
+        # what the summary's duty, its stages and the timeline list: the modalities the run could plan (the stack's
+        # encoders: edge run passes runtime.stack.plugins), not every installed plugin (a LiDAR on the default rig)
+        self.modalities: tuple[str, ...] = tuple(p.name for p in self.plugins)
+        self.stages: tuple[str, ...] = stage_order(self.plugins)
         self.near = near_mask(cfg, footprint) if cfg is not None and footprint is not None else None
         self.frames: list[dict[str, Any]] = []
         self.switches: list[dict[str, Any]] = []
@@ -192,7 +203,7 @@ class ReportBuilder:
         f = self.frames
         total = [x["timings_ms"]["total"] for x in f]
         stages = {}
-        for stage in STAGES:
+        for stage in self.stages:
             vals = [v for x in f for k, v in x["timings_ms"].items() if k == stage or k.startswith(stage + "@")]
             if vals:
                 stages[stage] = {"p50": percentile(vals, 50), "p99": percentile(vals, 99), "mean": float(np.mean(vals))}
@@ -200,7 +211,8 @@ class ReportBuilder:
         answers = [a for x in f for a in x["answers"]]
         exact = [a["correct"] for a in answers if "correct" in a]
         prior = [a["prior_correct"] for a in answers if "prior_correct" in a]
-        busy = {m: float(np.mean([m in x["plan"]["modalities"] for x in f])) if f else 0.0 for m in MODALITIES}
+        busy = {m: float(np.mean([m in x["plan"]["modalities"] for x in f])) if f else 0.0
+                for m in self.modalities}
         return {
             "frames": len(f), "switches": len(self.switches),
             "latency_ms": {"min": min(total, default=None), "p50": percentile(total, 50), "p95": percentile(total, 95),
@@ -297,14 +309,14 @@ peak memory {fmt(s['peak_rss_mb'])} MB &middot; obstacle IoU within 5 m {fmt(s['
         for a, b in zip(self.frames, self.frames[1:] + [self.frames[-1]]):
             parts.append(f'<rect x="{x(a["t"]):.1f}" y="10" width="{max(x(b["t"]) - x(a["t"]), 1):.1f}" height="16" '
                          f'fill="{light.get(a["lighting"], "#aaa")}"/>')
-        for i, m in enumerate(MODALITIES):
+        for i, m in enumerate(self.modalities):
             y = 40 + 22 * i
             parts.append(f'<text x="0" y="{y + 12}" font-size="12">{m}</text>')
             for a, b in zip(self.frames, self.frames[1:] + [self.frames[-1]]):
                 if m in a["plan"]["modalities"]:
                     parts.append(f'<rect x="{x(a["t"]):.1f}" y="{y}" width="{max(x(b["t"]) - x(a["t"]), 1):.1f}" '
                                  f'height="16" fill="#3a7"/>')
-        h = 40 + 22 * len(MODALITIES) + 20
+        h = 40 + 22 * len(self.modalities) + 20
         parts.append(f'<text x="90" y="{h - 4}" font-size="11">0 s</text><text x="{w - 40}" y="{h - 4}" '
                      f'font-size="11">{span:.0f} s</text>')
         return f'<svg width="{w}" height="{h}">{"".join(parts)}</svg>'
@@ -318,7 +330,7 @@ peak memory {fmt(s['peak_rss_mb'])} MB &middot; obstacle IoU within 5 m {fmt(s['
         span = max(ts[-1], 1e-6)
         parts, legend = [], []
         base = np.zeros(len(ts))
-        for stage, colour in zip(STAGES, itertools.cycle(colours)):  # more stages with more plugins
+        for stage, colour in zip(self.stages, itertools.cycle(colours)):  # more stages with more plugins
             vals = np.array([sum(v for k, v in f["timings_ms"].items() if k == stage or k.startswith(stage + "@"))
                              for f in self.frames])
             if not vals.any():
@@ -400,12 +412,23 @@ def recover(directory: str | Path) -> tuple[Path, int]:
     if reason != RUNNING:
         state = f"partial ({reason})" if reason else "complete"
         raise ReportError(f"{stub}: the run wrote its summary already ({state}); nothing to recover")
-    builder = ReportBuilder(None, None, doc["meta"])
+    builder = ReportBuilder(None, None, doc["meta"], _recorded_plugins(doc))
     builder.frames = doc["frames"]
     builder.switches = [f["plan_change"] for f in builder.frames if "plan_change" in f]
     builder._dir = out  # frames.jsonl stays as recorded (a torn last line included)
     builder.write(out, partial_reason=RECOVERED.format(n=len(builder.frames)))
     return out, len(builder.frames)
+
+
+def _recorded_plugins(doc: dict[str, Any]) -> tuple[ModalityPlugin, ...] | None:
+    """The plugins of the run a report recorded: the stub's summary, written at the start, has a duty of 0 for
+    each modality the run could plan (ReportBuilder.modalities), in order; None (the registry's) where it has no
+    duty, or names a modality not installed now."""
+    names = list((doc.get("summary") or {}).get("modality_duty") or {})
+    installed = {p.name: p for p in registry()}
+    if not names or any(n not in installed for n in names):
+        return None
+    return tuple(installed[n] for n in names)
 
 
 def _write_atomic(path: Path, text: str) -> None:
