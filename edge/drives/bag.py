@@ -46,15 +46,24 @@ log = logging.getLogger(__name__)
 
 SENSOR_DEPTH = 5
 DEFAULT_DEPTH = 10
-_SENSOR_PREFIXES = ("/fisheye/", "/camera/", "/ultrasonic/", "/audio/")
+
+
+def sensor_prefixes() -> tuple[str, ...]:
+    """The namespaces of the installed modality plugins' sensor topics ("/fisheye/", "/camera/", "/ultrasonic/",
+    "/audio/" for the built-ins; "/lidar/" with the LiDAR package), from their declarations
+    (edge.modalities.registry.Registry.topic_namespaces)."""
+    from edge.modalities.registry import registry  # here: the plugins' declarations import edge.drives.topics
+
+    return registry().topic_namespaces()
 
 
 def is_sensor_topic(topic: str) -> bool:
-    """Sensor data (best-effort QoS per DESIGN.md): contract sensor topics, any `/ultrasonic/*` sensor included."""
+    """Sensor data (best-effort QoS per DESIGN.md): contract sensor topics, and any topic under a plugin's sensor
+    namespace (`sensor_prefixes`: every `/ultrasonic/*` sensor, a rig's other cameras, ...), odometry."""
     spec = T.known_topics(()).get(topic)
     if spec is not None:
         return spec.sensor
-    return topic.startswith(_SENSOR_PREFIXES) or topic == T.ODOM
+    return topic.startswith(sensor_prefixes()) or topic == T.ODOM
 
 
 def offered_qos(sensor: bool) -> Qos:

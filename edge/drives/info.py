@@ -38,6 +38,8 @@ def _chunk_compression(path: Path) -> list[str]:
 
 def bag_info(path: str | Path) -> dict[str, Any]:
     """Summary of a rosbag2 bag as a JSON-ready dict; damage found while reading is listed under 'diagnostics'."""
+    from edge.modalities.registry import registry  # at call time, as known_topics asks it
+
     path = Path(path)
     with open_bag(path) as bag:
         first: dict[str, int] = {}
@@ -47,8 +49,8 @@ def bag_info(path: str | Path) -> dict[str, Any]:
             first.setdefault(m.topic, m.stamp_ns)
             last[m.topic] = m.stamp_ns
             count[m.topic] = count.get(m.topic, 0) + 1
-        ultrasonic = [t.split("/", 2)[2] for t in bag.topics if t.startswith("/ultrasonic/")]
-        contract = T.known_topics(ultrasonic)
+        # the sensors a recording names by its topics (range sensors, LiDARs: each plugin's recorded_sensors)
+        contract = T.known_topics(registry().recorded_sensors(bag.topics))
         topics = []
         for name in sorted(bag.topics):
             info = bag.topics[name]

@@ -1,7 +1,10 @@
 """The topic contract of DESIGN.md: names, message types and roles of every topic in a drive.
 
 Which sensor topics the contract holds is declared by the modality plugins (edge.modalities, docs/plugins.md):
-`known_topics` asks the registry; the names below are the ones the built-in plugins use.
+`known_topics` asks the registry. The built-in plugins' topic names (`FISHEYE_CAMERAS`, `fisheye_image_topic`,
+`ultrasonic_topic`, `AUDIO`, ...) are defined with their declarations in edge.modalities.builtin; the historic names
+here are aliases of those (`BUILTIN_NAMES`, resolved on first use), so that a plugin's topics are known without
+editing this module.
 
 Images follow the image_transport convention: a recorder stores `<base>/compressed`
 (sensor_msgs/CompressedImage, JPEG) beside or instead of `<base>` (sensor_msgs/Image); readers accept either.
@@ -25,8 +28,6 @@ from difflib import get_close_matches
 
 from edge.errors import EdgeError
 
-FISHEYE_CAMERAS: tuple[str, ...] = ("front", "rear", "left", "right")
-
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -37,33 +38,8 @@ MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
 STRING = "std_msgs/msg/String"
 CLOCK = "rosgraph_msgs/msg/Clock"
 
-
-def fisheye_image_topic(camera: str) -> str:
-    return f"/fisheye/{camera}/image_raw"
-
-
-def fisheye_info_topic(camera: str) -> str:
-    return f"/fisheye/{camera}/camera_info"
-
-
-def camera_image_topic(camera: str) -> str:
-    return f"/camera/{camera}/image_raw"
-
-
-def camera_info_topic(camera: str) -> str:
-    return f"/camera/{camera}/camera_info"
-
-
-FRONT_CAMERA_IMAGE = camera_image_topic("front")
-FRONT_CAMERA_INFO = camera_info_topic("front")
-AUDIO = "/audio/raw"
 ODOM = "/odom"
 CLOCK_TOPIC = "/clock"
-
-
-def ultrasonic_topic(sensor_name: str) -> str:
-    return f"/ultrasonic/{sensor_name}"
-
 
 GT_BEV = "/ground_truth/bev_occupancy"
 GT_OBJECTS = "/ground_truth/objects"
@@ -121,6 +97,25 @@ def known_topics(sensors: Sequence[str] | Mapping[str, Sequence[str]] = ()) -> d
     return {s.name: s for s in specs}
 
 
+# The built-in plugins' topic names, defined in edge.modalities.builtin with their declarations: name here -> name
+# there. Resolved by the module's __getattr__ (the declarations import this module, so not at import time).
+BUILTIN_NAMES: dict[str, str] = {
+    "FISHEYE_CAMERAS": "FISHEYE_CAMERAS", "fisheye_image_topic": "fisheye_image_topic",
+    "fisheye_info_topic": "fisheye_info_topic", "camera_image_topic": "camera_image_topic",
+    "camera_info_topic": "camera_info_topic", "FRONT_CAMERA_IMAGE": "FRONT_CAMERA_IMAGE",
+    "FRONT_CAMERA_INFO": "FRONT_CAMERA_INFO", "AUDIO": "AUDIO_TOPIC", "ultrasonic_topic": "ultrasonic_topic",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The built-ins' topic names under their historic names here (BUILTIN_NAMES)."""
+    if name in BUILTIN_NAMES:
+        from edge.modalities import builtin
+
+        return getattr(builtin, BUILTIN_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # ====================================================================== remapping (edge run / edge bench)
 
 class RemapError(EdgeError):
@@ -136,8 +131,12 @@ def _absolute(name: str, namespace: str) -> str:
 
 
 def is_contract_topic(name: str) -> bool:
-    """A topic the runtime reads or the generator writes (known_topics), any range sensor's name included."""
-    return name in known_topics(()) or name in known_topics([name.rsplit("/", 1)[-1]])
+    """A topic the runtime reads or the generator writes (known_topics), including the topics of any sensor a
+    plugin names from a recording's topics (its `recorded_sensors`: any range sensor's `/ultrasonic/<name>`, any
+    LiDAR's `/lidar/<name>/points`)."""
+    from edge.modalities.registry import registry  # here: the plugins' declarations import this module
+
+    return name in known_topics(()) or name in known_topics(registry().recorded_sensors((name,)))
 
 
 @dataclass(frozen=True)

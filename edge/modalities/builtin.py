@@ -31,17 +31,49 @@ HEALTH = "edge.runtime.health_models"  # the built-ins' health models (edge.runt
 VALUE = "edge.runtime.value_models"  # the built-ins' plan-value models (edge.runtime.plan_value)
 
 
+# ---------------------------------------------------------------- the built-ins' topic names (DESIGN.md)
+# Also reachable under their historic names in edge.drives.topics (its BUILTIN_NAMES), which tests, the drive
+# generator and fault injection use.
+FISHEYE_CAMERAS: tuple[str, ...] = ("front", "rear", "left", "right")
+
+
+def fisheye_image_topic(camera: str) -> str:
+    return f"/fisheye/{camera}/image_raw"
+
+
+def fisheye_info_topic(camera: str) -> str:
+    return f"/fisheye/{camera}/camera_info"
+
+
+def camera_image_topic(camera: str) -> str:
+    return f"/camera/{camera}/image_raw"
+
+
+def camera_info_topic(camera: str) -> str:
+    return f"/camera/{camera}/camera_info"
+
+
+FRONT_CAMERA_IMAGE = camera_image_topic("front")
+FRONT_CAMERA_INFO = camera_info_topic("front")
+AUDIO_TOPIC = "/audio/raw"  # one topic for the whole array: PCM in an Image (edge.drives.topics)
+
+
+def ultrasonic_topic(sensor_name: str) -> str:
+    return f"/ultrasonic/{sensor_name}"
+
+
+# ---------------------------------------------------------------- declarations
 def _image_topics(image: str, info: str) -> tuple[T.TopicSpec, ...]:
     """Both image_transport forms of one camera and its camera_info."""
     return (*T.image_topics(image), T.TopicSpec(info, (T.CAMERA_INFO,), True))
 
 
 def _fisheye_sensors(rig: Rig) -> tuple[str, ...]:
-    return tuple(c for c in T.FISHEYE_CAMERAS if c in rig.fisheye)
+    return tuple(c for c in FISHEYE_CAMERAS if c in rig.fisheye)
 
 
 def _fisheye_topics(cameras: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
-    return tuple(s for c in cameras for s in _image_topics(T.fisheye_image_topic(c), T.fisheye_info_topic(c)))
+    return tuple(s for c in cameras for s in _image_topics(fisheye_image_topic(c), fisheye_info_topic(c)))
 
 
 def _ultrasonic_sensors(rig: Rig) -> tuple[str, ...]:
@@ -49,7 +81,7 @@ def _ultrasonic_sensors(rig: Rig) -> tuple[str, ...]:
 
 
 def _ultrasonic_topics(sensors: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
-    return tuple(T.TopicSpec(T.ultrasonic_topic(n), (T.RANGE,), True) for n in sensors)
+    return tuple(T.TopicSpec(ultrasonic_topic(n), (T.RANGE,), True) for n in sensors)
 
 
 def _no_sensors(rig: Rig) -> tuple[str, ...]:
@@ -57,12 +89,12 @@ def _no_sensors(rig: Rig) -> tuple[str, ...]:
 
 
 def _audio_topics(sensors: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
-    return (T.TopicSpec(T.AUDIO, (T.IMAGE,), True),)  # one array, one topic: PCM in an Image (edge.drives.topics)
+    return (T.TopicSpec(AUDIO_TOPIC, (T.IMAGE,), True),)  # one array, one topic: PCM in an Image (edge.drives.topics)
 
 
 def _recorded_ultrasonic(topics: tuple[str, ...]) -> tuple[str, ...]:
     """Range sensors are named by their topics (a recording's rig may have other sensors than ours)."""
-    prefix = T.ultrasonic_topic("")
+    prefix = ultrasonic_topic("")
     return tuple(t[len(prefix):] for t in topics if t.startswith(prefix))
 
 
@@ -80,11 +112,11 @@ def _camera_sensors(rig: Rig) -> tuple[str, ...]:
 
 
 def _camera_topics(cameras: tuple[str, ...]) -> tuple[T.TopicSpec, ...]:
-    return tuple(s for c in cameras for s in _image_topics(T.camera_image_topic(c), T.camera_info_topic(c)))
+    return tuple(s for c in cameras for s in _image_topics(camera_image_topic(c), camera_info_topic(c)))
 
 
 FISHEYE = ModalityPlugin(
-    name="fisheye", sensors=_fisheye_sensors, default_sensors=T.FISHEYE_CAMERAS, topics=_fisheye_topics,
+    name="fisheye", sensors=_fisheye_sensors, default_sensors=FISHEYE_CAMERAS, topics=_fisheye_topics,
     sync=SyncKind.NEAREST, bev=True, tokens=TokenSpec(5, D_ENC, TOKEN_LAYOUTS["fisheye"]),
     weights="fisheye.safetensors", health_streams=("fisheye",), encoder="edge.encoders.fisheye:build",
     decoder="edge.drives.decoders:IMAGE", health=f"{HEALTH}:fisheye", witness=True, policies=(Policy.CAMERA,))

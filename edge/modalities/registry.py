@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from edge.sensors.rig import Rig
 
 GROUP = "edge.modalities"
+_PLACEHOLDER = "\0"  # a sensor name no rig has, to see where a plugin puts a sensor's topics
 log = logging.getLogger(__name__)
 
 
@@ -70,6 +71,39 @@ class Registry:
     def rig_sensors(self, rig: Rig) -> dict[str, tuple[str, ...]]:
         """Per modality, its sensors on this rig (the argument of edge.drives.topics.known_topics)."""
         return {p.name: p.sensors(rig) for p in self.plugins}
+
+    def recorded_sensors(self, topics: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Per modality that names its sensors from a recording's topics (`recorded_sensors`: the ultrasonic's
+        `/ultrasonic/<name>`, a LiDAR's `/lidar/<name>/points`), its sensors among these topic names, sorted as the
+        synchroniser plans them; the others are left out (the argument of edge.drives.topics.known_topics, which
+        gives them their defaults). A plugin whose `recorded_sensors` raises is left out too."""
+        names = tuple(topics)
+        out: dict[str, tuple[str, ...]] = {}
+        for p in self.plugins:
+            if p.recorded_sensors is not None:
+                try:
+                    out[p.name] = tuple(sorted(p.recorded_sensors(names)))
+                except Exception as exc:  # a third-party plugin's code: its topics are then not known here
+                    log.debug("modality %r: recorded_sensors raised %s: %s", p.name, type(exc).__name__, exc)
+        return out
+
+    def topic_namespaces(self) -> tuple[str, ...]:
+        """The namespaces its sensor topics live under, `/<first name>/` ("/fisheye/", "/ultrasonic/", "/audio/",
+        ...), from each plugin's topics for its default sensors and for a placeholder sensor name (range sensors and
+        LiDARs have no default sensor): a topic under one of them is sensor data even for a sensor the contract
+        does not list (edge.drives.bag.is_sensor_topic). A topic at the root (one name) gives none."""
+        found: dict[str, None] = {}
+        for p in self.plugins:
+            for sensors in (p.default_sensors, (_PLACEHOLDER,)):
+                try:
+                    specs = tuple(p.topics(sensors))
+                except Exception:  # a plugin that refuses the placeholder: its default sensors' topics still count
+                    continue
+                for spec in specs:
+                    head, sep, _ = spec.name[1:].partition("/")
+                    if spec.sensor and sep and head and _PLACEHOLDER not in head:
+                        found[f"/{head}/"] = None
+        return tuple(found)
 
 
 def _label(ep: EntryPoint) -> str:
