@@ -94,10 +94,9 @@ def make_runtime_node(lifecycle_base: type, perception_only: bool = False) -> ty
                               latched=perception_only)),
                           "diag": self.create_lifecycle_publisher(DiagnosticArray, io.DIAGNOSTICS, reliable_qos())}
             if perception_only:
-                from edge.runtime.scheduler import MODALITIES
                 from sensor_msgs.msg import Image
 
-                for m in MODALITIES:
+                for m in runtime.modalities:  # what this stack built: an installed plugin off the rig has no topic
                     self._pubs[f"tokens/{m}"] = self.create_lifecycle_publisher(Image, split_io.token_topic(m),
                                                                                 reliable_qos())
             else:
