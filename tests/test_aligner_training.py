@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edge.llm import CostShape, LLMError, ModalityAligner, load_llm, save_aligner, training_flops
-from edge.llm.adapt import depth_limit, flops_budget_n, plan_modalities, seconds_budget_n
+from edge.llm.adapt import depth_limit, flops_budget_n, kept_config, plan_modalities, seconds_budget_n
 from edge.llm.arch import LLMShape
 from edge.llm.qa_data import QADataset, QAItem
 from edge.llm.qa_model import QAConfig, QAModel, load_run
@@ -173,7 +173,7 @@ def test_adapt_plans_add_and_switch():
     with pytest.raises(LLMError, match="not attached"):
         plan_modalities(("camera",), None, ["fisheye", "audio"])
     with pytest.raises(LLMError, match="unknown modality"):
-        plan_modalities(("camera",), ["lidar"], None)
+        plan_modalities(("camera",), ["no_such_modality"], None)
 
 
 def test_checkpoint_that_does_not_fit_is_refused(llm, tmp_path: Path):
@@ -222,3 +222,50 @@ def test_adapt_depth_limits_from_the_starting_run():
     assert depth_limit(day, adding=False, method="mpnp", lora=False) == (None, False)
     assert depth_limit({"n_blocks": 8, "lora_rank": 0}, adding=False, method="mpnp", lora=True) == (None, False)
     assert depth_limit(day, adding=True, method="full", lora=True) == (None, False)
+
+
+def test_adapt_keeps_composable_runs_composable_and_a_carried_lora_frozen():
+    composable = {"n_blocks": 8, "lora_rank": 8, "random_subsets": True}
+    assert kept_config(composable, adding=True, lora=8) == {"random_subsets": True, "lora_trained": False}
+    assert kept_config(composable, adding=True, lora=8, train_lora=True)["lora_trained"]
+    assert kept_config(composable, adding=False, lora=8)["lora_trained"]  # --switch trains it, as before
+    assert kept_config({"n_blocks": 8, "lora_rank": 0}, adding=True, lora=0) == {"random_subsets": False,
+                                                                               "lora_trained": True}
+
+
+def test_adding_beside_frozen_aligners_trains_only_the_new_one(llm, tmp_path: Path):
+    """edge adapt --add from a composable run with a LoRA: the carried LoRA and the kept aligners do not move, the
+    added modality is fed on every training item and each kept one on about half, and the saved run loads."""
+    torch.manual_seed(0)
+    data = scenes()
+    base = QAModel(llm, QAConfig("mpnp", ("fisheye",), n_blocks=2, lora_rank=2, random_subsets=True))
+    try:
+        base.save(tmp_path / "base", {})
+    finally:
+        base.close()
+    cfg = QAConfig("mpnp", ("fisheye", "camera"), ("camera",), 2, 2,
+                   **kept_config({"lora_rank": 2, "random_subsets": True}, adding=True, lora=2))
+    model = QAModel(llm, cfg, init_from=tmp_path / "base")
+    fed: dict[str, list[torch.Tensor]] = {"fisheye": [], "camera": []}
+    feed = model.conn.feed
+    model.conn.feed = lambda m, toks, mask=None: (fed[m].append(mask[:, 0].clone()), feed(m, toks, mask))[1]
+    try:
+        lora0 = {k: v.clone() for k, v in model.lora.state_dict().items()}
+        fish0 = {k: v.clone() for k, v in model.conn.aligners["fisheye"].state_dict().items()}
+        cam0 = {k: v.clone() for k, v in model.conn.aligners["camera"].state_dict().items()}
+        params = model.trainable()
+        assert {id(p) for p in params} == {id(p) for p in model.conn.aligners["camera"].parameters()}
+        train(model, data, tmp_path / "run", epochs=3, batch=8, lr=3e-3, progress=False)
+        assert all(torch.equal(v, model.lora.state_dict()[k]) for k, v in lora0.items())
+        assert all(torch.equal(v, model.conn.aligners["fisheye"].state_dict()[k]) for k, v in fish0.items())
+        assert any(not torch.equal(v, model.conn.aligners["camera"].state_dict()[k]) for k, v in cam0.items())
+        assert bool(torch.cat(fed["camera"]).all())
+        share = torch.cat(fed["fisheye"]).float().mean().item()
+        assert 0.2 < share < 0.8
+    finally:
+        model.close()
+    again = load_run(llm, tmp_path / "run")
+    try:
+        assert again.cfg.lora_trained is False and again.cfg.random_subsets
+    finally:
+        again.close()

@@ -20,7 +20,7 @@ import torch
 
 from edge.llm.cost import CostShape, ModalityCost, choose_n
 from edge.llm.errors import LLMError
-from edge.llm.qa_data import MODALITIES, TRAIN_DRIVES, QADataset, check_modalities
+from edge.llm.qa_data import TRAIN_DRIVES, QADataset, check_modalities, known_modalities
 from edge.llm.qa_model import RUN_FILE, QAConfig, QAModel
 from edge.llm.qa_text import QATokenizer
 from edge.llm.train_aligners import (
@@ -46,6 +46,15 @@ def plan_modalities(base: tuple[str, ...], add: list[str] | None, switch: list[s
         raise LLMError(f"cannot switch away from {missing}: not attached in the starting run ({list(base)})")
     kept = tuple(m for m in base if m not in old)
     return kept + tuple(m for m in new if m not in kept), tuple(m for m in new if m not in kept)
+
+
+def kept_config(base_cfg: dict, adding: bool, lora: int, train_lora: bool = False) -> dict:
+    """What the adapted run keeps of the starting run's config: composable aligners stay composable (random subsets
+    in training, the frozen ones each fed with probability 1/2 beside the trained ones), and with --add a LoRA
+    carried over stays frozen (unless `train_lora`), so with the added modality masked the run answers as before."""
+    carried = bool(lora and base_cfg.get("lora_rank", 0) == lora)
+    return {"random_subsets": bool(base_cfg.get("random_subsets", False)),
+            "lora_trained": not (adding and carried and not train_lora)}
 
 
 def depth_limit(base_cfg: dict, adding: bool, method: str, lora: bool) -> tuple[int | None, bool]:
@@ -119,7 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="runtime adaptation: add or switch modalities, N chosen from a budget")
     p.add_argument("--from", dest="base", type=Path, default=None,
                    help="run directory whose aligners are attached now (default: none attached)")
-    p.add_argument("--add", nargs="+", metavar="MODALITY", help=f"modalities to add ({', '.join(MODALITIES)})")
+    p.add_argument("--add", nargs="+", metavar="MODALITY",
+                   help=f"modalities to add, of the installed plugins ({', '.join(known_modalities())}); the data "
+                        "must hold their tokens (a plugin's modality: --rig and --perception of a stack with it)")
     p.add_argument("--switch", nargs=2, metavar=("FROM", "TO"), help="comma-separated lists, e.g. fisheye,camera ultrasonic,audio")
     p.add_argument("--out", type=Path, required=True, help="run directory for the adapted aligners")
     budget = p.add_mutually_exclusive_group()
@@ -129,6 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("mpnp", "full", "prefix"), default=None, help="default: the starting run's")
     p.add_argument("--lora-rank", type=int, default=None)
     p.add_argument("--samples", type=int, default=300, help="QA items to adapt on (seeded subset)")
+    p.add_argument("--train-lora", action="store_true",
+                   help="--add: train the LoRA carried over from --from too (default: frozen with its aligners)")
     add_data_args(p, TRAIN_DRIVES, "night")
     add_train_args(p)
     p.set_defaults(func=_main)
@@ -148,8 +161,10 @@ def _main(args: argparse.Namespace) -> int:
     attached, trained = plan_modalities(tuple(base_cfg["modalities"]), args.add, args.switch)
     method = args.method or base_cfg["method"]
     lora = base_cfg.get("lora_rank", 0) if args.lora_rank is None else args.lora_rank
+    kept = kept_config(base_cfg, bool(args.add), lora, args.train_lora)
     args.max_items = args.max_items or args.samples
     data = load_data(args)
+    data.require(attached)  # a modality the drives' stack did not encode: named with the drive and its cache file
     llm = load_llm(args.llm)
     cap, exact = depth_limit(base_cfg, bool(args.add), method, bool(lora))
     n, reason = args.n_blocks, "forced by --n-blocks"
@@ -159,7 +174,7 @@ def _main(args: argparse.Namespace) -> int:
         n_max = cap or llm.shape.n_layers
         if args.budget_seconds is not None:
             def at_depth(d: int) -> QAModel:
-                return QAModel(llm, QAConfig(method, attached, trained, d, lora))
+                return QAModel(llm, QAConfig(method, attached, trained, d, lora, **kept))
 
             n, reason = seconds_budget_n(args.budget_seconds, len(data.items), args.epochs,
                                          lambda k: seconds_per_sample(at_depth, k, data, args.batch), n_max)
@@ -176,7 +191,7 @@ def _main(args: argparse.Namespace) -> int:
                            f"give a budget for N={cap}, --n-blocks {cap}, or --lora-rank 0 to adapt without it")
     n = n or (base_cfg.get("n_blocks") or 8)
     print(f"adapt: attached {list(attached)}, training {list(trained)}, method {method}, {reason}")
-    model = QAModel(llm, QAConfig(method, attached, trained, n, lora), init_from=args.base)
+    model = QAModel(llm, QAConfig(method, attached, trained, n, lora, **kept), init_from=args.base)
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                 time_budget_s=args.budget_seconds, progress=not args.quiet, release_trunk=True,
                 extra={"drives": args.drives, "lighting": args.lighting, "adapt_from": str(args.base),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -155,8 +156,22 @@ class ModalityAligner(nn.Module):
 
 
 def current_token_layout(modality: str) -> str:
-    """The layout the encoders give `modality`'s tokens in now ("unversioned" for a modality without one)."""
-    return TOKEN_LAYOUTS.get(modality, "unversioned")
+    """The layout the encoders give `modality`'s tokens in now: the built-ins' from edge.token_layouts, an installed
+    plugin's from its declaration (`ModalityPlugin.tokens.layout`, e.g. plugins/lidar's), "unversioned" otherwise."""
+    if modality in TOKEN_LAYOUTS:
+        return TOKEN_LAYOUTS[modality]
+    spec = plugin_token_spec(modality)
+    return spec.layout if spec is not None else "unversioned"
+
+
+def plugin_token_spec(modality: str) -> Any:
+    """The installed plugin's TokenSpec (count, width, layout) of `modality`, None where no plugin declares it."""
+    from edge.modalities.registry import registry  # late: the declarations, read only for a modality not built in
+
+    try:
+        return registry()[modality].tokens
+    except KeyError:
+        return None
 
 
 def save_aligner(aligner: ModalityAligner, path: str | Path) -> Path:

@@ -81,7 +81,7 @@ def print_report(name: str, res: dict, prior: dict | None = None) -> None:
 
 def eval_data(args: argparse.Namespace) -> QADataset:
     return build_dataset(args.drives, perception_dir=args.perception, drives_dir=args.drives_dir,
-                         cache_dir=args.cache_dir, progress=not args.quiet)
+                         cache_dir=args.cache_dir, progress=not args.quiet, rig=args.rig)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -117,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drives-dir", type=Path, default=DEFAULT_DRIVES_DIR)
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--perception", type=Path, default=Path("models/perception"))
+    p.add_argument("--rig", type=Path, default=None,
+                   help="rig YAML the drives are generated on and encoded for (a plugin's rig adds its modality)")
     p.add_argument("--lighting", nargs="+", default=["day", "night"], help="subsets to score (or 'all')")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
@@ -147,10 +149,10 @@ def _main(args: argparse.Namespace) -> int:
     prior = None
     if args.prior or args.probe is not None or args.runs:
         train = build_dataset(args.train_drives, perception_dir=args.perception, drives_dir=args.drives_dir,
-                              cache_dir=args.cache_dir, progress=not args.quiet)
+                              cache_dir=args.cache_dir, progress=not args.quiet, rig=args.rig)
+        have = tuple(m for m in data.modalities if m in train.modalities)  # the columns both sets of drives hold
         probes = [tuple(m.split("+")) for m in args.probe] if args.probe else \
-            ([(m,) for m in ("fisheye", "ultrasonic", "audio", "camera")] + [("fisheye", "ultrasonic", "audio", "camera")]
-             if args.probe is not None else [])
+            ([(m,) for m in have] + [have] if args.probe is not None else [])
         unseen = sorted({it.kind for it in data.items} - {it.kind for it in train.items})
         if unseen:  # scored as wrong for every method, and said so: no silent change of what is measured
             print(f"note: templates absent from the training drives (no prior, probe or aligner learnt them): "
@@ -167,6 +169,7 @@ def _main(args: argparse.Namespace) -> int:
     llm = load_llm(args.llm) if args.runs else None
     for run in args.runs:
         model = load_run(llm, run)
+        data.require(model.cfg.modalities)
         if args.subsets is not None:
             named = [tuple(x.split("+")) for x in args.subsets] or None
             subs = evaluate_subsets(model, data, progress=not args.quiet, only=named)

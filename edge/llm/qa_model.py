@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
 
-from edge.llm.aligner import ModalityAligner, load_aligner, save_aligner
+from edge.llm.aligner import ModalityAligner, load_aligner, plugin_token_spec, save_aligner
 from edge.llm.connector import MPnPConnector
 from edge.llm.errors import LLMError
 from edge.llm.loading import LoadedLLM
@@ -50,6 +50,9 @@ class QAConfig:
     # Composable aligners: each training item sees a random non-empty subset of the attached modalities, so any
     # subset the scheduler attaches at runtime is one the aligners were trained in (docs/qa.md).
     random_subsets: bool = False
+    # Whether the LoRA trains with the method's parts. `edge adapt --add` from a run with a LoRA keeps it frozen
+    # (False), as it keeps the starting run's aligners: with the added modality masked, the run answers as it did.
+    lora_trained: bool = True
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +65,12 @@ class QAConfig:
         stray = [m for m in self.trained if m not in self.modalities]
         if stray:
             raise LLMError(f"trained modalities {stray} are not attached ({list(self.modalities)})")
+
+
+def token_width(modality: str, default: int) -> int:
+    """The width of `modality`'s tokens: its plugin's declaration (TokenSpec.width), `default` where none declares it."""
+    spec = plugin_token_spec(modality)
+    return int(spec.width) if spec is not None else default
 
 
 def _projection(d_enc: int, d_model: int) -> nn.Sequential:
@@ -174,15 +183,16 @@ class QAModel:
         if cfg.method in ("mpnp", "full"):
             self.conn = MPnPConnector(self.model, n)
             for m in cfg.modalities:
+                width = token_width(m, cfg.d_enc)
                 src = init / f"aligner_{m}.safetensors" if init else None
                 if src is not None and src.exists():
                     aligner = load_aligner(src, modality=m, shape=self.shape, relayout=self.init_relayout)
                     if aligner.spec.n_blocks < n:
                         aligner.extend_gates(n)
                 else:
-                    aligner = ModalityAligner.for_llm(m, cfg.d_enc, self.shape, n)
-                if aligner.spec.d_enc != cfg.d_enc:
-                    raise LLMError(f"aligner '{m}' takes d_enc {aligner.spec.d_enc}, the encoders give {cfg.d_enc}")
+                    aligner = ModalityAligner.for_llm(m, width, self.shape, n)
+                if aligner.spec.d_enc != width:
+                    raise LLMError(f"aligner '{m}' takes d_enc {aligner.spec.d_enc}, the encoders give {width}")
                 self.conn.attach(aligner)
         elif cfg.method == "prefix":
             for m in cfg.modalities:
@@ -210,10 +220,13 @@ class QAModel:
         for m in self.cfg.trained:
             if m in self.proj:
                 params += list(self.proj[m].parameters())
-        if self.lora is not None:
+        if self.lora is not None and self.cfg.lora_trained:
             params += list(self.lora.parameters())
         for p in params:
             p.requires_grad_(True)
+        if self.lora is not None and not self.cfg.lora_trained:  # carried over from the starting run, kept as is
+            for p in self.lora.parameters():
+                p.requires_grad_(False)
         if self.conn is not None:  # attached but not trained (e.g. the day modalities while adding at night)
             for m in self.cfg.modalities:
                 if m not in self.cfg.trained:
@@ -233,7 +246,13 @@ class QAModel:
         if self.conn is not None:
             mods = self.cfg.modalities
             keep = torch.ones(len(items), len(mods), dtype=torch.bool)
-            if training and self.cfg.random_subsets and len(mods) > 1:  # torch's RNG: seeded by --seed
+            frozen = [i for i, m in enumerate(mods) if m not in self.cfg.trained]
+            if training and self.cfg.random_subsets and frozen and len(frozen) < len(mods):
+                # adding beside frozen aligners (edge adapt --add): the trained modalities are always fed (the
+                # gradient reaches only them), each frozen one with probability 1/2, so the new aligner learns to
+                # read its tokens alone and beside any subset of the others
+                keep[:, frozen] = torch.rand(len(items), len(frozen)) < 0.5
+            elif training and self.cfg.random_subsets and len(mods) > 1:  # torch's RNG: seeded by --seed
                 keep = torch.rand(len(items), len(mods)) < 0.5
                 empty = ~keep.any(1)
                 keep[empty, torch.randint(0, len(mods), (int(empty.sum()),))] = True

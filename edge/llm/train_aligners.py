@@ -25,7 +25,7 @@ from tqdm import tqdm
 from edge.llm.cost import CostShape, ModalityCost, training_flops
 from edge.llm.errors import LLMError
 from edge.llm.prior import BlindPrior
-from edge.llm.qa_data import DEFAULT_CACHE, DEFAULT_DRIVES_DIR, MODALITIES, TRAIN_DRIVES, QADataset, build_dataset
+from edge.llm.qa_data import DEFAULT_CACHE, DEFAULT_DRIVES_DIR, TRAIN_DRIVES, QADataset, build_dataset, known_modalities
 from edge.llm.qa_model import METHODS, QAConfig, QAModel
 from edge.llm.qa_text import QATokenizer
 
@@ -186,6 +186,9 @@ def add_data_args(p: argparse.ArgumentParser, drives: tuple[str, ...], lighting:
     p.add_argument("--drives-dir", type=Path, default=DEFAULT_DRIVES_DIR, help="where specs are generated/found")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="encoder-token cache (one file per drive)")
     p.add_argument("--perception", type=Path, default=Path("models/perception"), help="frozen encoder checkpoints")
+    p.add_argument("--rig", type=Path, default=None,
+                   help="rig YAML the drives are generated on and encoded for (default: the core's default rig); a "
+                        "plugin's rig adds its modality, e.g. plugins/lidar/edge_lidar/rigs/lidar_rig.yaml")
     p.add_argument("--lighting", nargs="+", default=[lighting], help="day / dusk / night, or 'all'")
 
 
@@ -202,7 +205,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def load_data(args: argparse.Namespace) -> QADataset:
     data = build_dataset(args.drives, perception_dir=args.perception, drives_dir=args.drives_dir,
-                         cache_dir=args.cache_dir, progress=not args.quiet)
+                         cache_dir=args.cache_dir, progress=not args.quiet, rig=args.rig)
     if "all" not in args.lighting:
         data = data.filter(lighting=args.lighting)
     if args.max_items:
@@ -214,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("aligners", help="train mPnP aligners (and gates) on drive QA; LLM and encoders frozen")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints as safetensors + run.json)")
     p.add_argument("--method", choices=METHODS, default="mpnp")
-    p.add_argument("--modalities", nargs="+", default=["fisheye", "camera"], help=f"of {', '.join(MODALITIES)}")
+    p.add_argument("--modalities", nargs="+", default=["fisheye", "camera"], help=f"of {', '.join(known_modalities())}")
     p.add_argument("--n-blocks", type=int, default=8, help="connect into the last N blocks (mpnp, text)")
     p.add_argument("--lora-rank", type=int, default=0, help="LoRA on k/v of the connected blocks (0 = aligners only)")
     p.add_argument("--init", type=Path, default=None, help="warm start from a run directory")
@@ -235,6 +238,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg = QAConfig(method=args.method, modalities=tuple(args.modalities), n_blocks=args.n_blocks,
                    lora_rank=args.lora_rank, random_subsets=args.random_subsets)
     data = load_data(args)
+    data.require(cfg.modalities)
     llm = load_llm(args.llm)
     model = QAModel(llm, cfg, init_from=args.init, init_relayout=args.init_relayout)
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
