@@ -231,7 +231,7 @@ def build_dataset(drives: Iterable[str], *, perception_dir: Path = Path("models/
     """QA items and cached tokens of the given drives (bag dirs or scenario:seed:duration specs).
 
     `rig`: the rig YAML that specs are generated on and the stack is built for (default: the core's default rig);
-    e.g. plugins/lidar/edge_lidar/rigs/lidar_rig.yaml with plugins/lidar/models/perception adds a 'lidar' column."""
+    e.g. the LiDAR package's rig (plugins/lidar) with plugins/lidar/models/perception adds a 'lidar' column."""
     from edge.perception.data import resolve_drives
     from edge.sensors.rig import load_rig
 

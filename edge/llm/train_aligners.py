@@ -188,7 +188,7 @@ def add_data_args(p: argparse.ArgumentParser, drives: tuple[str, ...], lighting:
     p.add_argument("--perception", type=Path, default=Path("models/perception"), help="frozen encoder checkpoints")
     p.add_argument("--rig", type=Path, default=None,
                    help="rig YAML the drives are generated on and encoded for (default: the core's default rig); a "
-                        "plugin's rig adds its modality, e.g. plugins/lidar/edge_lidar/rigs/lidar_rig.yaml")
+                        "plugin's rig adds its modality (e.g. the LiDAR package's rig, plugins/lidar)")
     p.add_argument("--lighting", nargs="+", default=[lighting], help="day / dusk / night, or 'all'")
 
 
