@@ -99,3 +99,26 @@ def test_a_lidar_aligner_trains_beside_frozen_ones(lidar_qa, tmp_path: Path):
         assert len(again.answer(data, data.items[:2], max_new_tokens=3)) == 2
     finally:
         again.close()
+
+
+def test_the_shipped_lidar_aligner_set_loads_beside_the_cores_files():
+    """models/aligners/composable-lidar: the core's composable four and LoRA (links, unchanged) plus the LiDAR's
+    aligner; it loads as a run, and its eval.json is a table the runtime reads, one set per measured subset."""
+    from edge.llm.loading import load_llm
+    from edge.llm.qa_model import load_run
+    from edge.runtime.answerer import _measured_accuracy
+
+    root = Path(__file__).resolve().parents[1] / "models" / "aligners"
+    run = root / "composable-lidar"
+    core = CORE_MODELS.parents[1] / "models" / "aligners" / "composable"
+    for name in ("aligner_fisheye", "aligner_ultrasonic", "aligner_audio", "aligner_camera", "lora"):
+        assert (run / f"{name}.safetensors").resolve() == (core / f"{name}.safetensors").resolve()
+    model = load_run(load_llm(), run)
+    try:
+        assert model.cfg.modalities == (*MODALITIES, "lidar") and model.cfg.trained == ("lidar",)
+        assert model.n_blocks == 8 and model.conn.aligners["lidar"].spec.token_layout == LIDAR.tokens.layout
+    finally:
+        model.close()
+    acc, subsets = _measured_accuracy(root / "eval.json", {"composable-lidar"})
+    assert "lidar" in subsets["composable-lidar"] and "fisheye+ultrasonic+audio+camera+lidar" in subsets["composable-lidar"]
+    assert set(acc["composable-lidar:lidar"]) == {"day", "dusk", "night"}
