@@ -70,7 +70,9 @@ def plan(args: argparse.Namespace) -> list[dict]:
                 dict(base, condition="Day", run=d / "day", cmd=day_cmd, after=None, lighting="day", trained=True),
                 dict(base, condition="Night", run=d / "day", cmd=day_cmd, after=None, lighting="night", trained=False),
                 dict(base, condition="Night + add", run=d / "add", after=d / "day", lighting="night", trained=True,
-                     cmd=["adapt", "--out", d / "add", "--add", *NIGHT_MODS, *adapt]),
+                     # --train-lora: the table's "add" retrains the day run's LoRA too, as when table_v3 was run
+                     # (edge adapt --add keeps a carried-over LoRA frozen by default since)
+                     cmd=["adapt", "--out", d / "add", "--add", *NIGHT_MODS, "--train-lora", *adapt]),
                 dict(base, condition="Night switch", run=d / "switch", after=d / "day", lighting="night",
                      trained=True, cmd=["adapt", "--out", d / "switch", "--switch", ",".join(DAY_MODS),
                                         ",".join(NIGHT_MODS), *adapt]),
