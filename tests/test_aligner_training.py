@@ -269,3 +269,13 @@ def test_adding_beside_frozen_aligners_trains_only_the_new_one(llm, tmp_path: Pa
         assert again.cfg.lora_trained is False and again.cfg.random_subsets
     finally:
         again.close()
+
+
+def test_run_records_the_command_that_made_it(monkeypatch):
+    """run.json's `command` is the process's own command line, quoted so that it reruns as written (edge adapt
+    recorded none before)."""
+    from edge.llm.train_aligners import command_line
+
+    monkeypatch.setattr("sys.argv", ["/x/edge/cli.py", "adapt", "--from", "models/aligners/composable", "--add",
+                                     "lidar", "--rig", "my rig.yaml"])
+    assert command_line() == "edge adapt --from models/aligners/composable --add lidar --rig 'my rig.yaml'"

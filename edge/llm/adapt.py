@@ -24,7 +24,7 @@ from edge.llm.qa_data import TRAIN_DRIVES, QADataset, check_modalities, known_mo
 from edge.llm.qa_model import RUN_FILE, QAConfig, QAModel
 from edge.llm.qa_text import QATokenizer
 from edge.llm.train_aligners import (
-    perception_fingerprints, add_data_args, add_train_args, load_data, sequence_stats, train,
+    add_data_args, add_train_args, command_line, load_data, perception_fingerprints, sequence_stats, train,
 )
 
 
@@ -195,6 +195,7 @@ def _main(args: argparse.Namespace) -> int:
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                 time_budget_s=args.budget_seconds, progress=not args.quiet, release_trunk=True,
                 extra={"drives": args.drives, "lighting": args.lighting, "adapt_from": str(args.base),
+                       "command": command_line(),
                        "n_reason": reason, "budget_flops": args.budget_flops, "budget_seconds": args.budget_seconds,
                        "perception_weights": perception_fingerprints(args.perception)})
     print(json.dumps({k: rec[k] for k in ("n_blocks", "items", "train_flops", "train_seconds", "peak_rss_mb",

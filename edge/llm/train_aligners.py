@@ -243,7 +243,7 @@ def _main(args: argparse.Namespace) -> int:
     model = QAModel(llm, cfg, init_from=args.init, init_relayout=args.init_relayout)
     rec = train(model, data, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
                 progress=not args.quiet, release_trunk=True, extra={"drives": args.drives, "lighting": args.lighting,
-                                                "command": "edge train aligners " + " ".join(_argv(args)),
+                                                "command": command_line(),
                                                 "perception_weights": perception_fingerprints(args.perception)})
     print(json.dumps({k: rec[k] for k in ("items", "samples_seen", "train_flops", "train_seconds", "peak_rss_mb",
                                           "train_added_rss_mb", "loss_per_epoch")}))
@@ -257,7 +257,9 @@ def perception_fingerprints(perception_dir: Path) -> dict[str, str]:
     return token_fingerprints(perception_dir)
 
 
-def _argv(args: argparse.Namespace) -> list[str]:
+def command_line() -> str:
+    """The `edge ...` command this process runs, for run.json (how a run was made, to rerun it)."""
+    import shlex
     import sys
 
-    return sys.argv[3:] if len(sys.argv) > 3 else []
+    return "edge " + shlex.join(sys.argv[1:])
