@@ -107,11 +107,12 @@ def test_core_lists_read_from_the_registry_are_as_before() -> None:
     from edge.encoders.scene_tokens import AUDIO_TOKENS, BEV_TOKENS
     from edge.encoders.stack import MODULES, weights_file
     from edge.runtime.context import ContextEstimator
-    from edge.runtime.report import STAGES
+    from edge.runtime.report import stage_order
     from edge.runtime.scheduler import MODALITIES
     from edge.token_layouts import TOKEN_LAYOUTS
 
     names, bev = registry().names, registry().bev_names
+    STAGES = stage_order(registry())  # every installed plugin's stages (a report lists those of its stack)
     assert MODALITIES == names and MODALITIES[:4] == BUILTIN_NAMES and MODULES == (*names, "fusion")
     assert STAGES == ("context+plan", *bev, "fusion", *(n for n in names if n not in bev), "attach")
     core = ("context+plan", "fusion", "attach", *BUILTIN_NAMES)  # the built-ins' stages in the order they had

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -26,6 +26,9 @@ from torch import nn
 from edge.llm.arch import LLMShape
 from edge.llm.errors import LLMError
 from edge.token_layouts import TOKEN_LAYOUTS
+
+if TYPE_CHECKING:
+    from edge.modalities.interface import TokenSpec
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +167,7 @@ def current_token_layout(modality: str) -> str:
     return spec.layout if spec is not None else "unversioned"
 
 
-def plugin_token_spec(modality: str) -> Any:
+def plugin_token_spec(modality: str) -> TokenSpec | None:
     """The installed plugin's TokenSpec (count, width, layout) of `modality`, None where no plugin declares it."""
     from edge.modalities.registry import registry  # late: the declarations, read only for a modality not built in
 

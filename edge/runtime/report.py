@@ -44,7 +44,6 @@ def stage_order(plugins: Iterable[ModalityPlugin]) -> tuple[str, ...]:
             "attach")
 
 
-STAGES = stage_order(registry())  # of every installed plugin; a report lists those of the stack it ran (plugins)
 FRAMES_FILE = "frames.jsonl"  # beside report.json: one frame record per line, written as the run goes
 RUNNING = "running: the process ended before writing its summary; frames.jsonl holds the frames it finished"
 RECOVERED = ("recovered by `edge report` from frames.jsonl: the process ended without its summary (killed outright, "
